@@ -1,0 +1,42 @@
+# Two commands do everything on a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export MLOPS_HOME ?= $(CURDIR)/.mlops
+export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
+export SAGEMAKER_SUPPRESS_V2_WARNING := 1
+UI_PORT ?= 3000
+
+.PHONY: install run test ui lint clean-home
+
+# (Re)install when the dependency files change; constraints.txt pins every package.
+$(STAMP): pyproject.toml setup.py constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+$(DAGSTER_HOME)/dagster.yaml: config/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	cp config/dagster.yaml $@
+
+run: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m mlops_dagster --select '*' -c config/run_logging.yaml
+	@$(BIN)/python -m mlops_dagster.report
+
+test: install
+	$(BIN)/python -m pytest
+
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI: http://127.0.0.1:$(UI_PORT)"
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+
+lint: install
+	$(BIN)/ruff check mlops_dagster training tests bench
+
+# Removes the local object store, SageMaker state and Dagster history.
+clean-home:
+	rm -rf $(MLOPS_HOME)

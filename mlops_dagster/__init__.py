@@ -1,0 +1,15 @@
+"""mlops-dagster: the recipe "End-to-End MLOps with SageMaker Pipelines" as a Dagster code location."""
+
+import warnings
+
+from dagster import BetaWarning, PreviewWarning
+
+# We use data versions and blocking checks on purpose; their "beta" notices only add noise.
+warnings.filterwarnings("ignore", category=BetaWarning)
+warnings.filterwarnings("ignore", category=PreviewWarning)
+
+from .definitions import build_definitions  # noqa: E402
+
+defs = build_definitions()
+
+__all__ = ["build_definitions", "defs"]

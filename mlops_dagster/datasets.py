@@ -1,0 +1,156 @@
+"""Where raw data comes from: files, s3:// objects, or the synthetic Boston Housing generator.
+
+Also the deterministic train/validation split and the CSV encoding that ``s3_dataset`` hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .resources.object_store import ObjectNotFound, ObjectStore
+
+# The recipe's schema (Boston Housing): 13 features, target `medv`.
+BOSTON_FEATURES = [
+    "crim", "zn", "indus", "chas", "nox", "rm", "age",
+    "dis", "rad", "tax", "ptratio", "b", "lstat",
+]  # fmt: skip
+BOSTON_TARGET = "medv"
+PARQUET_MAGIC = b"PAR1"
+
+
+class DataSourceError(ValueError):
+    """The data source cannot be read; the message names the source and what to do."""
+
+
+def synthetic_boston(rows: int = 1000, seed: int = 42) -> pd.DataFrame:
+    """A seeded table with the Boston Housing schema and its main relationships.
+
+    Prices rise with rooms (`rm`) and fall with the share of lower-status population (`lstat`),
+    crime, pupil/teacher ratio and pollution, as in the real data; a forest reaches R² ≈ 0.8.
+    """
+    if rows < 1:
+        raise DataSourceError(f"synthetic source needs rows >= 1, got {rows}")
+    rng = np.random.default_rng(seed)
+    crim = np.round(rng.lognormal(-1.0, 1.6, rows), 5)
+    zn = np.where(rng.random(rows) < 0.7, 0.0, np.round(rng.uniform(12.5, 100, rows), 1))
+    indus = np.round(rng.uniform(0.5, 27.7, rows), 2)
+    chas = (rng.random(rows) < 0.07).astype(int)
+    nox = np.round(np.clip(0.35 + 0.012 * indus + rng.normal(0, 0.05, rows), 0.38, 0.87), 3)
+    rm = np.round(np.clip(rng.normal(6.28, 0.7, rows), 3.5, 8.8), 3)
+    age = np.round(np.clip(20 + 90 * nox - 25 + rng.normal(0, 20, rows), 2.9, 100), 1)
+    dis = np.round(np.clip(12 - 11 * nox + rng.normal(0, 1.2, rows), 1.1, 12.1), 4)
+    rad = rng.choice([1, 2, 3, 4, 5, 6, 7, 8, 24], rows, p=[.04, .05, .08, .22, .23, .05, .03, .05, .25])
+    tax = np.round(np.where(rad == 24, 666, 190 + 30 * rad + rng.normal(0, 40, rows))).astype(int)
+    ptratio = np.round(np.clip(rng.normal(18.5, 2.1, rows), 12.6, 22.0), 1)
+    b = np.round(np.clip(396.9 - rng.exponential(20, rows), 0.3, 396.9), 2)
+    lstat = np.round(np.clip(35 - 4.2 * rm + 8 * nox + rng.normal(0, 4, rows), 1.7, 38), 2)
+    medv = (
+        22.5
+        + 5.5 * (rm - 6.28)
+        + 1.2 * np.maximum(rm - 7.0, 0) ** 2 * 4
+        - 0.55 * (lstat - 12.6)
+        + 0.012 * (lstat - 12.6) ** 2
+        - 0.12 * np.log1p(crim) * 6
+        - 0.8 * (ptratio - 18.5)
+        - 9 * (nox - 0.55)
+        + 2.5 * chas
+        + rng.normal(0, 2.0, rows)
+    )
+    medv = np.round(np.clip(medv, 5.0, 50.0), 1)
+    columns = dict(zip(BOSTON_FEATURES, [crim, zn, indus, chas, nox, rm, age, dis, rad, tax, ptratio, b, lstat]))
+    return pd.DataFrame({**columns, BOSTON_TARGET: medv})
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    frame: pd.DataFrame
+    description: str  # what was read: a path, a URI, or "synthetic(rows=…, seed=…)"
+    sha256: str | None  # of the bytes read; None for synthetic
+
+
+def load_source(source: str, store: ObjectStore, rows: int = 1000, seed: int = 42) -> LoadedSource:
+    """Read ``source``: ``synthetic``, an ``s3://`` URI (through the store) or a local path."""
+    source = (source or "").strip()
+    if source in ("", "synthetic"):
+        return LoadedSource(synthetic_boston(rows, seed), f"synthetic(rows={rows}, seed={seed})", None)
+    if source.startswith("s3://"):
+        with tempfile.TemporaryDirectory(prefix="mlops-src-") as tmp:
+            local = Path(tmp) / Path(source.rstrip("/")).name
+            try:
+                store.download(source, local)
+            except ObjectNotFound as err:
+                raise DataSourceError(
+                    f"data source {source} does not exist in the object store ({err}); "
+                    "upload it first or point MLOPS_DATA_SOURCE / the `source` config elsewhere"
+                ) from err
+            data = local.read_bytes()
+        return LoadedSource(parse_table(data, source), source, hashlib.sha256(data).hexdigest())
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataSourceError(
+            f"data source file not found: {str(path)!r}; set MLOPS_DATA_SOURCE or the `source` "
+            "run config to an existing CSV or Parquet file, an s3:// URI, or 'synthetic'"
+        )
+    if not path.is_file():
+        raise DataSourceError(f"data source {str(path)!r} is not a file")
+    data = path.read_bytes()
+    return LoadedSource(parse_table(data, str(path)), str(path.resolve()), hashlib.sha256(data).hexdigest())
+
+
+def parse_table(data: bytes, name: str) -> pd.DataFrame:
+    """Parse CSV or Parquet bytes (by content, then by name); every error names the source."""
+    if not data.strip():
+        raise DataSourceError(f"data source {name} is empty ({len(data)} bytes): it needs a header and rows")
+    lowered = name.lower()
+    if data[:4] == PARQUET_MAGIC or lowered.endswith((".parquet", ".pq")):
+        try:
+            return pd.read_parquet(io.BytesIO(data))
+        except Exception as err:  # pyarrow raises several types; all mean "not Parquet"
+            raise DataSourceError(f"data source {name} is not a readable Parquet file: {err}") from err
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataSourceError(
+            f"data source {name} is neither CSV nor Parquet: byte {err.start} is not UTF-8 text "
+            "and the file does not start with Parquet's 'PAR1' magic"
+        ) from err
+    if "\x00" in text:
+        raise DataSourceError(f"data source {name} is neither CSV nor Parquet: it contains NUL bytes")
+    try:
+        frame = pd.read_csv(io.StringIO(text), skipinitialspace=True)
+    except pd.errors.ParserError as err:
+        raise DataSourceError(f"data source {name} is not valid CSV: {err}") from err
+    if frame.shape[1] < 2:
+        raise DataSourceError(
+            f"data source {name} is not a CSV table: found {frame.shape[1]} column "
+            f"({list(frame.columns)!r}); expected a header with the feature and target columns"
+        )
+    return frame
+
+
+def numeric_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The given columns as float64 (after validation, so coercion loses nothing)."""
+    return frame[columns].apply(pd.to_numeric, errors="raise").astype("float64")
+
+
+def split_frame(frame: pd.DataFrame, train_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded shuffle, then the first ``train_fraction`` of rows train and the rest validate."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be between 0 and 1 (exclusive), got {train_fraction}")
+    order = np.random.default_rng(seed).permutation(len(frame))
+    n_train = int(round(len(frame) * train_fraction))
+    n_train = min(max(n_train, 1), len(frame) - 1)
+    shuffled = frame.iloc[order].reset_index(drop=True)
+    return shuffled.iloc[:n_train].reset_index(drop=True), shuffled.iloc[n_train:].reset_index(drop=True)
+
+
+def to_csv_bytes(frame: pd.DataFrame) -> bytes:
+    """Stable CSV encoding: header, no index, shortest round-trip floats, '\\n' line ends."""
+    return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")

@@ -1,0 +1,47 @@
+"""``python -m mlops_dagster.report``: what the last materialization of each asset made, and where.
+
+`make run` calls it after materializing, so a user sees URIs, row counts and metrics without
+opening the UI. It reads the Dagster instance at $DAGSTER_HOME.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+
+from dagster import DagsterInstance, MetadataValue
+
+from . import defs
+
+# Entry kinds worth a line in a terminal; tables, markdown and JSON are for the UI.
+_SCALARS = (
+    MetadataValue.text("").__class__,
+    MetadataValue.int(0).__class__,
+    MetadataValue.float(0.0).__class__,
+    MetadataValue.path("").__class__,
+    MetadataValue.url("").__class__,
+    MetadataValue.bool(False).__class__,
+)
+
+
+def main() -> int:
+    instance = DagsterInstance.get()
+    keys = sorted(defs.resolve_asset_graph().get_all_asset_keys(), key=lambda k: k.to_user_string())
+    print("\nWhat the graph made (latest materialization of each asset):")
+    for key in keys:
+        event = instance.get_latest_materialization_event(key)
+        name = key.to_user_string()
+        if event is None or event.asset_materialization is None:
+            print(f"\n  {name}: not materialized")
+            continue
+        when = datetime.fromtimestamp(event.timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        print(f"\n  {name}  ({when}, run {event.run_id[:8]})")
+        for label, value in event.asset_materialization.metadata.items():
+            if isinstance(value, _SCALARS) and value.value not in ("", None):
+                print(f"    {label}: {value.value}")
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

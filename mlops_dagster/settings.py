@@ -1,0 +1,124 @@
+"""The one place that reads configuration.
+
+Every setting comes from an environment variable with the ``MLOPS_`` prefix. ``Settings.from_env``
+validates them all and raises ``SettingsError`` naming the variable, the bad value and what is
+allowed, so a typo fails at load time instead of half-way through a run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Mapping
+
+from dagster import ConfigurableResource
+
+BACKENDS = ("local", "aws")
+# S3's bucket naming rules (general purpose buckets), minus the legacy dotted forms.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
+
+
+class SettingsError(ValueError):
+    """A configuration variable has a value that cannot be used."""
+
+
+class Settings(ConfigurableResource):
+    """Validated configuration of the code location, shared with assets as the `settings` resource.
+
+    | variable | default | meaning |
+    |---|---|---|
+    | MLOPS_BACKEND | local | `local` (no AWS, everything under MLOPS_HOME) or `aws` |
+    | MLOPS_HOME | ./.mlops | local object store, SQLite state, logs, Dagster storage |
+    | MLOPS_BUCKET | mlops-local (local); required on aws | the S3 bucket for data and artifacts |
+    | MLOPS_PREFIX | mlops | key prefix inside the bucket |
+    | MLOPS_REGION | AWS_REGION, AWS_DEFAULT_REGION, else us-east-1 (local only) | AWS region |
+    | MLOPS_DATA_SOURCE | synthetic | default source of `raw_data`: a path, an s3:// URI or `synthetic` |
+    | MLOPS_PIPELINE_NAME | mlops-pipeline | the SageMaker pipeline's name |
+    """
+
+    backend: str = "local"
+    home: str = str(Path(".mlops").resolve())
+    bucket: str = "mlops-local"
+    prefix: str = "mlops"
+    region: str = "us-east-1"
+    data_source: str = "synthetic"
+    pipeline_name: str = "mlops-pipeline"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        backend = _choice(env, "MLOPS_BACKEND", "local", BACKENDS)
+        home = Path(env.get("MLOPS_HOME") or ".mlops").expanduser().resolve()
+        if home.exists() and not home.is_dir():
+            raise SettingsError(f"MLOPS_HOME={str(home)!r} exists and is not a directory")
+
+        region = env.get("MLOPS_REGION") or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if not region:
+            if backend == "aws":
+                raise SettingsError(
+                    "MLOPS_REGION is not set: the aws backend needs a region "
+                    "(set MLOPS_REGION or AWS_REGION, e.g. us-east-1)"
+                )
+            region = "us-east-1"
+        if not _REGION_RE.match(region):
+            raise SettingsError(f"MLOPS_REGION={region!r} is not an AWS region name such as 'us-east-1'")
+
+        bucket = env.get("MLOPS_BUCKET") or ""
+        if not bucket:
+            if backend == "aws":
+                raise SettingsError(
+                    "MLOPS_BUCKET is not set: the aws backend needs the name of the S3 bucket "
+                    "for data and artifacts (e.g. sagemaker-mlops-abc123)"
+                )
+            bucket = "mlops-local"
+        if not _BUCKET_RE.match(bucket) or ".." in bucket:
+            raise SettingsError(
+                f"MLOPS_BUCKET={bucket!r} is not a valid S3 bucket name: use 3-63 lowercase "
+                "letters, digits, dots or hyphens, starting and ending with a letter or digit"
+            )
+
+        prefix = env.get("MLOPS_PREFIX", "mlops")
+        if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix or ".." in prefix.split("/"):
+            raise SettingsError(
+                f"MLOPS_PREFIX={prefix!r} is not a valid key prefix: no leading or trailing '/', "
+                "no empty or '..' parts (e.g. 'mlops' or 'teams/ml')"
+            )
+
+        pipeline_name = env.get("MLOPS_PIPELINE_NAME") or "mlops-pipeline"
+        if not _NAME_RE.match(pipeline_name):
+            raise SettingsError(
+                f"MLOPS_PIPELINE_NAME={pipeline_name!r} is not a valid SageMaker pipeline name: "
+                "letters, digits and single hyphens, starting with a letter or digit"
+            )
+
+        return cls(
+            backend=backend,
+            home=str(home),
+            bucket=bucket,
+            prefix=prefix,
+            region=region,
+            data_source=env.get("MLOPS_DATA_SOURCE") or "synthetic",
+            pipeline_name=pipeline_name,
+        )
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home)
+
+    def uri(self, *parts: str) -> str:
+        """``s3://<bucket>/<prefix>/<parts...>``."""
+        key = "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
+        return f"s3://{self.bucket}/{key}"
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in allowed:
+        raise SettingsError(
+            f"{name}={env.get(name)!r} is not valid: allowed values are "
+            + ", ".join(repr(a) for a in allowed)
+        )
+    return value
