@@ -1,0 +1,43 @@
+"""Shared fixtures: every test gets its own $MLOPS_HOME and never touches the network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data" / "BostonHousing.csv"
+
+# Nothing in the test run may reach AWS: fake credentials, and no instance metadata lookups.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+os.environ["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
+
+
+@pytest.fixture
+def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty $MLOPS_HOME (and DAGSTER_HOME inside it) for one test."""
+    home = tmp_path / "mlops-home"
+    home.mkdir()
+    monkeypatch.setenv("MLOPS_HOME", str(home))
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    (home / "dagster").mkdir()
+    return home
+
+
+@pytest.fixture
+def settings(mlops_home: Path):
+    from mlops_dagster.settings import Settings
+
+    return Settings.from_env({"MLOPS_HOME": str(mlops_home)})
+
+
+@pytest.fixture
+def boston_csv() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"{SHARED_DATA} is not present (../shared/data is only on project machines)")
+    return SHARED_DATA
