@@ -1,0 +1,253 @@
+"""The recipe's SageMaker Pipeline, built with the SDK v2 (``PipelineSession``).
+
+Preprocess (processing) -> Train (scikit-learn framework container, ``training/train.py``) ->
+Evaluate (processing, ``evaluation.json`` read through a PropertyFile) -> CheckQuality (MSE
+against the ``MseThreshold`` parameter) -> RegisterModel, else Fail. The same function builds the
+definition for both backends; only the boto session differs (see ``offline.py``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+
+from . import SDK_CONFIG  # noqa: F401  (configures the SDK before it is imported)
+
+import sagemaker  # noqa: E402  isort: skip
+from sagemaker import image_uris  # noqa: E402
+from sagemaker.inputs import TrainingInput  # noqa: E402
+from sagemaker.model import Model  # noqa: E402
+from sagemaker.model_metrics import MetricsSource, ModelMetrics  # noqa: E402
+from sagemaker.processing import ProcessingInput, ProcessingOutput  # noqa: E402
+from sagemaker.sklearn.estimator import SKLearn  # noqa: E402
+from sagemaker.sklearn.processing import SKLearnProcessor  # noqa: E402
+from sagemaker.workflow.condition_step import ConditionStep  # noqa: E402
+from sagemaker.workflow.conditions import ConditionLessThanOrEqualTo  # noqa: E402
+from sagemaker.workflow.fail_step import FailStep  # noqa: E402
+from sagemaker.workflow.functions import Join, JsonGet  # noqa: E402
+from sagemaker.workflow.model_step import ModelStep  # noqa: E402
+from sagemaker.workflow.parameters import ParameterFloat, ParameterString  # noqa: E402
+from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
+from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
+from sagemaker.workflow.properties import PropertyFile  # noqa: E402
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep  # noqa: E402
+
+TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
+FRAMEWORK_VERSION = "1.2-1"
+PROCESSING = "/opt/ml/processing"
+APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the pipeline definition depends on (besides the code in ``training_dir``)."""
+
+    name: str
+    bucket: str
+    prefix: str
+    region: str
+    role_arn: str
+    target: str = "medv"
+    mse_threshold: float = 25.0
+    train_instance_type: str = "ml.m5.large"
+    processing_instance_type: str = "ml.m5.large"
+    approval_status: str = "PendingManualApproval"
+    hyperparameters: dict = field(default_factory=lambda: {"n_estimators": 100, "min_samples_leaf": 1, "random_state": 42})
+    training_dir: str = str(TRAINING_DIR)
+    entry_point: str = "train.py"
+    # The recipe's own train.py takes no hyperparameters; set False to run it unmodified.
+    pass_hyperparameters: bool = True
+
+    @property
+    def model_package_group(self) -> str:
+        return f"{self.name}-models"
+
+
+def code_version(training_dir: str | Path = TRAINING_DIR) -> str:
+    """sha256 over the training scripts' names and bytes: the code the definition embeds."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(training_dir).rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(training_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
+    if spec.approval_status not in APPROVAL_STATUSES:
+        raise ValueError(f"approval_status {spec.approval_status!r} is not one of {APPROVAL_STATUSES}")
+    source = Path(spec.training_dir)
+    for script in ("preprocess.py", "evaluate.py", spec.entry_point):
+        if not (source / script).is_file():
+            raise FileNotFoundError(f"training script {source / script} does not exist")
+
+    session = PipelineSession(
+        boto_session=boto_session, default_bucket=spec.bucket, default_bucket_prefix=spec.prefix or None
+    )
+    input_data = ParameterString("InputData", default_value=f"s3://{spec.bucket}/{spec.prefix}/data/")
+    mse_threshold = ParameterFloat("MseThreshold", default_value=float(spec.mse_threshold))
+    train_instance = ParameterString("TrainInstanceType", default_value=spec.train_instance_type)
+    processing_instance = ParameterString("ProcessingInstanceType", default_value=spec.processing_instance_type)
+    approval = ParameterString("ModelApprovalStatus", default_value=spec.approval_status)
+
+    def processor(base: str) -> SKLearnProcessor:
+        return SKLearnProcessor(
+            framework_version=FRAMEWORK_VERSION,
+            role=spec.role_arn,
+            instance_type=processing_instance,
+            instance_count=1,
+            base_job_name=f"{spec.name}-{base}",
+            sagemaker_session=session,
+        )
+
+    preprocess = ProcessingStep(
+        name="Preprocess",
+        step_args=processor("preprocess").run(
+            code=str(source / "preprocess.py"),
+            inputs=[ProcessingInput(source=input_data, destination=f"{PROCESSING}/input")],
+            outputs=[
+                ProcessingOutput(output_name=split, source=f"{PROCESSING}/{split}")
+                for split in ("train", "validation", "test")
+            ],
+            arguments=["--input-dir", f"{PROCESSING}/input", "--output-dir", PROCESSING, "--target", spec.target],
+        ),
+    )
+    outputs = preprocess.properties.ProcessingOutputConfig.Outputs
+
+    hyperparameters = {"target": spec.target, **spec.hyperparameters} if spec.pass_hyperparameters else {}
+    estimator = SKLearn(
+        entry_point=spec.entry_point,
+        source_dir=str(source),
+        framework_version=FRAMEWORK_VERSION,
+        py_version="py3",
+        instance_type=train_instance,
+        instance_count=1,
+        role=spec.role_arn,
+        base_job_name=f"{spec.name}-train",
+        hyperparameters=hyperparameters,
+        sagemaker_session=session,
+    )
+    train = TrainingStep(
+        name="Train",
+        step_args=estimator.fit(
+            inputs={
+                "training": TrainingInput(outputs["train"].S3Output.S3Uri, content_type="text/csv"),
+                "validation": TrainingInput(outputs["validation"].S3Output.S3Uri, content_type="text/csv"),
+            }
+        ),
+    )
+    model_data = train.properties.ModelArtifacts.S3ModelArtifacts
+
+    report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+    evaluate = ProcessingStep(
+        name="Evaluate",
+        step_args=processor("evaluate").run(
+            code=str(source / "evaluate.py"),
+            inputs=[
+                ProcessingInput(source=model_data, destination=f"{PROCESSING}/model"),
+                ProcessingInput(source=outputs["test"].S3Output.S3Uri, destination=f"{PROCESSING}/test"),
+            ],
+            outputs=[ProcessingOutput(output_name="evaluation", source=f"{PROCESSING}/evaluation")],
+            arguments=[
+                "--model-dir", f"{PROCESSING}/model", "--test-dir", f"{PROCESSING}/test",
+                "--output-dir", f"{PROCESSING}/evaluation", "--target", spec.target,
+            ],  # fmt: skip
+        ),
+        property_files=[report],
+    )
+    evaluation_uri = Join(
+        on="/", values=[evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, "evaluation.json"]
+    )
+    mse = JsonGet(step_name=evaluate.name, property_file=report, json_path="regression_metrics.mse.value")
+
+    model = Model(
+        image_uri=image_uris.retrieve("sklearn", spec.region, FRAMEWORK_VERSION, instance_type="ml.m5.large"),
+        model_data=model_data,
+        role=spec.role_arn,
+        sagemaker_session=session,
+    )
+    register = ModelStep(
+        name="RegisterModel",
+        step_args=model.register(
+            content_types=["text/csv", "application/json"],
+            response_types=["text/csv", "application/json"],
+            inference_instances=["ml.t2.medium", "ml.m5.large"],
+            transform_instances=["ml.m5.large"],
+            model_package_group_name=spec.model_package_group,
+            approval_status=approval,
+            model_metrics=ModelMetrics(
+                model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json")
+            ),
+        ),
+    )
+    fail = FailStep(
+        name="MseAboveThreshold",
+        error_message=Join(on=" ", values=["model not registered: mse", mse, "is above the MseThreshold", mse_threshold]),
+    )
+    check = ConditionStep(
+        name="CheckQuality",
+        conditions=[ConditionLessThanOrEqualTo(left=mse, right=mse_threshold)],
+        if_steps=[register],
+        else_steps=[fail],
+    )
+    return Pipeline(
+        name=spec.name,
+        parameters=[input_data, mse_threshold, train_instance, processing_instance, approval],
+        steps=[preprocess, train, evaluate, check],
+        pipeline_experiment_config=None,
+        sagemaker_session=session,
+    )
+
+
+def definition_json(pipeline: Pipeline) -> str:
+    """The definition exactly as the SDK renders it (this string is what gets upserted)."""
+    return pipeline.definition()
+
+
+def definition_sha256(definition: str) -> str:
+    return hashlib.sha256(definition.encode()).hexdigest()
+
+
+def step_graph_mermaid(definition: str) -> str:
+    """The step graph as a mermaid diagram: data edges from Get references, and condition branches."""
+    doc = json.loads(definition)
+    lines = ["graph LR"]
+    for step in _all_steps(doc["Steps"]):
+        lines.append(f'    {step["Name"]}["{step["Name"]}<br/>{step["Type"]}"]')
+        for dep in sorted(_referenced_steps(step.get("Arguments", {})) | set(step.get("DependsOn", []))):
+            lines.append(f"    {dep} --> {step['Name']}")
+        if step["Type"] == "Condition":
+            for branch, label in (("IfSteps", "true"), ("ElseSteps", "false")):
+                for target in step["Arguments"].get(branch, []):
+                    lines.append(f"    {step['Name']} -- {label} --> {target['Name']}")
+    return "\n".join(lines)
+
+
+def _all_steps(steps: list[dict]) -> list[dict]:
+    out = []
+    for step in steps:
+        out.append(step)
+        if step["Type"] == "Condition":
+            out += _all_steps(step["Arguments"].get("IfSteps", []) + step["Arguments"].get("ElseSteps", []))
+    return out
+
+
+def _referenced_steps(node) -> set[str]:
+    if isinstance(node, dict):
+        found = set()
+        get = node.get("Get")
+        if isinstance(get, str) and get.startswith("Steps."):
+            found.add(get.split(".")[1])
+        step_name = node.get("Std:JsonGet", {}).get("PropertyFile", {}).get("Get", "") if "Std:JsonGet" in node else ""
+        if step_name.startswith("Steps."):
+            found.add(step_name.split(".")[1])
+        for value in node.values():
+            found |= _referenced_steps(value)
+        return found
+    if isinstance(node, list):
+        return set().union(*(_referenced_steps(v) for v in node)) if node else set()
+    return set()
