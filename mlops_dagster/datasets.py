@@ -111,9 +111,11 @@ def parse_table(data: bytes, name: str) -> pd.DataFrame:
     lowered = name.lower()
     if data[:4] == PARQUET_MAGIC or lowered.endswith((".parquet", ".pq")):
         try:
-            return pd.read_parquet(io.BytesIO(data))
+            frame = pd.read_parquet(io.BytesIO(data))
         except Exception as err:  # pyarrow raises several types; all mean "not Parquet"
             raise DataSourceError(f"data source {name} is not a readable Parquet file: {err}") from err
+        # Rows are numbered by position: drop a stored index (keep it as columns when it is named).
+        return frame.reset_index(drop=all(n is None for n in frame.index.names))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -127,6 +129,13 @@ def parse_table(data: bytes, name: str) -> pd.DataFrame:
         frame = pd.read_csv(io.StringIO(text), skipinitialspace=True)
     except pd.errors.ParserError as err:
         raise DataSourceError(f"data source {name} is not valid CSV: {err}") from err
+    if not (isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1):
+        # pandas takes the first column(s) as the index when rows have more fields than the header,
+        # which would shift every value one column to the left.
+        raise DataSourceError(
+            f"data source {name} is not valid CSV: its rows have more fields than the header's "
+            f"{frame.shape[1]} names (a header name missing, or a delimiter at the end of each row?)"
+        )
     if frame.shape[1] < 2:
         raise DataSourceError(
             f"data source {name} is not a CSV table: found {frame.shape[1]} column "

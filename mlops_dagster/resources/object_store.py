@@ -93,12 +93,18 @@ class LocalObjectStore(ObjectStore):
 
     root: str
 
+    def _bucket_dir(self, uri: str, bucket: str) -> Path:
+        # split_uri leaves no '/' in the bucket, but '.' or '..' would still step out of the root.
+        if bucket in (".", ".."):
+            raise ValueError(f"not a bucket name: {bucket!r} in {uri!r}")
+        return Path(self.root, bucket)
+
     def path_for(self, uri: str) -> Path:
         bucket, key = split_uri(uri)
         parts = [p for p in key.split("/") if p]
         if not parts or any(p in (".", "..") for p in parts) or key.endswith("/"):
             raise ValueError(f"not an object key (empty, a folder, or with '.'/'..' parts): {uri!r}")
-        return Path(self.root, bucket, *parts)
+        return self._bucket_dir(uri, bucket).joinpath(*parts)
 
     def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
         target = self.path_for(uri)
@@ -143,7 +149,9 @@ class LocalObjectStore(ObjectStore):
 
     def list(self, uri_prefix: str) -> list[str]:
         bucket, key_prefix = split_uri(uri_prefix)
-        base = Path(self.root, bucket)
+        base = self._bucket_dir(uri_prefix, bucket)
+        if any(p in (".", "..") for p in key_prefix.split("/")[:-1]):
+            raise ValueError(f"not a key prefix (with '.'/'..' parts): {uri_prefix!r}")
         if not base.is_dir():
             return []
         # Walk only the deepest directory the prefix names, then filter by the full prefix.
