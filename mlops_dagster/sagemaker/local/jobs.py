@@ -1,0 +1,737 @@
+"""SageMaker Training and Processing jobs, run on this machine as subprocesses (no Docker).
+
+What SageMaker does with a container, done with directories: ``<work_dir>/opt/ml`` stands in for
+``/opt/ml``; inputs are downloaded from the ObjectStore before the script runs and outputs are
+uploaded after it exits 0; stdout and stderr go to ``log_path`` (the local CloudWatch). This
+interpreter (``sys.executable``) stands in for the scikit-learn container's python: the image
+URI of a request is not used.
+
+Training follows the sagemaker-training-toolkit, which the framework containers run: channels
+in ``input/data/<channel>`` and ``SM_CHANNEL_<CHANNEL>``; hyperparameters decoded from the SDK's
+JSON strings into ``SM_HPS``, ``SM_HP_<NAME>`` and ``--name value`` arguments; the code from
+``sagemaker_submit_directory``; the model directory packed into
+``<S3OutputPath>/<job>/output/model.tar.gz``; ``output/failure`` as the FailureReason.
+Processing: each input to its ``LocalPath``, ``ContainerEntrypoint`` + ``ContainerArguments``
+with ``/opt/ml`` paths remapped, each output's ``LocalPath`` to its ``S3Uri``.
+
+What one machine cannot do fails the job before it starts, with a reason naming it: more than
+one instance, Pipe input mode, manifest or Gzip inputs, built-in algorithms and images without
+``sagemaker_program``, processing without ``ContainerEntrypoint``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from botocore.exceptions import BotoCoreError
+from botocore.exceptions import ClientError as BotoClientError
+
+from mlops_dagster.resources.object_store import ObjectStore, ObjectStoreError, split_uri
+
+OPT_ML = "/opt/ml"
+PROCESSING_ROOT = "/opt/ml/processing/"  # SageMaker requires every processing LocalPath under it
+CURRENT_HOST = "algo-1"
+STOP_GRACE_SECONDS = 5.0
+FAILURE_REASON_LIMIT = 1024  # SageMaker truncates FailureReason to this length
+TAIL_LINES = 20
+# The parent's AWS credentials and this project's own state stay out of a job; SM_* are set per job.
+DROPPED_ENV_PREFIXES = ("AWS_", "MLOPS_", "DAGSTER_", "SM_")
+# With the AWS_* variables gone boto3 would still find ~/.aws or instance metadata: close those too.
+NO_AWS_ENV = {
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+_CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")
+_PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
+_STORE_ERRORS = (ObjectStoreError, OSError, ValueError, BotoCoreError, BotoClientError)
+
+# Processes stop_process was called on: their run_* call reports "Stopped", not "Failed".
+_stopped: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
+
+
+@dataclass
+class JobResult:
+    status: str  # "Completed" | "Failed" | "Stopped"
+    failure_reason: str | None  # SageMaker-like, e.g. "AlgorithmError: <failure file or log tail>"
+    outputs: dict  # training: {"S3ModelArtifacts": uri}; processing: {}
+    exit_code: int | None  # None when the script never ran; negative for a signal
+    log_path: Path
+
+
+class JobSetupError(Exception):
+    """The job cannot run or its outputs cannot be stored; the message is the FailureReason."""
+
+
+def _client_error(message: str) -> JobSetupError:
+    return JobSetupError(f"ClientError: {message}")
+
+
+@dataclass
+class _Launch:
+    command: list[str]
+    cwd: Path
+    env: dict[str, str]
+    max_runtime: int | None
+    failure_file: Path
+
+
+Note = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------- public interface
+
+
+def run_training_job(
+    name: str,
+    request: dict,
+    store: ObjectStore,
+    work_dir: Path,
+    log_path: Path,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> JobResult:
+    """Run a resolved CreateTrainingJob request (without TrainingJobName) and wait for it."""
+    work_dir = Path(work_dir).absolute()
+    return _run_job(
+        "training",
+        name,
+        Path(log_path),
+        on_start,
+        prepare=lambda note: _prepare_training(name, request, store, work_dir, note),
+        collect=lambda note: _collect_training(name, request, store, work_dir, note),
+    )
+
+
+def run_processing_job(
+    name: str,
+    request: dict,
+    store: ObjectStore,
+    work_dir: Path,
+    log_path: Path,
+    on_start: Callable[[subprocess.Popen], None] | None = None,
+) -> JobResult:
+    """Run a resolved CreateProcessingJob request (without ProcessingJobName) and wait for it."""
+    work_dir = Path(work_dir).absolute()
+    return _run_job(
+        "processing",
+        name,
+        Path(log_path),
+        on_start,
+        prepare=lambda note: _prepare_processing(name, request, store, work_dir, note),
+        collect=lambda note: _collect_processing(request, store, work_dir, note),
+    )
+
+
+def stop_process(proc: subprocess.Popen, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
+    """Stop a job as StopTrainingJob does: SIGTERM to its process group, SIGKILL after the grace.
+
+    Its run_* call then returns "Stopped". A process that has already ended is left alone.
+    """
+    if proc.poll() is not None:
+        return
+    _stopped.add(proc)
+    _terminate(proc, grace_seconds)
+    proc.wait()
+
+
+# --------------------------------------------------------------------------- running a job
+
+
+def _run_job(
+    kind: str,
+    name: str,
+    log_path: Path,
+    on_start: Callable[[subprocess.Popen], None] | None,
+    prepare: Callable[[Note], _Launch],
+    collect: Callable[[Note], dict],
+) -> JobResult:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+
+        def note(line: str) -> None:
+            log.write(f"{line}\n".encode())
+            log.flush()
+
+        note(f"=== {kind} job {name}: preparing inputs and code ===")
+        try:
+            launch = prepare(note)
+        except JobSetupError as exc:
+            return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
+
+        note(f"=== {kind} job {name}: running {shlex.join(launch.command)} (cwd {launch.cwd}) ===")
+        script_output_starts = log.tell()
+        try:
+            proc = _launch(launch, log)
+        except JobSetupError as exc:
+            return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
+        try:
+            if on_start is not None:
+                on_start(proc)
+            timed_out = _wait(proc, launch.max_runtime)
+        finally:
+            # A container ends with its main process: so does whatever the script left running
+            # (and the job itself when the caller's callback raised).
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+        result = _outcome(proc, timed_out, launch, log_path, script_output_starts)
+        if result.status == "Completed":
+            try:
+                result.outputs = collect(note)
+            except JobSetupError as exc:
+                result = JobResult("Failed", str(exc), {}, proc.returncode, log_path)
+        return _finish(note, kind, name, result)
+
+
+def _launch(launch: _Launch, log: BinaryIO) -> subprocess.Popen:
+    try:
+        return subprocess.Popen(
+            launch.command,
+            cwd=launch.cwd,
+            env=launch.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so that stop_process reaches its children
+        )
+    except OSError as exc:
+        raise _client_error(f"cannot start {launch.command[0]!r}: {exc}") from exc
+
+
+def _wait(proc: subprocess.Popen, max_runtime: int | None) -> bool:
+    """Wait for the process; True when it outlived max_runtime and was killed."""
+    try:
+        proc.wait(timeout=max_runtime)
+        return False
+    except subprocess.TimeoutExpired:
+        _terminate(proc, STOP_GRACE_SECONDS)
+        return True
+
+
+def _outcome(proc: subprocess.Popen, timed_out: bool, launch: _Launch, log_path: Path, offset: int) -> JobResult:
+    code = proc.returncode
+    if proc in _stopped:
+        return JobResult("Stopped", None, {}, code, log_path)
+    if timed_out:
+        reason = (
+            f"MaxRuntimeExceeded: the job ran longer than StoppingCondition.MaxRuntimeInSeconds "
+            f"({launch.max_runtime} s) and was stopped"
+        )
+        return JobResult("Failed", reason, {}, code, log_path)
+    if code != 0:
+        return JobResult("Failed", _algorithm_error(code, launch.failure_file, log_path, offset), {}, code, log_path)
+    return JobResult("Completed", None, {}, code, log_path)
+
+
+def _finish(note: Note, kind: str, name: str, result: JobResult) -> JobResult:
+    summary = f"=== {kind} job {name}: {result.status}"
+    if result.exit_code is not None:
+        summary += f" (exit code {result.exit_code})"
+    if result.failure_reason:
+        summary += f": {result.failure_reason.splitlines()[0]}"
+    note(summary + " ===")
+    return result
+
+
+def _algorithm_error(code: int, failure_file: Path, log_path: Path, offset: int) -> str:
+    """The script's own failure file if it wrote one (SageMaker's rule), else the end of its log."""
+    if failure_file.is_file():
+        text = failure_file.read_text(errors="replace").strip()
+        if text:
+            return ("AlgorithmError: " + text)[:FAILURE_REASON_LIMIT]
+    how = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit code {code}"
+    tail = _log_tail(log_path, offset)
+    head = f"AlgorithmError: {how}" + (", last lines of the log:\n" if tail else " (the script printed nothing)")
+    return head + tail[-(FAILURE_REASON_LIMIT - len(head)) :]
+
+
+def _log_tail(log_path: Path, offset: int, lines: int = TAIL_LINES) -> str:
+    with open(log_path, "rb") as f:
+        f.seek(max(offset, f.seek(0, os.SEEK_END) - 64 * 1024))
+        text = f.read().decode(errors="replace")
+    return "\n".join(line.rstrip() for line in text.rstrip().splitlines()[-lines:])
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
+
+
+def _terminate(proc: subprocess.Popen, grace_seconds: float) -> None:
+    """SIGTERM, then SIGKILL after the grace: to the group when the process leads one."""
+    try:
+        own_group = os.getpgid(proc.pid) == proc.pid
+    except ProcessLookupError:
+        return
+
+    def send(sig: signal.Signals) -> None:
+        if own_group:
+            _signal_group(proc.pid, sig)
+        else:  # never signal a group we did not create (it could be the caller's own)
+            proc.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    send(signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _prepare_training(name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note) -> _Launch:
+    _check_training_request(request)
+    _output_base(request, name)  # a bad S3OutputPath fails now, not after the training
+    max_runtime = _max_runtime(request)
+    ml = _fresh_opt_ml(work_dir)
+    given = _string_hyperparameters(request.get("HyperParameters"))
+    decoded = {key: _decode_hyperparameter(value) for key, value in given.items()}
+    user_hps = {key: value for key, value in decoded.items() if not key.startswith("sagemaker_")}
+    program = _required_string(decoded, "sagemaker_program")
+    submit_dir = _required_string(decoded, "sagemaker_submit_directory")
+
+    dirs = _training_dirs(ml)
+    channels = _download_channels(request, store, ml / "input" / "data", note)
+    input_config = _write_training_config(dirs["input_config_dir"], given, request)
+    code_dir = ml / "code"
+    _fetch_source_dir(store, submit_dir, work_dir / "staging", code_dir, note)
+    _check_program(code_dir, program, submit_dir)
+
+    args = [_remap(arg, work_dir) for arg in _to_cmd_args(user_hps)]
+    env = _base_env()
+    env.update(_remapped_environment(request.get("Environment"), work_dir))
+    job = _TrainingJobInfo(name, program, submit_dir, dirs, channels, input_config)
+    env.update(_training_env(job, decoded, user_hps, args))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    return _Launch([sys.executable, program, *args], code_dir, env, max_runtime, ml / "output" / "failure")
+
+
+def _collect_training(name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note) -> dict:
+    ml = work_dir / "opt" / "ml"
+    base = _output_base(request, name)
+    staging = work_dir / "staging"
+    model_uri = f"{base}/model.tar.gz"
+    _upload(store, _pack(ml / "model", staging / "model.tar.gz"), model_uri, note)
+    output_data = ml / "output" / "data"
+    if any(p.is_file() for p in output_data.rglob("*")):
+        _upload(store, _pack(output_data, staging / "output.tar.gz"), f"{base}/output.tar.gz", note)
+    return {"S3ModelArtifacts": model_uri}
+
+
+def _check_training_request(request: dict) -> None:
+    algorithm = request.get("AlgorithmSpecification") or {}
+    if algorithm.get("AlgorithmName"):
+        raise _client_error(f"built-in algorithm {algorithm['AlgorithmName']!r} cannot run locally")
+    if algorithm.get("ContainerEntrypoint"):
+        raise _client_error("AlgorithmSpecification.ContainerEntrypoint is not supported locally")
+    _check_input_mode("AlgorithmSpecification.TrainingInputMode", algorithm.get("TrainingInputMode"))
+    _check_one_instance("ResourceConfig", request.get("ResourceConfig") or {})
+
+
+def _string_hyperparameters(hyperparameters: object) -> dict[str, str]:
+    """The HyperParameters as SageMaker stores them: strings (a resolved number is JSON-encoded)."""
+    if hyperparameters is None:
+        return {}
+    if not isinstance(hyperparameters, dict):
+        raise _client_error(f"HyperParameters must be a map of strings, got {type(hyperparameters).__name__}")
+    return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in hyperparameters.items()}
+
+
+def _decode_hyperparameter(value: str) -> object:
+    """The SDK JSON-encodes each value ('"train.py"', '100'); the toolkit decodes what it can."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def _required_string(hyperparameters: dict, key: str) -> str:
+    value = hyperparameters.get(key)
+    if not isinstance(value, str) or not value:
+        raise _client_error(
+            f"hyperparameter {key!r} is missing: only framework-container jobs (an SDK estimator "
+            "with an entry_point) run locally"
+        )
+    return value
+
+
+def _to_cmd_args(hyperparameters: dict) -> list[str]:
+    """The toolkit's to_cmd_args: sorted names, '--name value' ('-n' for one letter), str() values."""
+    args: list[str] = []
+    for key in sorted(hyperparameters):
+        value = hyperparameters[key]
+        if isinstance(value, dict):
+            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
+        args += [f"--{key}" if len(key) > 1 else f"-{key}", str(value)]
+    return args
+
+
+def _download_channels(request: dict, store: ObjectStore, data_dir: Path, note: Note) -> dict[str, Path]:
+    channels: dict[str, Path] = {}
+    for channel in request.get("InputDataConfig") or []:
+        name = channel.get("ChannelName")
+        if not isinstance(name, str) or not _CHANNEL_NAME.match(name):
+            raise _client_error(f"invalid ChannelName {name!r}")
+        if name in channels:
+            raise _client_error(f"channel {name!r} appears twice in InputDataConfig")
+        what = f"channel '{name}'"
+        source = (channel.get("DataSource") or {}).get("S3DataSource")
+        if source is None:
+            raise _client_error(f"{what}: only S3DataSource inputs run locally")
+        _check_input_mode(f"{what} InputMode", channel.get("InputMode"))
+        _check_s3_input(what, source.get("S3DataType"), channel.get("CompressionType"))
+        channels[name] = data_dir / name
+        _download_prefix(store, source.get("S3Uri"), channels[name], what, note)
+    return channels
+
+
+def _write_training_config(config_dir: Path, hyperparameters: dict, request: dict) -> dict:
+    """hyperparameters.json (as given), resourceconfig.json and inputdataconfig.json (returned)."""
+    mode = (request.get("AlgorithmSpecification") or {}).get("TrainingInputMode") or "File"
+    input_config = {
+        c["ChannelName"]: {
+            "TrainingInputMode": c.get("InputMode") or mode,
+            "S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated"),
+            "RecordWrapperType": c.get("RecordWrapperType", "None"),
+            **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
+        }
+        for c in request.get("InputDataConfig") or []
+    }
+    _write_json(config_dir / "hyperparameters.json", hyperparameters)
+    _write_json(config_dir / "resourceconfig.json", _resource_config())
+    _write_json(config_dir / "inputdataconfig.json", input_config)
+    return input_config
+
+
+def _fetch_source_dir(store: ObjectStore, uri: str, staging: Path, code_dir: Path, note: Note) -> None:
+    """Download sagemaker_submit_directory (a sourcedir.tar.gz) and unpack it into code_dir."""
+    staging = _fresh_dir(staging)
+    archive = _download_object(store, uri, staging / "sourcedir.tar.gz", "sagemaker_submit_directory")
+    code_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            # The "data" filter refuses members that would land outside code_dir (../, links, devices).
+            tar.extractall(code_dir, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        raise _client_error(f"cannot unpack the source directory {uri}: {exc}") from exc
+    note(f"code: {uri} -> {code_dir}")
+
+
+def _check_program(code_dir: Path, program: str, submit_dir: str) -> None:
+    path = PurePosixPath(program)
+    if path.is_absolute() or ".." in path.parts or not (code_dir / program).is_file():
+        raise _client_error(f"sagemaker_program {program!r} is not a file in {submit_dir}")
+
+
+def _training_dirs(ml: Path) -> dict[str, Path]:
+    """The toolkit's directories (its names), created as SageMaker creates them before the script."""
+    dirs = {
+        "model_dir": ml / "model",
+        "output_dir": ml / "output",
+        "output_data_dir": ml / "output" / "data",
+        "output_intermediate_dir": ml / "output" / "intermediate",
+        "input_dir": ml / "input",
+        "input_config_dir": ml / "input" / "config",
+    }
+    for path in dirs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return dirs
+
+
+@dataclass
+class _TrainingJobInfo:
+    name: str
+    program: str
+    submit_dir: str
+    dirs: dict[str, Path]
+    channels: dict[str, Path]
+    input_config: dict
+
+
+def _training_env(job: _TrainingJobInfo, hyperparameters: dict, user_hps: dict, args: list[str]) -> dict[str, str]:
+    """The SM_* variables of the sagemaker-training-toolkit."""
+    channels = job.channels
+    log_level = hyperparameters.get("sagemaker_container_log_level", 20)
+    summary = {
+        **{key: str(path) for key, path in job.dirs.items()},
+        "job_name": job.name,
+        "current_host": CURRENT_HOST,
+        "hosts": [CURRENT_HOST],
+        "master_hostname": CURRENT_HOST,
+        "is_master": True,
+        "num_cpus": os.cpu_count() or 1,
+        "num_gpus": 0,
+        "network_interface_name": "lo",
+        "channel_input_dirs": {c: str(p) for c, p in channels.items()},
+        "hyperparameters": user_hps,
+        "additional_framework_parameters": {},
+        "module_dir": job.submit_dir,
+        "module_name": job.program.removesuffix(".py"),
+        "user_entry_point": job.program,
+        "log_level": log_level,
+        "resource_config": _resource_config(),
+        "input_data_config": job.input_config,
+    }
+    env = {f"SM_{key.upper()}": _env_value(value) for key, value in summary.items()}
+    env.update({f"SM_CHANNEL_{c.upper()}": str(p) for c, p in channels.items()})
+    env.update({f"SM_HP_{k.upper()}": _env_value(v) for k, v in user_hps.items()})
+    env["SM_CHANNELS"] = json.dumps(sorted(channels))
+    env["SM_HPS"] = json.dumps(user_hps)
+    env["SM_USER_ARGS"] = json.dumps(args)
+    env["SM_FRAMEWORK_PARAMS"] = "{}"
+    env["SM_TRAINING_ENV"] = json.dumps(summary)
+    return env
+
+
+def _env_value(value: object) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _output_base(request: dict, name: str) -> str:
+    """<S3OutputPath>/<job name>/output: where SageMaker puts model.tar.gz and output.tar.gz."""
+    path = (request.get("OutputDataConfig") or {}).get("S3OutputPath")
+    try:
+        split_uri(path)
+    except ValueError as exc:
+        raise _client_error(f"OutputDataConfig.S3OutputPath: {exc}") from exc
+    return f"{path.rstrip('/')}/{name}/output"
+
+
+def _pack(source: Path, archive: Path) -> Path:
+    """A tar.gz of the directory's content, with the files at the archive root (as SageMaker packs it)."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "w:gz") as tar:
+        for entry in sorted(source.iterdir()):
+            tar.add(entry, arcname=entry.name)
+    return archive
+
+
+# --------------------------------------------------------------------------- processing
+
+
+def _prepare_processing(name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note) -> _Launch:
+    cluster = (request.get("ProcessingResources") or {}).get("ClusterConfig") or {}
+    _check_one_instance("ProcessingResources.ClusterConfig", cluster)
+    max_runtime = _max_runtime(request)
+    app = request.get("AppSpecification") or {}
+    entrypoint = app.get("ContainerEntrypoint")
+    if not isinstance(entrypoint, list) or not entrypoint:
+        raise _client_error(
+            "AppSpecification.ContainerEntrypoint is required locally (an image's own entry point needs Docker)"
+        )
+    outputs = _processing_outputs(request, work_dir)  # a bad output fails now, not after the script
+    ml = _fresh_opt_ml(work_dir)
+
+    for index, item in enumerate(request.get("ProcessingInputs") or []):
+        what = f"processing input '{item.get('InputName', index)}'"
+        source = item.get("S3Input")
+        if source is None:
+            raise _client_error(f"{what}: only S3Input inputs run locally (not DatasetDefinition)")
+        _check_input_mode(f"{what} S3InputMode", source.get("S3InputMode"))
+        _check_s3_input(what, source.get("S3DataType"), source.get("S3CompressionType"))
+        local = _processing_path(source.get("LocalPath"), work_dir, what)
+        _download_prefix(store, source.get("S3Uri"), local, what, note)
+    for _output, local in outputs:
+        local.mkdir(parents=True, exist_ok=True)  # SageMaker creates them before the script runs
+
+    config_dir = ml / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(config_dir / "processingjobconfig.json", {"ProcessingJobName": name, **request})
+    _write_json(config_dir / "resourceconfig.json", _resource_config())
+
+    command = [_remap(str(part), work_dir) for part in [*entrypoint, *(app.get("ContainerArguments") or [])]]
+    if _PYTHON.match(command[0]):
+        command[0] = sys.executable  # the container's python is this one
+    env = _base_env()
+    env.update(_remapped_environment(request.get("Environment"), work_dir))
+    env["PYTHONUNBUFFERED"] = "1"
+    return _Launch(command, work_dir, env, max_runtime, ml / "output" / "failure")
+
+
+def _collect_processing(request: dict, store: ObjectStore, work_dir: Path, note: Note) -> dict:
+    for output, local in _processing_outputs(request, work_dir):
+        base = output["S3Output"]["S3Uri"].rstrip("/")
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        for path in files:
+            _upload(store, path, f"{base}/{path.relative_to(local).as_posix()}", None)
+        note(f"output '{output.get('OutputName')}': {len(files)} files {local} -> {base}")
+    return {}
+
+
+def _processing_outputs(request: dict, work_dir: Path) -> list[tuple[dict, Path]]:
+    """(output, local directory) for each ProcessingOutputConfig output, checked."""
+    pairs = []
+    for index, output in enumerate((request.get("ProcessingOutputConfig") or {}).get("Outputs") or []):
+        what = f"processing output '{output.get('OutputName', index)}'"
+        if output.get("S3Output") is None:
+            raise _client_error(f"{what}: only S3Output outputs run locally (not FeatureStoreOutput)")
+        _split_uri(output["S3Output"].get("S3Uri"), what)
+        pairs.append((output, _processing_path(output["S3Output"].get("LocalPath"), work_dir, what)))
+    return pairs
+
+
+def _processing_path(local_path: object, work_dir: Path, what: str) -> Path:
+    """A LocalPath (which SageMaker requires under /opt/ml/processing/) remapped under work_dir."""
+    if not isinstance(local_path, str) or not local_path.startswith(PROCESSING_ROOT):
+        raise _client_error(f"{what}: LocalPath {local_path!r} must begin with {PROCESSING_ROOT}")
+    if ".." in PurePosixPath(local_path).parts:
+        raise _client_error(f"{what}: LocalPath {local_path!r} has '..' parts")
+    return Path(_remap(local_path, work_dir))
+
+
+def _split_uri(uri: object, what: str) -> tuple[str, str]:
+    """split_uri, with a bad URI as the job's ClientError naming what it was for."""
+    try:
+        return split_uri(uri)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise _client_error(f"{what}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def _check_one_instance(where: str, config: dict) -> None:
+    if config.get("InstanceGroups"):
+        raise _client_error(f"{where}.InstanceGroups (heterogeneous clusters) cannot run locally")
+    count = config.get("InstanceCount", 1)
+    try:
+        count = int(count)
+    except (TypeError, ValueError) as exc:
+        raise _client_error(f"{where}.InstanceCount must be an integer, got {count!r}") from exc
+    if count != 1:
+        raise _client_error(f"{where}.InstanceCount is {count}: local mode runs one instance")
+
+
+def _check_input_mode(where: str, mode: object) -> None:
+    if mode not in (None, "File", "FastFile"):  # FastFile looks like File to the script
+        raise _client_error(f"{where} {mode!r} is not supported locally (File or FastFile)")
+
+
+def _check_s3_input(what: str, data_type: object, compression: object) -> None:
+    if data_type not in (None, "S3Prefix"):
+        raise _client_error(f"{what}: S3DataType {data_type!r} is not supported locally (S3Prefix only)")
+    if compression not in (None, "None"):
+        raise _client_error(f"{what}: compression {compression!r} is not supported locally")
+
+
+def _max_runtime(request: dict) -> int | None:
+    value = (request.get("StoppingCondition") or {}).get("MaxRuntimeInSeconds")
+    if value is None:
+        return None
+    try:
+        seconds = int(value)
+    except (TypeError, ValueError):
+        seconds = 0
+    if seconds <= 0:
+        raise _client_error(f"StoppingCondition.MaxRuntimeInSeconds must be a positive integer, got {value!r}")
+    return seconds
+
+
+def _download_prefix(store: ObjectStore, uri: object, dest: Path, what: str, note: Note) -> None:
+    """S3Prefix semantics as in SageMaker's local mode: an exact object key gives that one file;
+    otherwise every object under the prefix, at its key relative to the prefix."""
+    _bucket, prefix = _split_uri(uri, what)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        objects = [u for u in store.list(uri) if not u.endswith("/")]  # type: ignore[arg-type]
+    except _STORE_ERRORS as exc:
+        raise _client_error(f"cannot list {uri} for {what}: {exc}") from exc
+    exact = [u for u in objects if split_uri(u)[1] == prefix]
+    if prefix and not prefix.endswith("/") and exact:
+        _download_object(store, exact[0], dest / PurePosixPath(prefix).name, what)
+        note(f"{what}: {uri} -> {dest}")
+        return
+    if not objects:
+        raise _client_error(f"no objects under {uri} for {what}")
+    for object_uri in objects:
+        relative = split_uri(object_uri)[1][len(prefix) :].lstrip("/")
+        parts = [p for p in relative.split("/") if p]
+        if not parts or any(p in (".", "..") for p in parts):
+            raise _client_error(f"object {object_uri} of {what} has no safe path under {uri}")
+        _download_object(store, object_uri, dest.joinpath(*parts), what)
+    note(f"{what}: {uri} ({len(objects)} objects under the prefix) -> {dest}")
+
+
+def _download_object(store: ObjectStore, uri: str, path: Path, what: str) -> Path:
+    try:
+        return store.download(uri, path)
+    except FileNotFoundError as exc:  # ObjectNotFound
+        raise _client_error(f"no object at {uri} for {what}") from exc
+    except _STORE_ERRORS as exc:
+        raise _client_error(f"cannot download {uri} for {what}: {exc}") from exc
+
+
+def _upload(store: ObjectStore, path: Path, uri: str, note: Note | None) -> None:
+    try:
+        store.put_file(uri, path)
+    except _STORE_ERRORS as exc:
+        raise _client_error(f"cannot upload {path.name} to {uri}: {exc}") from exc
+    if note is not None:
+        note(f"uploaded {uri}")
+
+
+def _remap(value: str, work_dir: Path) -> str:
+    """/opt/ml/... -> <work_dir>/opt/ml/...; anything else unchanged."""
+    if value == OPT_ML or value.startswith(OPT_ML + "/"):
+        return f"{work_dir}{value}"
+    return value
+
+
+def _remapped_environment(environment: object, work_dir: Path) -> dict[str, str]:
+    if not environment:
+        return {}
+    if not isinstance(environment, dict):
+        raise _client_error(f"Environment must be a map of strings, got {type(environment).__name__}")
+    return {str(k): _remap(str(v), work_dir) for k, v in environment.items()}
+
+
+def _base_env() -> dict[str, str]:
+    """This process's environment (the scripts need the venv's packages) without what is not theirs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV_PREFIXES)}
+    env.update(NO_AWS_ENV)
+    return env
+
+
+def _fresh_opt_ml(work_dir: Path) -> Path:
+    """<work_dir>/opt/ml, emptied: a rerun must not pick up an earlier run's model or outputs."""
+    return _fresh_dir(work_dir / "opt" / "ml")
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _resource_config() -> dict:
+    return {"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST], "network_interface_name": "lo"}
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True))
