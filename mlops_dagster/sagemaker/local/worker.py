@@ -1,0 +1,352 @@
+"""The detached process that runs one pipeline execution.
+
+    python -m mlops_dagster.sagemaker.local.worker <home> <store config> <execution arn>
+
+It reads the execution's definition snapshot from the state DB, runs the steps one after another
+in dependency order (sequential execution: SageMaker would run independent steps in parallel;
+one machine gains little from that and ordering keeps logs and state simple), and records each
+step and the end status. A watch thread refreshes the heartbeat the service uses to detect a dead
+worker, and stops the running job when the execution is set to Stopping.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import interpreter
+from .interpreter import ExpressionError, Plan, Scope, evaluate, evaluate_conditions, resolve_parameters
+from .models import ACTIVE_EXECUTION, HEARTBEAT_SECONDS, Execution, LocalSageMakerBackend, SageMakerError, iso, job_name_for
+
+if TYPE_CHECKING:
+    from mlops_dagster.resources.object_store import ObjectStore
+
+log = logging.getLogger("mlops_dagster.sagemaker.local.worker")
+
+STOP_POLL_SECONDS = 0.5
+JOB_METADATA = {"Training": "TrainingJob", "Processing": "ProcessingJob"}
+
+# Runs the worker module without importing mlops_dagster/__init__.py, which builds the whole
+# Dagster code location (the SageMaker SDK, Dagster, env validation: seconds per start) that the
+# worker does not use. argv: <package dir> <home> <store config> <execution arn>.
+_BOOTSTRAP = (
+    "import runpy, sys, types\n"
+    "package = types.ModuleType('mlops_dagster')\n"
+    "package.__path__ = [sys.argv.pop(1)]\n"
+    "sys.modules['mlops_dagster'] = package\n"
+    "runpy.run_module('mlops_dagster.sagemaker.local.worker', run_name='__main__', alter_sys=True)\n"
+)
+_PACKAGE_DIR = Path(__file__).resolve().parents[2]
+
+# Popen handles of launched workers, polled so that finished ones do not linger as zombies.
+_launched: dict[int, subprocess.Popen] = {}
+
+
+# --- launching -------------------------------------------------------------------------------
+
+
+def store_config(store: ObjectStore) -> str:
+    """What the worker needs to rebuild the store in its own process."""
+    from mlops_dagster.resources.object_store import LocalObjectStore
+
+    if not isinstance(store, LocalObjectStore):
+        raise TypeError(f"the local SageMaker service runs on a LocalObjectStore, not {type(store).__name__}")
+    return json.dumps({"kind": "local", "root": str(Path(store.root).resolve())})
+
+
+def store_from_config(config: str) -> ObjectStore:
+    """A store from ``store_config`` output, or a bare root directory."""
+    from mlops_dagster.resources.object_store import LocalObjectStore
+
+    spec = json.loads(config) if config.lstrip().startswith("{") else {"kind": "local", "root": config}
+    if spec.get("kind") != "local":
+        raise ValueError(f"unknown store config {config!r}")
+    return LocalObjectStore(root=spec["root"])
+
+
+def launch(home: Path, store: ObjectStore, execution_arn: str, log_path: Path) -> subprocess.Popen:
+    """Start the detached worker of an execution (own session: it outlives the caller)."""
+    for pid, proc in list(_launched.items()):
+        if proc.poll() is not None:
+            del _launched[pid]
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOTSTRAP, str(_PACKAGE_DIR), str(home), store_config(store), execution_arn],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    _launched[proc.pid] = proc
+    return proc
+
+
+# --- the watch thread ------------------------------------------------------------------------
+
+
+class Watch(threading.Thread):
+    """Heartbeat every HEARTBEAT_SECONDS; stop the attached job once the execution leaves Executing."""
+
+    def __init__(self, backend: LocalSageMakerBackend, arn: str, jobs: Any):
+        super().__init__(name=f"watch {arn}", daemon=True)
+        self.backend, self.arn, self.jobs = backend, arn, jobs
+        self.stop_requested = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+
+    def attach(self, proc: subprocess.Popen | None) -> None:
+        with self._lock:
+            self._proc = proc
+
+    def run(self) -> None:
+        last_beat = 0.0
+        while not self._done.wait(STOP_POLL_SECONDS):
+            try:
+                if time.monotonic() - last_beat >= HEARTBEAT_SECONDS:
+                    status = self.backend.heartbeat(self.arn)
+                    last_beat = time.monotonic()
+                else:
+                    status = self.backend.execution_status(self.arn)
+            except Exception:  # a locked or busy DB must not kill the watch; the next tick retries
+                log.exception("heartbeat of %s failed", self.arn)
+                continue
+            if status != "Executing":  # Stopping, or ended by someone else (reaped as dead)
+                self.stop_requested.set()
+            if self.stop_requested.is_set():
+                self._stop_job()
+
+    def _stop_job(self) -> None:
+        with self._lock:
+            proc, self._proc = self._proc, None
+        if proc is not None:
+            log.info("stopping job process %s", proc.pid)
+            self.jobs.stop_process(proc)
+
+    def close(self) -> None:
+        self._done.set()
+        self.join(timeout=10)
+
+
+# --- running an execution --------------------------------------------------------------------
+
+
+class StepFailed(Exception):
+    """A step ended Failed; the message is the execution's FailureReason."""
+
+
+class StepStopped(Exception):
+    """The execution was stopped while a step ran."""
+
+
+class ExecutionRunner:
+    def __init__(self, backend: LocalSageMakerBackend, store: ObjectStore, execution: Execution, jobs: Any, watch: Watch):
+        self.backend, self.store, self.execution, self.jobs, self.watch = backend, store, execution, jobs, watch
+        self.arn = execution.arn
+        self.plan: Plan | None = None
+        self.properties: dict[str, dict] = {}
+        self.outcomes: dict[str, str] = {}  # condition step -> "IfSteps" | "ElseSteps"
+        self.parameters: dict[str, Any] = {}
+
+    def run(self) -> None:
+        try:
+            self.plan = Plan.parse(self.execution.definition)
+            self.parameters = resolve_parameters(self.plan.parameters, self.execution.parameters)
+        except (interpreter.DefinitionError, ExpressionError) as err:
+            self._end("Failed", f"the pipeline definition cannot run: {err}")
+            return
+        problem = self.plan.unsupported()
+        if problem:
+            self._end("Failed", problem)
+            return
+        for name in self.plan.order:
+            if self.watch.stop_requested.is_set():
+                self._end("Stopped")
+                return
+            if not self._should_run(name):
+                continue
+            try:
+                self._run_step(self.plan.steps[name])
+            except StepFailed as err:
+                self._end("Failed", str(err))
+                return
+            except StepStopped:
+                self._end("Stopped")
+                return
+        self._end("Succeeded")
+
+    def _should_run(self, name: str) -> bool:
+        """A branch step runs only on its condition's chosen branch, and a step only after all it
+        depends on ran (a step downstream of a branch that was not taken is skipped too)."""
+        step = self.plan.steps[name]
+        if step.branch and self.outcomes.get(step.branch[0]) != step.branch[1]:
+            return False
+        return all(dep in self.properties for dep in step.depends_on)
+
+    def _end(self, status: str, reason: str | None = None) -> None:
+        if status == "Failed" and self.watch.stop_requested.is_set():
+            status, reason = "Stopped", None  # a failure caused by the stop is the stop
+        if not self.backend.finish_execution(self.arn, status, reason):
+            log.warning("execution %s had already ended (%s); not recording %s", self.arn,
+                        self.backend.execution_status(self.arn), status)  # fmt: skip
+        log.info("execution %s: %s%s", self.arn, status, f" ({reason})" if reason else "")
+
+    def _scope(self, **execution_variables: str) -> Scope:
+        variables = {**self.execution.variables(), "CurrentDateTime": iso(time.time()), **execution_variables}
+        return Scope(self.plan, self.parameters, variables, self.properties, self.store.get_bytes)
+
+    def _run_step(self, step: interpreter.StepDef) -> None:
+        log.info("step %s (%s): starting", step.name, step.type)
+        runner = {
+            "Processing": self._run_job,
+            "Training": self._run_job,
+            "Condition": self._run_condition,
+            "RegisterModel": self._run_register,
+            "Fail": self._run_fail,
+        }[step.type]
+        runner(step)
+
+    def _fail(self, step: interpreter.StepDef, reason: str, metadata: dict | None = None) -> None:
+        self.backend.update_step(self.arn, step.name, "Failed", reason, metadata)
+        raise StepFailed(f"step '{step.name}' ({step.type}) failed: {reason}")
+
+    def _resolve(self, step: interpreter.StepDef, node: Any, **variables: str) -> Any:
+        try:
+            return evaluate(node, self._scope(**variables))
+        except ExpressionError as err:
+            self._fail(step, f"cannot resolve its arguments: {err}")
+
+    # step types
+
+    def _run_job(self, step: interpreter.StepDef) -> None:
+        kind = step.type.lower()
+        name = job_name_for(self.execution.id, step.name)
+        self.backend.start_step(self.arn, step.name, step.type, "Starting")
+        request = self._resolve(step, step.arguments, **{f"{step.type}JobName": name})
+        job = self.backend.create_job(name, kind, request, self.arn, step.name)
+        self.backend.update_step(self.arn, step.name, "Starting", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}})
+
+        def on_start(proc: subprocess.Popen) -> None:
+            self.backend.job_started(name, proc.pid)
+            self.backend.update_step(self.arn, step.name, "Executing")
+            self.watch.attach(proc)
+
+        run = self.jobs.run_training_job if kind == "training" else self.jobs.run_processing_job
+        try:
+            result = run(name, request, self.store, self.backend.job_dir(name), self.backend.job_log_path(name), on_start=on_start)
+        except Exception as err:  # a bug or an I/O error in the job runner: the job and step fail, with why
+            log.exception("job %s", name)
+            result = self.jobs.JobResult("Failed", f"InternalError: {type(err).__name__}: {err}", {}, None,
+                                         self.backend.job_log_path(name))  # fmt: skip
+        finally:
+            self.watch.attach(None)
+        stopped = self.watch.stop_requested.is_set() and result.status != "Completed"
+        status = "Stopped" if stopped else result.status
+        job = self.backend.finish_job(name, status, result.failure_reason, result.outputs, result.exit_code)
+        if status == "Stopped":
+            self.backend.update_step(self.arn, step.name, "Stopped")
+            raise StepStopped()
+        if status != "Completed":
+            self._fail(step, f"{step.type.lower()} job {name} failed: {result.failure_reason} (log: {result.log_path})")
+        self.properties[step.name] = job.describe()
+        self.backend.update_step(self.arn, step.name, "Succeeded")
+
+    def _run_condition(self, step: interpreter.StepDef) -> None:
+        self.backend.start_step(self.arn, step.name, step.type)
+        try:
+            outcome = evaluate_conditions(step.arguments.get("Conditions") or [], self._scope())
+        except ExpressionError as err:
+            self._fail(step, f"cannot evaluate its conditions: {err}")
+        self.outcomes[step.name] = "IfSteps" if outcome else "ElseSteps"
+        self.properties[step.name] = {"Outcome": outcome}
+        metadata = {"Condition": {"Outcome": "True" if outcome else "False"}}
+        self.backend.update_step(self.arn, step.name, "Succeeded", metadata=metadata)
+
+    def _run_register(self, step: interpreter.StepDef) -> None:
+        self.backend.start_step(self.arn, step.name, step.type)
+        args = self._resolve(step, step.arguments)
+        # SageMaker records which execution generated a registered model (its lineage).
+        args.setdefault("MetadataProperties", {}).setdefault("GeneratedBy", self.arn)
+        try:
+            package = self.backend.create_package(
+                args.get("ModelPackageGroupName") or "",
+                args,
+                args.get("ModelApprovalStatus"),
+                args.get("ModelPackageDescription"),
+                create_group=True,
+            )
+        except SageMakerError as err:  # e.g. a bad ModelApprovalStatus: the step fails with the registry's message
+            self._fail(step, f"cannot register the model: {err}")
+        self.properties[step.name] = package.describe()
+        self.backend.update_step(self.arn, step.name, "Succeeded", metadata={"RegisterModel": {"Arn": package.arn}})
+
+    def _run_fail(self, step: interpreter.StepDef) -> None:
+        self.backend.start_step(self.arn, step.name, step.type)
+        message = interpreter.to_text(self._resolve(step, step.arguments.get("ErrorMessage", "")))
+        self.backend.update_step(self.arn, step.name, "Failed", message, {"Fail": {"ErrorMessage": message}})
+        raise StepFailed(f"step '{step.name}' (Fail) failed: {message}")
+
+
+def run_execution(home: Path, store: ObjectStore, execution_arn: str, jobs: Any = None) -> str:
+    """Run one execution to its end in this process; returns the end status.
+
+    ``jobs`` is the job runner (``run_training_job``, ``run_processing_job``, ``stop_process``,
+    ``JobResult``): the real ``jobs`` module unless a test passes a fake.
+    """
+    if jobs is None:
+        from . import jobs
+    region, account = execution_arn.split(":")[3:5]
+    backend = LocalSageMakerBackend(home, region=region, account_id=account)
+    execution = backend.get_execution(execution_arn)
+    status = backend.heartbeat(execution_arn)
+    if status not in ACTIVE_EXECUTION:
+        log.warning("execution %s is already %s; nothing to run", execution_arn, status)
+        return status
+    watch = Watch(backend, execution_arn, jobs)
+    if status == "Stopping":
+        watch.stop_requested.set()
+    watch.start()
+    try:
+        ExecutionRunner(backend, store, execution, jobs, watch).run()
+    except Exception as err:
+        log.exception("worker of %s", execution_arn)
+        backend.finish_execution(execution_arn, "Failed", f"local worker error: {type(err).__name__}: {err}")
+        for step in backend.list_steps(execution_arn):
+            if step.status in ("Starting", "Executing", "Stopping"):
+                backend.update_step(execution_arn, step.name, "Failed", f"local worker error: {err}")
+    finally:
+        watch.close()
+    return backend.execution_status(execution_arn)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    home, config, arn = argv
+    # INFO for this worker's own messages only: libraries it imports are chatty at INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+    log.setLevel(logging.INFO)
+    log.info("worker %s for %s", os.getpid(), arn)
+    try:
+        status = run_execution(Path(home), store_from_config(config), arn)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    log.info("worker %s done: %s", os.getpid(), status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
