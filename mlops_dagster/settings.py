@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Mapping
 
 from dagster import ConfigurableResource
+from dagster._utils.schedules import is_valid_cron_string
 
 BACKENDS = ("local", "aws")
 # S3's bucket naming rules (general purpose buckets), minus the legacy dotted forms.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
 
 
@@ -37,6 +39,8 @@ class Settings(ConfigurableResource):
     | MLOPS_REGION | AWS_REGION, AWS_DEFAULT_REGION, else us-east-1 (local only) | AWS region |
     | MLOPS_DATA_SOURCE | synthetic | default source of `raw_data`: a path, an s3:// URI or `synthetic` |
     | MLOPS_PIPELINE_NAME | mlops-pipeline | the SageMaker pipeline's name |
+    | MLOPS_ROLE_ARN | (local: a placeholder) | aws: the SageMaker execution role (setup_infrastructure creates one) |
+    | MLOPS_RETRAIN_CRON | 0 3 * * 1 | when retraining_schedule materializes the graph (weekly, Monday 03:00 UTC) |
     """
 
     backend: str = "local"
@@ -46,6 +50,8 @@ class Settings(ConfigurableResource):
     region: str = "us-east-1"
     data_source: str = "synthetic"
     pipeline_name: str = "mlops-pipeline"
+    role_arn: str | None = None
+    retrain_cron: str = "0 3 * * 1"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -94,6 +100,19 @@ class Settings(ConfigurableResource):
                 "letters, digits and single hyphens, starting with a letter or digit"
             )
 
+        role_arn = env.get("MLOPS_ROLE_ARN") or None
+        if role_arn and not _ROLE_RE.match(role_arn):
+            raise SettingsError(
+                f"MLOPS_ROLE_ARN={role_arn!r} is not an IAM role ARN such as "
+                "'arn:aws:iam::123456789012:role/SageMakerExecutionRole'"
+            )
+        retrain_cron = env.get("MLOPS_RETRAIN_CRON") or "0 3 * * 1"
+        if not is_valid_cron_string(retrain_cron):
+            raise SettingsError(
+                f"MLOPS_RETRAIN_CRON={retrain_cron!r} is not a cron expression such as '0 3 * * 1' "
+                "(minute hour day-of-month month day-of-week)"
+            )
+
         return cls(
             backend=backend,
             home=str(home),
@@ -102,6 +121,8 @@ class Settings(ConfigurableResource):
             region=region,
             data_source=env.get("MLOPS_DATA_SOURCE") or "synthetic",
             pipeline_name=pipeline_name,
+            role_arn=role_arn,
+            retrain_cron=retrain_cron,
         )
 
     @property

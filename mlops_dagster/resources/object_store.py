@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from botocore.exceptions import ClientError
-from dagster import ConfigurableResource, ResourceDependency
+from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 
 
@@ -174,7 +174,7 @@ class S3ObjectStore(ObjectStore):
     upload leaves no object); the sha256 is stored as user metadata ``sha256``.
     """
 
-    s3: ResourceDependency[S3Resource]
+    s3: S3Resource
 
     def _client(self):
         return self.s3.get_client()

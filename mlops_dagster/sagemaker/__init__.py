@@ -15,3 +15,9 @@ os.environ["SAGEMAKER_ADMIN_CONFIG_OVERRIDE"] = str(SDK_CONFIG)
 os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
 # The SDK logs "Applying/Not applying SDK defaults" at INFO on every session.
 logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
+# Notices about fields popped from the definition and instance types resolved from parameter
+# defaults describe the SDK's normal behaviour; they would fill every materialization's log.
+for _name in ("sagemaker.image_uris", "sagemaker.workflow.utilities", "sagemaker.workflow._utils"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+# It announces telemetry before it reads the opt-out above; the request itself is never sent.
+logging.getLogger("sagemaker.telemetry.telemetry_logging").setLevel(logging.WARNING)

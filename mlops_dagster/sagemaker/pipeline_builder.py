@@ -8,14 +8,15 @@ definition for both backends; only the boto session differs (see ``offline.py``)
 
 from __future__ import annotations
 
-import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 
 from . import SDK_CONFIG  # noqa: F401  (configures the SDK before it is imported)
+from .training_code import TRAINING_DIR, stage_training_code
 
 import sagemaker  # noqa: E402  isort: skip
 from sagemaker import image_uris  # noqa: E402
@@ -36,7 +37,20 @@ from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 from sagemaker.workflow.properties import PropertyFile  # noqa: E402
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep  # noqa: E402
 
-TRAINING_DIR = Path(__file__).resolve().parents[2] / "training"
+def _validate_config_once(config: dict) -> None:
+    """The SDK re-validates its whole config schema on every config lookup (about 60 per build,
+    each ~0.2-1 s with jsonschema 4.2x); validating a given config once is enough."""
+    key = json.dumps(config, sort_keys=True, default=str)
+    if key not in _VALIDATED:
+        _sdk_validate(config)
+        _VALIDATED.add(key)
+
+
+_VALIDATED: set[str] = set()
+_sdk_validate = sagemaker.config.validate_sagemaker_config
+sagemaker.utils.validate_sagemaker_config = _validate_config_once
+sagemaker.session.validate_sagemaker_config = _validate_config_once
+
 FRAMEWORK_VERSION = "1.2-1"
 PROCESSING = "/opt/ml/processing"
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
@@ -67,23 +81,23 @@ class PipelineSpec:
         return f"{self.name}-models"
 
 
-def code_version(training_dir: str | Path = TRAINING_DIR) -> str:
-    """sha256 over the training scripts' names and bytes: the code the definition embeds."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(training_dir).rglob("*.py")):
-        if "__pycache__" in path.parts:
-            continue
-        digest.update(path.relative_to(training_dir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
 def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
+    with warnings.catch_warnings():
+        # "Running within a PipelineSession, there will be No Wait, No Logs": that is the point.
+        warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+        return _build_pipeline(spec, boto_session)
+
+
+def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
     if spec.approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"approval_status {spec.approval_status!r} is not one of {APPROVAL_STATUSES}")
-    source = Path(spec.training_dir)
-    for script in ("preprocess.py", "evaluate.py", spec.entry_point):
-        if not (source / script).is_file():
-            raise FileNotFoundError(f"training script {source / script} does not exist")
+    for script in ("preprocess.py", "evaluate.py"):
+        if not (Path(spec.training_dir) / script).is_file():
+            raise FileNotFoundError(f"training script {Path(spec.training_dir) / script} does not exist")
+    source = stage_training_code(spec.training_dir, spec.entry_point)
+    entry_point = Path(spec.entry_point).name
+    if not (source / entry_point).is_file():
+        raise FileNotFoundError(f"training entry point {Path(spec.training_dir) / spec.entry_point} does not exist")
 
     session = PipelineSession(
         boto_session=boto_session, default_bucket=spec.bucket, default_bucket_prefix=spec.prefix or None
@@ -120,7 +134,7 @@ def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
 
     hyperparameters = {"target": spec.target, **spec.hyperparameters} if spec.pass_hyperparameters else {}
     estimator = SKLearn(
-        entry_point=spec.entry_point,
+        entry_point=entry_point,
         source_dir=str(source),
         framework_version=FRAMEWORK_VERSION,
         py_version="py3",
@@ -129,6 +143,12 @@ def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
         role=spec.role_arn,
         base_job_name=f"{spec.name}-train",
         hyperparameters=hyperparameters,
+        output_path=f"s3://{spec.bucket}/{_join(spec.prefix, spec.name, 'training')}",
+        # Without this the SDK puts sourcedir.tar.gz at the bucket root when output_path is set.
+        code_location=f"s3://{spec.bucket}/{spec.prefix}" if spec.prefix else None,
+        # No Debugger/Profiler rules: they add processing jobs and S3 paths the recipe does not use.
+        disable_profiler=True,
+        debugger_hook_config=False,
         sagemaker_session=session,
     )
     train = TrainingStep(
@@ -203,51 +223,5 @@ def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
     )
 
 
-def definition_json(pipeline: Pipeline) -> str:
-    """The definition exactly as the SDK renders it (this string is what gets upserted)."""
-    return pipeline.definition()
-
-
-def definition_sha256(definition: str) -> str:
-    return hashlib.sha256(definition.encode()).hexdigest()
-
-
-def step_graph_mermaid(definition: str) -> str:
-    """The step graph as a mermaid diagram: data edges from Get references, and condition branches."""
-    doc = json.loads(definition)
-    lines = ["graph LR"]
-    for step in _all_steps(doc["Steps"]):
-        lines.append(f'    {step["Name"]}["{step["Name"]}<br/>{step["Type"]}"]')
-        for dep in sorted(_referenced_steps(step.get("Arguments", {})) | set(step.get("DependsOn", []))):
-            lines.append(f"    {dep} --> {step['Name']}")
-        if step["Type"] == "Condition":
-            for branch, label in (("IfSteps", "true"), ("ElseSteps", "false")):
-                for target in step["Arguments"].get(branch, []):
-                    lines.append(f"    {step['Name']} -- {label} --> {target['Name']}")
-    return "\n".join(lines)
-
-
-def _all_steps(steps: list[dict]) -> list[dict]:
-    out = []
-    for step in steps:
-        out.append(step)
-        if step["Type"] == "Condition":
-            out += _all_steps(step["Arguments"].get("IfSteps", []) + step["Arguments"].get("ElseSteps", []))
-    return out
-
-
-def _referenced_steps(node) -> set[str]:
-    if isinstance(node, dict):
-        found = set()
-        get = node.get("Get")
-        if isinstance(get, str) and get.startswith("Steps."):
-            found.add(get.split(".")[1])
-        step_name = node.get("Std:JsonGet", {}).get("PropertyFile", {}).get("Get", "") if "Std:JsonGet" in node else ""
-        if step_name.startswith("Steps."):
-            found.add(step_name.split(".")[1])
-        for value in node.values():
-            found |= _referenced_steps(value)
-        return found
-    if isinstance(node, list):
-        return set().union(*(_referenced_steps(v) for v in node)) if node else set()
-    return set()
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p)

@@ -1,0 +1,303 @@
+"""The recipe's steps 5-7 as assets: the SageMaker pipeline definition, an execution of it, and
+the model it trained."""
+
+import json
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+from dagster import (
+    AssetExecutionContext,
+    Config,
+    DataVersion,
+    Failure,
+    MetadataValue,
+    Output,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+from pydantic import Field
+
+from ..resources.object_store import ObjectStore, sha256_file
+from ..resources.sagemaker import SageMaker
+from ..sagemaker.definition import definition_sha256, step_graph_mermaid
+from ..sagemaker.training_code import TRAINING_DIR, code_version
+from ..settings import Settings
+
+TERMINAL = ("Succeeded", "Failed", "Stopped")
+METRICS = ("mse", "rmse", "mae", "r2")
+
+
+class PipelineConfig(Config):
+    target: str = Field(default="medv", description="target column the scripts train on")
+    mse_threshold: float = Field(default=25.0, gt=0, description="CheckQuality registers the model only at or below this MSE")
+    train_instance_type: str = "ml.m5.large"
+    processing_instance_type: str = "ml.m5.large"
+    approval_status: str = Field(
+        default="PendingManualApproval", description="PendingManualApproval, Approved or Rejected"
+    )
+    n_estimators: int = Field(default=100, ge=1)
+    min_samples_leaf: int = Field(default=1, ge=1)
+    random_state: int = 42
+    training_dir: str = Field(default=str(TRAINING_DIR), description="folder with preprocess.py, train.py, evaluate.py")
+    entry_point: str = Field(default="train.py", description="the training script inside training_dir")
+    pass_hyperparameters: bool = Field(
+        default=True, description="False runs a script without hyperparameters (the recipe's own train.py)"
+    )
+
+
+class TrainedModelConfig(Config):
+    execution_arn: str | None = Field(
+        default=None, description="the execution to collect; default: the latest pipeline_execution"
+    )
+    wait_timeout_seconds: float = Field(default=3600, gt=0, description="how long to wait for a running execution")
+    max_poll_seconds: float = Field(default=15, gt=0, description="longest pause between status checks")
+
+
+@asset(
+    group_name="pipeline",
+    kinds={"sagemaker"},
+    code_version=code_version(),
+    description="The SageMaker Pipeline definition (SDK v2), upserted; its sha256 is the data version (recipe step 5).",
+)
+def pipeline_definition(
+    context: AssetExecutionContext, config: PipelineConfig, settings: Settings, sagemaker: SageMaker
+) -> Output[dict]:
+    # The SDK takes seconds to import: only the process that builds the definition pays for it.
+    from ..sagemaker.pipeline_builder import PipelineSpec, build_pipeline
+
+    spec = PipelineSpec(
+        name=settings.pipeline_name,
+        bucket=settings.bucket,
+        prefix=settings.prefix,
+        region=settings.region,
+        role_arn=sagemaker.execution_role_arn(),
+        target=config.target,
+        mse_threshold=config.mse_threshold,
+        train_instance_type=config.train_instance_type,
+        processing_instance_type=config.processing_instance_type,
+        approval_status=config.approval_status,
+        hyperparameters={
+            "n_estimators": config.n_estimators,
+            "min_samples_leaf": config.min_samples_leaf,
+            "random_state": config.random_state,
+        },
+        training_dir=config.training_dir,
+        entry_point=config.entry_point,
+        pass_hyperparameters=config.pass_hyperparameters,
+    )
+    definition = build_pipeline(spec, sagemaker.sdk_boto_session()).definition()
+    sha = definition_sha256(definition)
+    client = sagemaker.get_client()
+    try:
+        current = client.describe_pipeline(PipelineName=spec.name)
+    except ClientError as err:
+        if err.response["Error"]["Code"] not in ("ResourceNotFound", "ValidationException"):
+            raise
+        current = None
+    if current is None:
+        arn = client.create_pipeline(
+            PipelineName=spec.name,
+            PipelineDefinition=definition,
+            PipelineDescription="End-to-End MLOps with SageMaker Pipelines (mlops-dagster)",
+            RoleArn=spec.role_arn,
+        )["PipelineArn"]
+        action = "created"
+    elif current.get("PipelineDefinition") == definition:
+        arn, action = current["PipelineArn"], "unchanged"
+    else:
+        arn = client.update_pipeline(PipelineName=spec.name, PipelineDefinition=definition, RoleArn=spec.role_arn)[
+            "PipelineArn"
+        ]
+        action = "updated"
+    context.log.info(f"pipeline {spec.name} {action}: {arn} (definition sha256 {sha[:12]}…)")
+    parameters = [p["Name"] for p in json.loads(definition)["Parameters"]]
+    return Output(
+        {
+            "pipeline_name": spec.name,
+            "pipeline_arn": arn,
+            "definition_sha256": sha,
+            "target": spec.target,
+            "model_package_group": spec.model_package_group,
+        },
+        metadata={
+            "pipeline_name": spec.name,
+            "pipeline_arn": arn,
+            "definition_sha256": sha,
+            "upsert": action,
+            "parameters": MetadataValue.json(parameters),
+            "model_package_group": spec.model_package_group,
+            "training_code_sha256": code_version(spec.training_dir),
+            "step_graph": MetadataValue.md(f"```mermaid\n{step_graph_mermaid(definition)}\n```"),
+        },
+        data_version=DataVersion(sha),
+    )
+
+
+@asset(
+    group_name="pipeline",
+    kinds={"sagemaker"},
+    description="One execution of the pipeline on the uploaded dataset; records its ARN and returns at once (step 6).",
+)
+def pipeline_execution(
+    context: AssetExecutionContext, s3_dataset: dict, pipeline_definition: dict, sagemaker: SageMaker
+) -> Output[dict]:
+    if s3_dataset["target"] != pipeline_definition["target"]:
+        raise Failure(
+            f"s3_dataset's target column is {s3_dataset['target']!r} but the pipeline was built for "
+            f"{pipeline_definition['target']!r}: set the same `target` in raw_data and pipeline_definition config"
+        )
+    response = sagemaker.get_client().start_pipeline_execution(
+        PipelineName=pipeline_definition["pipeline_name"],
+        PipelineExecutionDisplayName=f"dagster-run-{context.run_id}",
+        PipelineParameters=[{"Name": "InputData", "Value": s3_dataset["uri"]}],
+        ClientRequestToken=context.run_id,
+    )
+    arn = response["PipelineExecutionArn"]
+    context.log.info(f"started {arn} on {s3_dataset['uri']}")
+    return Output(
+        {"execution_arn": arn, "input_data": s3_dataset["uri"], "definition_sha256": pipeline_definition["definition_sha256"]},
+        metadata={
+            "execution_arn": arn,
+            "input_data": s3_dataset["uri"],
+            "dataset_sha256": s3_dataset["sha256"],
+            "definition_sha256": pipeline_definition["definition_sha256"],
+        },
+    )
+
+
+def latest_execution_arn(context: AssetExecutionContext) -> str:
+    event = context.instance.get_latest_materialization_event(pipeline_execution.key)
+    entry = event.asset_materialization.metadata.get("execution_arn") if event and event.asset_materialization else None
+    if entry is None:
+        raise Failure(
+            "no pipeline execution to collect: materialize pipeline_execution first, or pass "
+            "`execution_arn` in trained_model's config"
+        )
+    return str(entry.value)
+
+
+def wait_for_execution(context: AssetExecutionContext, client, arn: str, timeout: float, max_poll: float) -> dict:
+    """Poll until the execution ends, logging each step's status change; backoff up to max_poll."""
+    deadline = time.monotonic() + timeout
+    pause, seen = 1.0, {}
+    while True:
+        execution = client.describe_pipeline_execution(PipelineExecutionArn=arn)
+        for step in client.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]:
+            if seen.get(step["StepName"]) != step["StepStatus"]:
+                seen[step["StepName"]] = step["StepStatus"]
+                context.log.info(f"step {step['StepName']}: {step['StepStatus']}")
+        status = execution["PipelineExecutionStatus"]
+        if status in TERMINAL:
+            return execution
+        if time.monotonic() + pause > deadline:
+            raise Failure(
+                f"execution {arn} still {status} after {timeout:.0f} s; it keeps running — "
+                "the sensor will collect it, or raise wait_timeout_seconds"
+            )
+        time.sleep(pause)
+        pause = min(pause * 2, max_poll)
+
+
+def _step_job(steps: list[dict], name: str, kind: str) -> str | None:
+    for step in steps:
+        if step["StepName"] == name and kind in step.get("Metadata", {}):
+            return step["Metadata"][kind]["Arn"].rsplit("/", 1)[-1]
+    return None
+
+
+def failure_report(sagemaker: SageMaker, arn: str, execution: dict, steps: list[dict]) -> str:
+    """Which step failed, why, and the tail of its job's log."""
+    failed = [s for s in steps if s["StepStatus"] in ("Failed", "Stopped")]
+    lines = [f"pipeline execution {arn} ended {execution['PipelineExecutionStatus']}"]
+    if execution.get("FailureReason"):
+        lines.append(f"reason: {execution['FailureReason']}")
+    for step in failed:
+        lines.append(f"step {step['StepName']} {step['StepStatus']}: {step.get('FailureReason', '')}".rstrip(": "))
+        if "Fail" in step.get("Metadata", {}):
+            lines.append(f"  {step['Metadata']['Fail'].get('ErrorMessage', '')}")
+        for kind, label in (("TrainingJob", "training"), ("ProcessingJob", "processing")):
+            job = _step_job([step], step["StepName"], kind)
+            if job:
+                lines.append(f"  last lines of {label} job {job}:\n" + sagemaker.job_log_tail(job, label))
+    return "\n".join(lines)
+
+
+@asset(
+    group_name="model",
+    kinds={"sagemaker", "scikit-learn"},
+    deps=[pipeline_execution],
+    description="model.tar.gz from the pipeline's Train step with its evaluation metrics (waits for the execution).",
+)
+def trained_model(
+    context: AssetExecutionContext, config: TrainedModelConfig, sagemaker: SageMaker, store: ObjectStore
+) -> Output[dict]:
+    arn = config.execution_arn or latest_execution_arn(context)
+    client = sagemaker.get_client()
+    execution = wait_for_execution(context, client, arn, config.wait_timeout_seconds, config.max_poll_seconds)
+    steps = client.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
+    if execution["PipelineExecutionStatus"] != "Succeeded":
+        raise Failure(failure_report(sagemaker, arn, execution, steps))
+
+    training_job = _step_job(steps, "Train", "TrainingJob")
+    evaluation_job = _step_job(steps, "Evaluate", "ProcessingJob")
+    if not training_job or not evaluation_job:
+        raise Failure(f"execution {arn} has no Train/Evaluate job in its steps: {[s['StepName'] for s in steps]}")
+    model_uri = client.describe_training_job(TrainingJobName=training_job)["ModelArtifacts"]["S3ModelArtifacts"]
+    outputs = client.describe_processing_job(ProcessingJobName=evaluation_job)["ProcessingOutputConfig"]["Outputs"]
+    evaluation_uri = next(o["S3Output"]["S3Uri"] for o in outputs if o["OutputName"] == "evaluation").rstrip("/")
+    evaluation = json.loads(store.get_bytes(evaluation_uri + "/evaluation.json"))
+    sha, members = _verify_model_archive(store, model_uri)
+    package_arn = next(
+        (s["Metadata"]["RegisterModel"]["Arn"] for s in steps if "RegisterModel" in s.get("Metadata", {})), None
+    )
+    metrics = {m: evaluation["regression_metrics"][m]["value"] for m in METRICS if m in evaluation["regression_metrics"]}
+    context.log.info("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None))
+    value = {
+        "execution_arn": arn,
+        "model_data_url": model_uri,
+        "sha256": sha,
+        "training_job_name": training_job,
+        "evaluation_uri": evaluation_uri + "/evaluation.json",
+        "metrics": metrics,
+        "model_package_arn": package_arn,
+    }
+    metadata = {
+        **{m: float(v) for m, v in metrics.items() if v is not None},
+        "model_data_url": model_uri,
+        "model_sha256": sha,
+        "archive_members": MetadataValue.json(members),
+        "training_job_name": training_job,
+        "execution_arn": arn,
+        "model_package_arn": package_arn or "",
+        "evaluation": MetadataValue.md(f"```json\n{json.dumps(evaluation, indent=2)}\n```"),
+    }
+    if evaluation.get("feature_importances"):
+        metadata["feature_importances"] = _importance_table(evaluation["feature_importances"])
+    return Output(value, metadata=metadata, data_version=DataVersion(sha))
+
+
+def _verify_model_archive(store: ObjectStore, uri: str) -> tuple[str, list[str]]:
+    """sha256 of model.tar.gz, after checking it is a readable tar holding model.joblib."""
+    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+        path = store.download(uri, Path(tmp) / "model.tar.gz")
+        try:
+            with tarfile.open(path, "r:gz") as archive:
+                members = sorted(m.name.removeprefix("./") for m in archive.getmembers() if m.isfile())
+        except (tarfile.TarError, OSError, EOFError) as err:
+            raise Failure(f"model artifact {uri} is not a readable tar.gz: {err}") from err
+        if "model.joblib" not in members:
+            raise Failure(f"model artifact {uri} has no model.joblib (members: {members})")
+        return sha256_file(path), members
+
+
+def _importance_table(importances: dict) -> MetadataValue:
+    ranked = sorted(importances.items(), key=lambda kv: -kv[1])
+    return MetadataValue.table(
+        records=[TableRecord({"feature": k, "importance": round(float(v), 5)}) for k, v in ranked],
+        schema=TableSchema(columns=[TableColumn("feature", "string"), TableColumn("importance", "float")]),
+    )

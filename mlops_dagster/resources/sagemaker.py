@@ -1,0 +1,98 @@
+"""The SageMaker seam: the boto3 ``sagemaker`` client (aws) or the local SageMaker service (local).
+
+Both speak boto3's method names, arguments and response shapes, so asset code is the same for
+both. The resource also hands the SDK a boto session to build the pipeline definition with.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import boto3
+from dagster import ConfigurableResource
+
+from .aws import AwsSession
+from .object_store import ObjectStore
+
+LOCAL_ACCOUNT_ID = "000000000000"
+
+
+class SageMaker(ConfigurableResource, ABC):
+    @abstractmethod
+    def get_client(self) -> Any:
+        """A boto3-shaped ``sagemaker`` client."""
+
+    @abstractmethod
+    def sdk_boto_session(self) -> boto3.Session:
+        """The boto session the SageMaker SDK builds the pipeline definition with."""
+
+    @abstractmethod
+    def execution_role_arn(self) -> str:
+        """The IAM role SageMaker runs the pipeline's jobs as."""
+
+    @abstractmethod
+    def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
+        """The last lines of a training or processing job's log (CloudWatch or local file)."""
+
+
+class LocalSageMaker(SageMaker):
+    """The local SageMaker service: executions in detached workers, state in SQLite under home."""
+
+    home: str
+    region: str
+    bucket: str
+    store: ObjectStore
+
+    def get_client(self):
+        from ..sagemaker.local import LocalSageMakerService
+
+        return LocalSageMakerService(Path(self.home), self.store, region=self.region, account_id=LOCAL_ACCOUNT_ID)
+
+    def sdk_boto_session(self) -> boto3.Session:
+        from ..sagemaker.offline import local_boto_session
+
+        return local_boto_session(self.store, self.bucket, self.region)
+
+    def execution_role_arn(self) -> str:
+        return f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/mlops-local-execution-role"
+
+    def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
+        path = self.get_client().job_log_path(job_name)
+        if not path.is_file():
+            return f"(no log at {path})"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class AwsSageMaker(SageMaker):
+    """Amazon SageMaker through boto3, with botocore retries from the session resource."""
+
+    session: AwsSession
+    role_arn: str | None = None
+
+    def get_client(self):
+        return self.session.client("sagemaker")
+
+    def sdk_boto_session(self) -> boto3.Session:
+        return self.session.boto_session()
+
+    def execution_role_arn(self) -> str:
+        if not self.role_arn:
+            raise ValueError(
+                "no SageMaker execution role: set MLOPS_ROLE_ARN, or run the setup_infrastructure job "
+                "which creates the role and prints its ARN"
+            )
+        return self.role_arn
+
+    def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
+        group = {"training": "/aws/sagemaker/TrainingJobs", "processing": "/aws/sagemaker/ProcessingJobs"}[kind]
+        logs = self.session.client("logs")
+        streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=job_name).get("logStreams", [])
+        events: list[str] = []
+        for stream in streams:
+            page = logs.get_log_events(
+                logGroupName=group, logStreamName=stream["logStreamName"], limit=lines, startFromHead=False
+            )
+            events += [e["message"] for e in page.get("events", [])]
+        return "\n".join(events[-lines:]) or f"(no log events in {group} for {job_name})"
