@@ -317,11 +317,10 @@ class Job(Record):
         return self._describe_training() if self.kind == "training" else self._describe_processing()
 
     def _describe_training(self) -> dict:
-        artifacts = (self.outputs or {}).get("S3ModelArtifacts")
         response = {
             "TrainingJobName": self.name,
             "TrainingJobArn": self.arn,
-            "ModelArtifacts": {"S3ModelArtifacts": artifacts} if artifacts else None,
+            "ModelArtifacts": {"S3ModelArtifacts": self._model_artifacts()},
             "TrainingJobStatus": self.status,
             "SecondaryStatus": self._secondary_status(),
             "FailureReason": self.failure_reason,
@@ -349,6 +348,13 @@ class Job(Record):
         }
         response.update({k: self.request[k] for k in PROCESSING_FIELDS if k in self.request})
         return _drop_none(response)
+
+    def _model_artifacts(self) -> str:
+        """Where the job put (or, unfinished or failed, would put) model.tar.gz, as SageMaker reports it."""
+        if (self.outputs or {}).get("S3ModelArtifacts"):
+            return self.outputs["S3ModelArtifacts"]
+        base = str((self.request.get("OutputDataConfig") or {}).get("S3OutputPath", "")).rstrip("/")
+        return f"{base}/{self.name}/output/model.tar.gz"
 
     def _secondary_status(self) -> str:
         if self.status == "InProgress":
@@ -993,11 +999,11 @@ class LocalSageMakerBackend:
             return f"the local worker of {execution.arn} never started (no heartbeat since {iso(execution.heartbeat)})" if stale else None
         where = self._current_step_text(execution.arn)
         if not _process_matches(pid, execution.worker_created):
-            return f"local worker process {pid} died while {where} (no heartbeat since {iso(execution.heartbeat)})"
+            return f"local worker process {pid} died {where} (no heartbeat since {iso(execution.heartbeat)})"
         if stale:
             return (
-                f"local worker process {pid} died while {where}: it is still there but sent no heartbeat since "
-                f"{iso(execution.heartbeat)} (over {self.stale_after_seconds:.0f} s), so it was killed"
+                f"local worker process {pid} hung {where} (no heartbeat since {iso(execution.heartbeat)}, "
+                f"over {self.stale_after_seconds:g} s) and was killed"
             )
         return None
 
@@ -1010,7 +1016,7 @@ class LocalSageMakerBackend:
                 "SELECT name FROM steps WHERE execution_arn = ? AND status IN (?, ?, ?)", (arn, *ACTIVE_STEP)
             ).fetchone()
         if running:
-            return f"running step {running['name']}"
+            return f"while running step {running['name']}"
         return f"between steps (after {row['name']})" if row else "before its first step"
 
     def _fail_dead_execution(self, execution: Execution, reason: str) -> None:
@@ -1071,10 +1077,17 @@ def _process_matches(pid: int, created: float | None) -> bool:
 
 
 def _kill_group(pid: int | None, created: float | None) -> None:
-    """SIGKILL a process's group (its session, see start_new_session) if it is still that process."""
+    """SIGKILL a worker or job and its children, if ``pid`` is still that process.
+
+    Workers and jobs lead their own session (start_new_session), so their group is theirs alone;
+    a process that leads no group, or shares ours, gets the signal by itself.
+    """
     if pid is None or created is None or not _process_matches(pid, created):
         return
     try:
-        os.killpg(pid, signal.SIGKILL)
+        if os.getpgid(pid) == pid and pid != os.getpgrp():
+            os.killpg(pid, signal.SIGKILL)
+        elif pid != os.getpid():
+            os.kill(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
