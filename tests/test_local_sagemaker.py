@@ -112,7 +112,9 @@ def wait_step(sm: LocalSageMakerService, arn: str, step: str, status: str) -> di
 
 
 def steps_of(sm: LocalSageMakerService, arn: str) -> dict[str, dict]:
-    return {s["StepName"]: s for s in sm.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]}
+    return {
+        s["StepName"]: s for s in sm.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
+    }
 
 
 def gone(pid: int) -> bool:
@@ -133,13 +135,25 @@ def processing_step(store: LocalObjectStore, name: str, script: str, outputs=(),
     """A Processing step as the SDK writes one, running ``script`` (uploaded as its code input)."""
     code_uri = f"s3://{BUCKET}/code/{name}/script.py"
     store.put_bytes(code_uri, script.encode())
-    code_input = {"InputName": "code", "S3Input": {"S3Uri": code_uri, "LocalPath": "/opt/ml/processing/input/code",
-                                                   "S3DataType": "S3Prefix", "S3InputMode": "File"}}  # fmt: skip
+    code_input = {
+        "InputName": "code",
+        "S3Input": {
+            "S3Uri": code_uri,
+            "LocalPath": "/opt/ml/processing/input/code",
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+        },
+    }
     out = [
         {
             "OutputName": o,
             "S3Output": {
-                "S3Uri": {"Std:Join": {"On": "/", "Values": [f"s3://{BUCKET}/runs", {"Get": "Execution.PipelineExecutionId"}, name, o]}},
+                "S3Uri": {
+                    "Std:Join": {
+                        "On": "/",
+                        "Values": [f"s3://{BUCKET}/runs", {"Get": "Execution.PipelineExecutionId"}, name, o],
+                    }
+                },
                 "LocalPath": f"/opt/ml/processing/{o}",
                 "S3UploadMode": "EndOfJob",
             },
@@ -150,8 +164,13 @@ def processing_step(store: LocalObjectStore, name: str, script: str, outputs=(),
         "Name": name,
         "Type": "Processing",
         "Arguments": {
-            "ProcessingResources": {"ClusterConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}},
-            "AppSpecification": {"ImageUri": "local", "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/script.py"]},
+            "ProcessingResources": {
+                "ClusterConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 1}
+            },
+            "AppSpecification": {
+                "ImageUri": "local",
+                "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/script.py"],
+            },
             "RoleArn": ROLE,
             "ProcessingInputs": [*inputs, code_input],
             "ProcessingOutputConfig": {"Outputs": out},
@@ -265,8 +284,12 @@ def _missing(uri: str):
     raise FileNotFoundError(f"no object at {uri}")
 
 
-PREP = {"Name": "Prep", "Type": "Processing", "Arguments": {},
-        "PropertyFiles": [{"PropertyFileName": "Report", "OutputName": "evaluation", "FilePath": "evaluation.json"}]}  # fmt: skip
+PREP = {
+    "Name": "Prep",
+    "Type": "Processing",
+    "Arguments": {},
+    "PropertyFiles": [{"PropertyFileName": "Report", "OutputName": "evaluation", "FilePath": "evaluation.json"}],
+}
 FIT = {"Name": "Fit", "Type": "Training", "Arguments": {}}
 
 
@@ -287,8 +310,18 @@ def test_get_parameters_execution_variables_and_join():
     scope = scope_for([PREP, FIT], given=[{"Name": "Text", "Value": "b"}])
     assert evaluate({"Get": "Parameters.Count"}, scope) == 3
     assert evaluate({"Get": "Parameters.Text"}, scope) == "b"
-    joined = {"Std:Join": {"On": "/", "Values": ["s3:/", {"Get": "Execution.PipelineExecutionId"}, {"Get": "Parameters.Ratio"},
-                                                 {"Get": "Parameters.Flag"}, {"Get": "Parameters.Count"}]}}  # fmt: skip
+    joined = {
+        "Std:Join": {
+            "On": "/",
+            "Values": [
+                "s3:/",
+                {"Get": "Execution.PipelineExecutionId"},
+                {"Get": "Parameters.Ratio"},
+                {"Get": "Parameters.Flag"},
+                {"Get": "Parameters.Count"},
+            ],
+        }
+    }
     assert evaluate(joined, scope) == "s3://abc123def456/0.5/false/3"
     # Containers are resolved deeply and copied; literals pass through.
     assert evaluate({"A": [{"Get": "Execution.PipelineName"}, 1, None]}, scope) == {"A": ["p", 1, None]}
@@ -313,15 +346,32 @@ def test_step_properties_follow_describe_responses():
 
 def test_json_get_reads_property_files_and_s3_uris():
     report = {"regression_metrics": {"mse": {"value": 4.5}}, "items": [{"a-b": 1}, {"a-b": 2}]}
-    scope = scope_for([PREP, FIT], objects={"s3://b/run/evaluation/evaluation.json": report, "s3://b/x.json": {"k": [True]}})
-    by_file = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Prep.PropertyFiles.Report"}, "Path": "regression_metrics.mse.value"}}
+    scope = scope_for(
+        [PREP, FIT], objects={"s3://b/run/evaluation/evaluation.json": report, "s3://b/x.json": {"k": [True]}}
+    )
+    by_file = {
+        "Std:JsonGet": {
+            "PropertyFile": {"Get": "Steps.Prep.PropertyFiles.Report"},
+            "Path": "regression_metrics.mse.value",
+        }
+    }
     assert evaluate(by_file, scope) == 4.5
     by_uri = {"Std:JsonGet": {"S3Uri": {"Std:Join": {"On": "/", "Values": ["s3://b", "x.json"]}}, "Path": "k[0]"}}
     assert evaluate(by_uri, scope) is True
     assert json_path(report, "$.items[1]['a-b']", "here") == 2
     assert json_path(report, "items[0].a-b", "here") == 1
-    with pytest.raises(ExpressionError, match="'regression_metrics.rmse' does not exist in property file 'Report' of step 'Prep'"):
-        evaluate({"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Prep.PropertyFiles.Report"}, "Path": "regression_metrics.rmse"}}, scope)
+    with pytest.raises(
+        ExpressionError, match="'regression_metrics.rmse' does not exist in property file 'Report' of step 'Prep'"
+    ):
+        evaluate(
+            {
+                "Std:JsonGet": {
+                    "PropertyFile": {"Get": "Steps.Prep.PropertyFiles.Report"},
+                    "Path": "regression_metrics.rmse",
+                }
+            },
+            scope,
+        )
     with pytest.raises(ExpressionError, match="no object at s3://b/none.json"):
         evaluate({"Std:JsonGet": {"S3Uri": "s3://b/none.json", "Path": "a"}}, scope)
 
@@ -338,9 +388,23 @@ def test_json_get_reads_property_files_and_s3_uris():
         ({"Type": "LessThan", "LeftValue": "abc", "RightValue": "abd"}, True),
         ({"Type": "In", "QueryValue": {"Get": "Parameters.Text"}, "Values": ["x", "a"]}, True),
         ({"Type": "In", "QueryValue": {"Get": "Parameters.Count"}, "Values": [1, 2]}, False),
-        ({"Type": "Not", "Condition": {"Type": "Equals", "LeftValue": {"Get": "Parameters.Flag"}, "RightValue": True}}, True),
-        ({"Type": "Or", "Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 2},
-                                        {"Type": "LessThan", "LeftValue": 1, "RightValue": 2}]}, True),  # fmt: skip
+        (
+            {
+                "Type": "Not",
+                "Condition": {"Type": "Equals", "LeftValue": {"Get": "Parameters.Flag"}, "RightValue": True},
+            },
+            True,
+        ),
+        (
+            {
+                "Type": "Or",
+                "Conditions": [
+                    {"Type": "Equals", "LeftValue": 1, "RightValue": 2},
+                    {"Type": "LessThan", "LeftValue": 1, "RightValue": 2},
+                ],
+            },
+            True,
+        ),
         ({"Type": "Or", "Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 2}]}, False),
     ],
 )
@@ -363,8 +427,15 @@ def test_plan_orders_steps_by_references_and_depends_on():
         {"Name": "Last", "Type": "Fail", "Arguments": {"ErrorMessage": {"Get": "Steps.Mid.ProcessingJobName"}}},
         {"Name": "Mid", "Type": "Processing", "Arguments": {}, "DependsOn": ["First"]},
         {"Name": "First", "Type": "Processing", "Arguments": {}},
-        {"Name": "Check", "Type": "Condition", "Arguments": {"Conditions": [], "IfSteps": [
-            {"Name": "Inner", "Type": "Fail", "Arguments": {}}], "ElseSteps": []}},  # fmt: skip
+        {
+            "Name": "Check",
+            "Type": "Condition",
+            "Arguments": {
+                "Conditions": [],
+                "IfSteps": [{"Name": "Inner", "Type": "Fail", "Arguments": {}}],
+                "ElseSteps": [],
+            },
+        },
     ]
     plan = Plan.parse(definition(steps))
     assert plan.order == ["First", "Mid", "Last", "Check", "Inner"]
@@ -378,7 +449,10 @@ def test_plan_orders_steps_by_references_and_depends_on():
         ("not json", "not valid JSON"),
         ([{"Name": "A", "Type": "Fail"}, {"Name": "A", "Type": "Fail"}], "two steps are named 'A'"),
         ([{"Name": "A", "Type": "Fail", "DependsOn": ["B"]}], "unknown step"),
-        ([{"Name": "A", "Type": "Fail", "DependsOn": ["B"]}, {"Name": "B", "Type": "Fail", "DependsOn": ["A"]}], "cycle"),
+        (
+            [{"Name": "A", "Type": "Fail", "DependsOn": ["B"]}, {"Name": "B", "Type": "Fail", "DependsOn": ["A"]}],
+            "cycle",
+        ),
     ],
 )
 def test_malformed_definitions(steps, message: str):
@@ -408,7 +482,13 @@ def test_unsupported_expressions_are_named(arguments: dict, message: str | None)
 def test_unsupported_step_and_condition_types_are_named():
     tuning = Plan.parse(definition([{"Name": "Tune", "Type": "Tuning", "Arguments": {}}]))
     assert tuning.unsupported() == "step 'Tune' has type 'Tuning', which the local SageMaker service does not run"
-    bogus = [{"Name": "C", "Type": "Condition", "Arguments": {"Conditions": [{"Type": "Between"}], "IfSteps": [], "ElseSteps": []}}]
+    bogus = [
+        {
+            "Name": "C",
+            "Type": "Condition",
+            "Arguments": {"Conditions": [{"Type": "Between"}], "IfSteps": [], "ElseSteps": []},
+        }
+    ]
     assert "step 'C' uses the condition type 'Between'" in Plan.parse(definition(bogus)).unsupported()
 
 
@@ -447,8 +527,14 @@ def test_pipeline_crud(sm: LocalSageMakerService, model):
         sm.create_pipeline(PipelineName=f"other-{i}", PipelineDefinition=body, RoleArn=ROLE)
     page = sm.list_pipelines(PipelineNamePrefix="other", MaxResults=2, SortBy="Name", SortOrder="Ascending")
     assert_shape(model, page, "ListPipelines")
-    rest = sm.list_pipelines(PipelineNamePrefix="other", MaxResults=2, SortBy="Name", SortOrder="Ascending", NextToken=page["NextToken"])
-    assert [p["PipelineName"] for p in page["PipelineSummaries"] + rest["PipelineSummaries"]] == ["other-0", "other-1", "other-2"]
+    rest = sm.list_pipelines(
+        PipelineNamePrefix="other", MaxResults=2, SortBy="Name", SortOrder="Ascending", NextToken=page["NextToken"]
+    )
+    assert [p["PipelineName"] for p in page["PipelineSummaries"] + rest["PipelineSummaries"]] == [
+        "other-0",
+        "other-1",
+        "other-2",
+    ]
     assert "NextToken" not in rest
     with pytest.raises(ClientError) as err:
         sm.list_pipelines(NextToken="garbage")
@@ -475,9 +561,11 @@ def test_start_execution_validates_parameters_and_is_idempotent(sm: LocalSageMak
     assert launched == []
 
     first = sm.start_pipeline_execution(
-        PipelineName="p", PipelineParameters=[{"Name": "Count", "Value": "9"}], ClientRequestToken=TOKEN,
+        PipelineName="p",
+        PipelineParameters=[{"Name": "Count", "Value": "9"}],
+        ClientRequestToken=TOKEN,
         PipelineExecutionDisplayName="first",
-    )["PipelineExecutionArn"]  # fmt: skip
+    )["PipelineExecutionArn"]
     assert first == sm.start_pipeline_execution(PipelineName="p", ClientRequestToken=TOKEN)["PipelineExecutionArn"]
     second = sm.start_pipeline_execution(PipelineName="p")["PipelineExecutionArn"]
     assert launched == [first, second]
@@ -489,7 +577,12 @@ def test_start_execution_validates_parameters_and_is_idempotent(sm: LocalSageMak
     assert described["PipelineExecutionStatus"] == "Executing" and described["PipelineExecutionDisplayName"] == "first"
     parameters = sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=first)
     assert_shape(model, parameters, "ListPipelineParametersForExecution")
-    assert {p["Name"]: p["Value"] for p in parameters["PipelineParameters"]} == {"Text": "a", "Count": "9", "Ratio": "0.5", "Flag": "false"}
+    assert {p["Name"]: p["Value"] for p in parameters["PipelineParameters"]} == {
+        "Text": "a",
+        "Count": "9",
+        "Ratio": "0.5",
+        "Flag": "false",
+    }
 
     listed = sm.list_pipeline_executions(PipelineName="p")
     assert_shape(model, listed, "ListPipelineExecutions")
@@ -509,7 +602,9 @@ def test_start_execution_validates_parameters_and_is_idempotent(sm: LocalSageMak
 
 
 def test_model_registry(sm: LocalSageMakerService, model):
-    arn = sm.create_model_package_group(ModelPackageGroupName="models", ModelPackageGroupDescription="d")["ModelPackageGroupArn"]
+    arn = sm.create_model_package_group(ModelPackageGroupName="models", ModelPackageGroupDescription="d")[
+        "ModelPackageGroupArn"
+    ]
     assert arn == "arn:aws:sagemaker:us-east-1:000000000000:model-package-group/models"
     group = sm.describe_model_package_group(ModelPackageGroupName="models")
     assert_shape(model, group, "DescribeModelPackageGroup")
@@ -517,10 +612,15 @@ def test_model_registry(sm: LocalSageMakerService, model):
         sm.create_model_package_group(ModelPackageGroupName="models")
     assert code(err.value) == "ValidationException"
 
-    spec = {"Containers": [{"Image": "img", "ModelDataUrl": "s3://b/model.tar.gz"}], "SupportedContentTypes": ["text/csv"],
-            "SupportedResponseMIMETypes": ["text/csv"]}  # fmt: skip
+    spec = {
+        "Containers": [{"Image": "img", "ModelDataUrl": "s3://b/model.tar.gz"}],
+        "SupportedContentTypes": ["text/csv"],
+        "SupportedResponseMIMETypes": ["text/csv"],
+    }
     arns = [
-        sm.create_model_package(ModelPackageGroupName="models", InferenceSpecification=spec, ModelApprovalStatus=status)["ModelPackageArn"]
+        sm.create_model_package(
+            ModelPackageGroupName="models", InferenceSpecification=spec, ModelApprovalStatus=status
+        )["ModelPackageArn"]
         for status in ("PendingManualApproval", "Approved", "PendingManualApproval")
     ]
     assert arns[0].endswith(":model-package/models/1") and arns[2].endswith("/3")
@@ -535,12 +635,18 @@ def test_model_registry(sm: LocalSageMakerService, model):
         sm.update_model_package(ModelPackageArn=arns[0], ModelApprovalStatus="Maybe")
     assert code(err.value) == "ValidationException" and "Maybe" in str(err.value)
 
-    approved = sm.list_model_packages(ModelPackageGroupName="models", ModelApprovalStatus="Approved", SortOrder="Descending")
+    approved = sm.list_model_packages(
+        ModelPackageGroupName="models", ModelApprovalStatus="Approved", SortOrder="Descending"
+    )
     assert_shape(model, approved, "ListModelPackages")
     assert [p["ModelPackageArn"] for p in approved["ModelPackageSummaryList"]] == [arns[1], arns[0]]
     page = sm.list_model_packages(ModelPackageGroupName="models", MaxResults=2)
     rest = sm.list_model_packages(ModelPackageGroupName="models", MaxResults=2, NextToken=page["NextToken"])
-    assert [p["ModelPackageVersion"] for p in page["ModelPackageSummaryList"] + rest["ModelPackageSummaryList"]] == [1, 2, 3]
+    assert [p["ModelPackageVersion"] for p in page["ModelPackageSummaryList"] + rest["ModelPackageSummaryList"]] == [
+        1,
+        2,
+        3,
+    ]
     groups = sm.list_model_package_groups()
     assert_shape(model, groups, "ListModelPackageGroups")
     assert [g["ModelPackageGroupName"] for g in groups["ModelPackageGroupSummaryList"]] == ["models"]
@@ -565,7 +671,10 @@ def test_model_registry(sm: LocalSageMakerService, model):
 
 
 def test_unsupported_step_type_fails_the_execution_before_any_step(sm: LocalSageMakerService, store):
-    steps = [processing_step(store, "Prep", "print('never runs')"), {"Name": "Tune", "Type": "Tuning", "Arguments": {}, "DependsOn": ["Prep"]}]
+    steps = [
+        processing_step(store, "Prep", "print('never runs')"),
+        {"Name": "Tune", "Type": "Tuning", "Arguments": {}, "DependsOn": ["Prep"]},
+    ]
     sm.create_pipeline(PipelineName="p", PipelineDefinition=definition(steps), RoleArn=ROLE)
     execution = run_here(sm, "p")
     assert execution["PipelineExecutionStatus"] == "Failed"
@@ -579,7 +688,9 @@ def test_failing_training_script_fails_step_and_execution(sm: LocalSageMakerServ
         "open(os.path.join(os.environ['SM_OUTPUT_DIR'], 'failure'), 'w').write('no rows in the training channel')\n"
         "sys.exit(3)\n"
     )
-    sm.create_pipeline(PipelineName="p", PipelineDefinition=definition([training_step(store, "Train", script)]), RoleArn=ROLE)
+    sm.create_pipeline(
+        PipelineName="p", PipelineDefinition=definition([training_step(store, "Train", script)]), RoleArn=ROLE
+    )
     execution = run_here(sm, "p")
     assert execution["PipelineExecutionStatus"] == "Failed"
     assert "step 'Train' (Training) failed" in execution["FailureReason"]
@@ -602,12 +713,30 @@ def test_failing_training_script_fails_step_and_execution(sm: LocalSageMakerServ
 
 def test_resolution_error_fails_the_step_with_the_reason(sm: LocalSageMakerService, store):
     writer = "import json, os\nos.makedirs('/tmp', exist_ok=True)\n"  # writes no evaluation.json
-    prep = processing_step(store, "Prep", writer, outputs=["evaluation"],
-                           PropertyFiles=[{"PropertyFileName": "Report", "OutputName": "evaluation", "FilePath": "evaluation.json"}])  # fmt: skip
-    check = {"Name": "Check", "Type": "Condition", "Arguments": {
-        "Conditions": [{"Type": "LessThan", "LeftValue": {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Prep.PropertyFiles.Report"},
-                                                                          "Path": "mse"}}, "RightValue": 1}],
-        "IfSteps": [], "ElseSteps": []}}  # fmt: skip
+    prep = processing_step(
+        store,
+        "Prep",
+        writer,
+        outputs=["evaluation"],
+        PropertyFiles=[{"PropertyFileName": "Report", "OutputName": "evaluation", "FilePath": "evaluation.json"}],
+    )
+    check = {
+        "Name": "Check",
+        "Type": "Condition",
+        "Arguments": {
+            "Conditions": [
+                {
+                    "Type": "LessThan",
+                    "LeftValue": {
+                        "Std:JsonGet": {"PropertyFile": {"Get": "Steps.Prep.PropertyFiles.Report"}, "Path": "mse"}
+                    },
+                    "RightValue": 1,
+                }
+            ],
+            "IfSteps": [],
+            "ElseSteps": [],
+        },
+    }
     sm.create_pipeline(PipelineName="p", PipelineDefinition=definition([prep, check]), RoleArn=ROLE)
     execution = run_here(sm, "p")
     assert execution["PipelineExecutionStatus"] == "Failed"
@@ -671,7 +800,9 @@ def sdk_pipeline(sm: LocalSageMakerService, store: LocalObjectStore, tmp_path: P
     scripts.mkdir()
     for name, text in (("preprocess.py", PREPROCESS), ("train.py", TRAIN), ("evaluate.py", EVALUATE)):
         (scripts / name).write_text(text)
-    spec = PipelineSpec(name="mlops", bucket=BUCKET, prefix="mlops", region="us-east-1", role_arn=ROLE, training_dir=str(scripts))
+    spec = PipelineSpec(
+        name="mlops", bucket=BUCKET, prefix="mlops", region="us-east-1", role_arn=ROLE, training_dir=str(scripts)
+    )
     body = build_pipeline(spec, local_boto_session(store, BUCKET, "us-east-1")).definition()
     rows = "\n".join(f"{i},{i % 7}" for i in range(30))
     store.put_bytes(f"s3://{BUCKET}/mlops/data/data.csv", f"x,medv\n{rows}\n".encode())
@@ -696,9 +827,9 @@ def test_condition_false_runs_the_fail_step(sm: LocalSageMakerService, sdk_pipel
 
 def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerService, store, sdk_pipeline: str, model):
     arns = [
-        sm.start_pipeline_execution(PipelineName=sdk_pipeline, PipelineParameters=[{"Name": "MseThreshold", "Value": "100"}])[
-            "PipelineExecutionArn"
-        ]
+        sm.start_pipeline_execution(
+            PipelineName=sdk_pipeline, PipelineParameters=[{"Name": "MseThreshold", "Value": "100"}]
+        )["PipelineExecutionArn"]
         for _ in range(2)
     ]
     executions = [wait(sm, arn) for arn in arns]
@@ -712,7 +843,9 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
         assert all(s["StepStatus"] == "Succeeded" and s["EndTime"] >= s["StartTime"] for s in steps.values())
         assert steps["CheckQuality"]["Metadata"] == {"Condition": {"Outcome": "True"}}
 
-        training = sm.describe_training_job(TrainingJobName=steps["Train"]["Metadata"]["TrainingJob"]["Arn"].rsplit("/", 1)[-1])
+        training = sm.describe_training_job(
+            TrainingJobName=steps["Train"]["Metadata"]["TrainingJob"]["Arn"].rsplit("/", 1)[-1]
+        )
         assert_shape(model, training, "DescribeTrainingJob")
         assert training["TrainingJobStatus"] == "Completed" and training["HyperParameters"]["target"] == '"medv"'
         assert store.exists(training["ModelArtifacts"]["S3ModelArtifacts"])
@@ -720,14 +853,21 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
         channel = training["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
         assert arn.rsplit("/", 1)[-1] in channel  # resolved from Preprocess's output, per execution
 
-        evaluation = sm.describe_processing_job(ProcessingJobName=steps["Evaluate"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1])
+        evaluation = sm.describe_processing_job(
+            ProcessingJobName=steps["Evaluate"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]
+        )
         assert_shape(model, evaluation, "DescribeProcessingJob")
         uri = evaluation["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] + "/evaluation.json"
         assert "value" in json.loads(store.get_bytes(uri))["regression_metrics"]["mse"]
         evaluations.add(uri)
 
-        package = sm.describe_model_package(ModelPackageName=steps["RegisterModel-RegisterModel"]["Metadata"]["RegisterModel"]["Arn"])
-        assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == training["ModelArtifacts"]["S3ModelArtifacts"]
+        package = sm.describe_model_package(
+            ModelPackageName=steps["RegisterModel-RegisterModel"]["Metadata"]["RegisterModel"]["Arn"]
+        )
+        assert (
+            package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
+            == training["ModelArtifacts"]["S3ModelArtifacts"]
+        )
         assert package["MetadataProperties"]["GeneratedBy"] == arn
         assert package["ModelApprovalStatus"] == "PendingManualApproval"
         packages.add(package["ModelPackageArn"])
@@ -743,7 +883,9 @@ SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(300)\n"
 
 def start_sleeper(sm: LocalSageMakerService, store) -> tuple[str, int]:
     """Start an execution whose only step sleeps; returns its ARN and the sleeping job's pid."""
-    sm.create_pipeline(PipelineName="sleepy", PipelineDefinition=definition([processing_step(store, "Sleep", SLEEPER)]), RoleArn=ROLE)
+    sm.create_pipeline(
+        PipelineName="sleepy", PipelineDefinition=definition([processing_step(store, "Sleep", SLEEPER)]), RoleArn=ROLE
+    )
     arn = sm.start_pipeline_execution(PipelineName="sleepy")["PipelineExecutionArn"]
     step = wait_step(sm, arn, "Sleep", "Executing")
     job = sm.backend.get_job(step["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1])
@@ -758,7 +900,9 @@ def test_killed_worker_fails_the_execution(sm: LocalSageMakerService, store):
 
     execution = wait(sm, arn)
     assert execution["PipelineExecutionStatus"] == "Failed"
-    assert execution["FailureReason"].startswith(f"local worker process {worker_pid} died while running step Sleep (no heartbeat since ")
+    assert execution["FailureReason"].startswith(
+        f"local worker process {worker_pid} died while running step Sleep (no heartbeat since "
+    )
     step = steps_of(sm, arn)["Sleep"]
     assert step["StepStatus"] == "Failed" and "died" in step["FailureReason"]
     assert wait_gone(job_pid), "the orphaned job was not killed"
@@ -769,7 +913,10 @@ def test_killed_worker_fails_the_execution(sm: LocalSageMakerService, store):
 def test_stop_execution_stops_the_running_job(sm: LocalSageMakerService, store):
     arn, job_pid = start_sleeper(sm, store)
     assert sm.stop_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionArn"] == arn
-    assert sm.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionStatus"] in ("Stopping", "Stopped")
+    assert sm.describe_pipeline_execution(PipelineExecutionArn=arn)["PipelineExecutionStatus"] in (
+        "Stopping",
+        "Stopped",
+    )
 
     execution = wait(sm, arn)
     assert execution["PipelineExecutionStatus"] == "Stopped" and "FailureReason" not in execution
@@ -793,7 +940,9 @@ def test_hung_worker_is_detected_by_its_heartbeat(mlops_home: Path, store):
     try:
         execution = wait(sm, arn)
         assert execution["PipelineExecutionStatus"] == "Failed"
-        assert execution["FailureReason"].startswith(f"local worker process {hung.pid} hung before its first step (no heartbeat since ")
+        assert execution["FailureReason"].startswith(
+            f"local worker process {hung.pid} hung before its first step (no heartbeat since "
+        )
         assert execution["FailureReason"].endswith("over 0.5 s) and was killed")
         hung.wait(timeout=30)  # killed by the service
     finally:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 SUPPORTED_STEP_TYPES = ("Processing", "Training", "Condition", "RegisterModel", "Fail")
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
@@ -271,7 +272,7 @@ def is_expression(node: Any) -> bool:
 def check_expressions(node: Any, plan: Plan) -> None:
     """Raise Unsupported for an expression the evaluator would not know (without evaluating)."""
     if is_expression(node):
-        (key, body), = node.items()
+        ((key, body),) = node.items()
         if key == "Get":
             _check_get(body, plan)
         elif key not in FUNCTIONS:
@@ -296,7 +297,9 @@ def _check_get(ref: Any, plan: Plan) -> None:
             raise Unsupported(f"reads the parameter '{rest}', which the pipeline does not declare")
     elif root == "Execution":
         if rest not in EXECUTION_VARIABLES:
-            raise Unsupported(f"reads the execution variable '{rest}', which the local SageMaker service does not support")
+            raise Unsupported(
+                f"reads the execution variable '{rest}', which the local SageMaker service does not support"
+            )
     elif root == "Steps":
         step, _, path = rest.partition(".")
         if step not in plan.steps:
@@ -318,7 +321,7 @@ def _check_json_get(body: Any, plan: Plan) -> None:
 def evaluate(node: Any, scope: Scope) -> Any:
     """The value of ``node`` with every expression in it resolved (containers are copied)."""
     if is_expression(node):
-        (key, body), = node.items()
+        ((key, body),) = node.items()
         if key == "Get":
             return _get(body, scope)
         if key == "Std:Join":
@@ -432,8 +435,10 @@ def _property_file(ref: Any, plan: Plan) -> tuple[StepDef, dict]:
     for item in step.property_files:
         if item.get("PropertyFileName") == name:
             if step.type != "Processing":
-                raise Unsupported(f"reads the property file '{name}' of the {step.type} step '{step_name}'; "
-                                  "the local SageMaker service reads property files of Processing steps")
+                raise Unsupported(
+                    f"reads the property file '{name}' of the {step.type} step '{step_name}'; "
+                    "the local SageMaker service reads property files of Processing steps"
+                )
             return step, item
     raise Unsupported(f"reads the property file '{name}', which step '{step_name}' does not declare")
 

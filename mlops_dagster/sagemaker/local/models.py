@@ -18,11 +18,12 @@ import sqlite3
 import string
 import subprocess
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import psutil
 
@@ -123,7 +124,7 @@ class ConflictError(SageMakerError):
 
 
 def utc(ts: float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+    return None if ts is None else datetime.fromtimestamp(ts, UTC)
 
 
 def iso(ts: float | None) -> str:
@@ -623,7 +624,12 @@ class LocalSageMakerBackend:
         if definition is not None:
             _parse_definition(definition, name)
         current = self.get_pipeline(name)
-        changes = {"definition": definition, "role_arn": role_arn, "display_name": display_name, "description": description}
+        changes = {
+            "definition": definition,
+            "role_arn": role_arn,
+            "display_name": display_name,
+            "description": description,
+        }
         with self.db.write() as conn:
             for column, value in changes.items():
                 if value is not None:
@@ -649,13 +655,16 @@ class LocalSageMakerBackend:
         self.reap(pipeline_arn=pipeline.arn)
         with self.db.write() as conn:
             running = conn.execute(
-                "SELECT arn FROM executions WHERE pipeline_arn = ? AND status IN (?, ?)", (pipeline.arn, *ACTIVE_EXECUTION)
+                "SELECT arn FROM executions WHERE pipeline_arn = ? AND status IN (?, ?)",
+                (pipeline.arn, *ACTIVE_EXECUTION),
             ).fetchall()
             if running:
                 raise ConflictError(
                     f"pipeline {name} has {len(running)} running execution(s) ({running[0]['arn']}); stop them first"
                 )
-            execution_arns = [r["arn"] for r in conn.execute("SELECT arn FROM executions WHERE pipeline_arn = ?", (pipeline.arn,))]
+            execution_arns = [
+                r["arn"] for r in conn.execute("SELECT arn FROM executions WHERE pipeline_arn = ?", (pipeline.arn,))
+            ]
             conn.executemany("DELETE FROM steps WHERE execution_arn = ?", [(a,) for a in execution_arns])
             conn.execute("DELETE FROM executions WHERE pipeline_arn = ?", (pipeline.arn,))
             conn.execute("DELETE FROM pipelines WHERE arn = ?", (pipeline.arn,))
@@ -690,7 +699,12 @@ class LocalSageMakerBackend:
         return self.get_execution(execution.arn)
 
     def _insert_execution(
-        self, pipeline_name: str, parameters: list[dict], display_name: str | None, description: str | None, token: str | None
+        self,
+        pipeline_name: str,
+        parameters: list[dict],
+        display_name: str | None,
+        description: str | None,
+        token: str | None,
     ) -> Execution:
         now = time.time()
         with self.db.write() as conn:
@@ -712,9 +726,19 @@ class LocalSageMakerBackend:
                 " parameters, definition, client_token, created, modified, heartbeat)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'Executing', ?, ?, ?, ?, ?, ?)",
                 (
-                    arn, execution_id, pipeline.name, pipeline.arn, display_name or f"execution-{int(now * 1000)}",
-                    description, json.dumps(parameters), pipeline.definition, token, now, now, now,
-                ),  # fmt: skip
+                    arn,
+                    execution_id,
+                    pipeline.name,
+                    pipeline.arn,
+                    display_name or f"execution-{int(now * 1000)}",
+                    description,
+                    json.dumps(parameters),
+                    pipeline.definition,
+                    token,
+                    now,
+                    now,
+                    now,
+                ),
             )
             conn.execute("UPDATE pipelines SET last_run = ? WHERE arn = ?", (now, pipeline.arn))
             row = conn.execute("SELECT * FROM executions WHERE arn = ?", (arn,)).fetchone()
@@ -758,7 +782,9 @@ class LocalSageMakerBackend:
                     "UPDATE executions SET status = 'Stopping', modified = ? WHERE arn = ?", (time.time(), arn)
                 )
             elif status != "Stopping":
-                raise ValidationError(f"pipeline execution {arn} is {status}; only an Executing execution can be stopped")
+                raise ValidationError(
+                    f"pipeline execution {arn} is {status}; only an Executing execution can be stopped"
+                )
         return self.get_execution(execution.arn)
 
     def list_steps(self, arn: str) -> list[Step]:
@@ -773,7 +799,8 @@ class LocalSageMakerBackend:
         """Refresh the worker's heartbeat; returns the execution status (Stopping asks it to stop)."""
         with self.db.write() as conn:
             conn.execute(
-                "UPDATE executions SET heartbeat = ? WHERE arn = ? AND status IN (?, ?)", (time.time(), arn, *ACTIVE_EXECUTION)
+                "UPDATE executions SET heartbeat = ? WHERE arn = ? AND status IN (?, ?)",
+                (time.time(), arn, *ACTIVE_EXECUTION),
             )
             return self._execution(conn, arn).status
 
@@ -790,7 +817,9 @@ class LocalSageMakerBackend:
             )
             return cursor.rowcount == 1
 
-    def start_step(self, arn: str, name: str, step_type: str, status: str = "Executing", metadata: dict | None = None) -> None:
+    def start_step(
+        self, arn: str, name: str, step_type: str, status: str = "Executing", metadata: dict | None = None
+    ) -> None:
         with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO steps VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
@@ -823,8 +852,17 @@ class LocalSageMakerBackend:
             conn.execute(
                 "INSERT INTO jobs (name, kind, arn, execution_arn, step_name, status, request, created, modified, log_path)"
                 " VALUES (?, ?, ?, ?, ?, 'InProgress', ?, ?, ?, ?)",
-                (name, kind, self.arn(resource, name), execution_arn, step_name, json.dumps(request), now, now,
-                 str(self.job_log_path(name))),  # fmt: skip
+                (
+                    name,
+                    kind,
+                    self.arn(resource, name),
+                    execution_arn,
+                    step_name,
+                    json.dumps(request),
+                    now,
+                    now,
+                    str(self.job_log_path(name)),
+                ),
             )
         return self.get_job(name, kind)
 
@@ -900,7 +938,9 @@ class LocalSageMakerBackend:
             group = self._group(conn, name)
             count = conn.execute("SELECT COUNT(*) FROM packages WHERE group_name = ?", (group.name,)).fetchone()[0]
             if count:
-                raise ConflictError(f"model package group {group.name} still holds {count} model package(s); delete them first")
+                raise ConflictError(
+                    f"model package group {group.name} still holds {count} model package(s); delete them first"
+                )
             conn.execute("DELETE FROM package_groups WHERE arn = ?", (group.arn,))
 
     def create_package(
@@ -924,7 +964,9 @@ class LocalSageMakerBackend:
                     raise
                 self._insert_group(conn, group_name, None)
                 group = self._group(conn, group_name)
-            version = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM packages WHERE group_name = ?", (group.name,)).fetchone()[0]
+            version = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM packages WHERE group_name = ?", (group.name,)
+            ).fetchone()[0]
             arn = self.arn("model-package", f"{group.name}/{version}")
             conn.execute(
                 "INSERT INTO packages VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
@@ -996,7 +1038,11 @@ class LocalSageMakerBackend:
         pid = execution.worker_pid
         if pid is None:
             # The launcher records the pid right after the process starts; give it the same grace.
-            return f"the local worker of {execution.arn} never started (no heartbeat since {iso(execution.heartbeat)})" if stale else None
+            return (
+                f"the local worker of {execution.arn} never started (no heartbeat since {iso(execution.heartbeat)})"
+                if stale
+                else None
+            )
         where = self._current_step_text(execution.arn)
         if not _process_matches(pid, execution.worker_created):
             return f"local worker process {pid} died {where} (no heartbeat since {iso(execution.heartbeat)})"
@@ -1034,7 +1080,8 @@ class LocalSageMakerBackend:
                 (reason, now, execution.arn, *ACTIVE_STEP),
             )
             orphans = conn.execute(
-                "SELECT pid, pid_created FROM jobs WHERE execution_arn = ? AND status IN (?, ?)", (execution.arn, *ACTIVE_JOB)
+                "SELECT pid, pid_created FROM jobs WHERE execution_arn = ? AND status IN (?, ?)",
+                (execution.arn, *ACTIVE_JOB),
             ).fetchall()
             conn.execute(
                 "UPDATE jobs SET status = 'Failed', failure_reason = ?, ended = ?, modified = ? WHERE execution_arn = ? AND status IN (?, ?)",

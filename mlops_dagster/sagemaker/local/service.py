@@ -14,9 +14,10 @@ import binascii
 import functools
 import json
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import botocore.session
 from botocore.errorfactory import ClientExceptionsFactory
@@ -195,7 +196,9 @@ class LocalSageMakerService:
     def list_pipeline_executions(self, **params: Any) -> dict:
         executions = self.backend.list_executions(params["PipelineName"])
         executions = _created_between(executions, params.get("CreatedAfter"), params.get("CreatedBefore"))
-        key = _sort_key(params, {"CreationTime": lambda e: e.created, "PipelineExecutionArn": lambda e: e.arn}, "CreationTime")
+        key = _sort_key(
+            params, {"CreationTime": lambda e: e.created, "PipelineExecutionArn": lambda e: e.arn}, "CreationTime"
+        )
         executions = _sorted(executions, key, params, "Descending")
         return _page([e.summary() for e in executions], "PipelineExecutionSummaries", params)
 
@@ -238,8 +241,14 @@ class LocalSageMakerService:
         if params.get("StatusEquals"):
             jobs = [j for j in jobs if j.status == params["StatusEquals"]]
         jobs = _created_between(jobs, params.get("CreationTimeAfter"), params.get("CreationTimeBefore"))
-        jobs = _between(jobs, lambda j: j.modified, params.get("LastModifiedTimeAfter"), params.get("LastModifiedTimeBefore"))
-        sort = _sort_key(params, {"Name": lambda j: j.name, "CreationTime": lambda j: j.created, "Status": lambda j: j.status}, "CreationTime")
+        jobs = _between(
+            jobs, lambda j: j.modified, params.get("LastModifiedTimeAfter"), params.get("LastModifiedTimeBefore")
+        )
+        sort = _sort_key(
+            params,
+            {"Name": lambda j: j.name, "CreationTime": lambda j: j.created, "Status": lambda j: j.status},
+            "CreationTime",
+        )
         jobs = _sorted(jobs, sort, params, "Ascending")
         return _page([j.summary() for j in jobs], key, params)
 
@@ -247,7 +256,9 @@ class LocalSageMakerService:
 
     @operation("CreateModelPackageGroup")
     def create_model_package_group(self, **params: Any) -> dict:
-        group = self.backend.create_package_group(params["ModelPackageGroupName"], params.get("ModelPackageGroupDescription"))
+        group = self.backend.create_package_group(
+            params["ModelPackageGroupName"], params.get("ModelPackageGroupDescription")
+        )
         return {"ModelPackageGroupArn": group.arn}
 
     @operation("DescribeModelPackageGroup")
@@ -272,7 +283,10 @@ class LocalSageMakerService:
         if not params.get("ModelPackageGroupName"):
             raise ValidationError("the local model registry holds versioned packages only: give ModelPackageGroupName")
         package = self.backend.create_package(
-            params["ModelPackageGroupName"], params, params.get("ModelApprovalStatus"), params.get("ModelPackageDescription")
+            params["ModelPackageGroupName"],
+            params,
+            params.get("ModelApprovalStatus"),
+            params.get("ModelPackageDescription"),
         )
         return {"ModelPackageArn": package.arn}
 
@@ -283,7 +297,11 @@ class LocalSageMakerService:
     @operation("ListModelPackages")
     def list_model_packages(self, **params: Any) -> dict:
         packages = self._filter_packages(self.backend.list_packages(), params)
-        key = _sort_key(params, {"Name": lambda p: (p.group_name, p.version), "CreationTime": lambda p: (p.created, p.version)}, "CreationTime")
+        key = _sort_key(
+            params,
+            {"Name": lambda p: (p.group_name, p.version), "CreationTime": lambda p: (p.created, p.version)},
+            "CreationTime",
+        )
         packages = _sorted(packages, key, params, "Ascending")
         return _page([p.summary() for p in packages], "ModelPackageSummaryList", params)
 
@@ -322,7 +340,7 @@ class LocalSageMakerService:
 def _epoch(value: Any) -> float:
     """A boto3 timestamp argument (datetime, epoch number or string) as epoch seconds."""
     if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
     if isinstance(value, (int, float)):
         return float(value)
     return parse_timestamp(value).timestamp()

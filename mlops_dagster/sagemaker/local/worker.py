@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import interpreter
 from .interpreter import ExpressionError, Plan, Scope, evaluate, evaluate_conditions, resolve_parameters
-from .models import ACTIVE_EXECUTION, HEARTBEAT_SECONDS, Execution, LocalSageMakerBackend, SageMakerError, iso, job_name_for
+from .models import (
+    ACTIVE_EXECUTION,
+    HEARTBEAT_SECONDS,
+    Execution,
+    LocalSageMakerBackend,
+    SageMakerError,
+    iso,
+    job_name_for,
+)
 
 if TYPE_CHECKING:
     from mlops_dagster.resources.object_store import ObjectStore
@@ -150,7 +158,9 @@ class StepStopped(Exception):
 
 
 class ExecutionRunner:
-    def __init__(self, backend: LocalSageMakerBackend, store: ObjectStore, execution: Execution, jobs: Any, watch: Watch):
+    def __init__(
+        self, backend: LocalSageMakerBackend, store: ObjectStore, execution: Execution, jobs: Any, watch: Watch
+    ):
         self.backend, self.store, self.execution, self.jobs, self.watch = backend, store, execution, jobs, watch
         self.arn = execution.arn
         self.plan: Plan | None = None
@@ -197,8 +207,12 @@ class ExecutionRunner:
         if status == "Failed" and self.watch.stop_requested.is_set():
             status, reason = "Stopped", None  # a failure caused by the stop is the stop
         if not self.backend.finish_execution(self.arn, status, reason):
-            log.warning("execution %s had already ended (%s); not recording %s", self.arn,
-                        self.backend.execution_status(self.arn), status)  # fmt: skip
+            log.warning(
+                "execution %s had already ended (%s); not recording %s",
+                self.arn,
+                self.backend.execution_status(self.arn),
+                status,
+            )
         log.info("execution %s: %s%s", self.arn, status, f" ({reason})" if reason else "")
 
     def _scope(self, **execution_variables: str) -> Scope:
@@ -243,11 +257,19 @@ class ExecutionRunner:
 
         run = self.jobs.run_training_job if kind == "training" else self.jobs.run_processing_job
         try:
-            result = run(name, request, self.store, self.backend.job_dir(name), self.backend.job_log_path(name), on_start=on_start)
+            result = run(
+                name,
+                request,
+                self.store,
+                self.backend.job_dir(name),
+                self.backend.job_log_path(name),
+                on_start=on_start,
+            )
         except Exception as err:  # a bug or an I/O error in the job runner: the job and step fail, with why
             log.exception("job %s", name)
-            result = self.jobs.JobResult("Failed", f"InternalError: {type(err).__name__}: {err}", {}, None,
-                                         self.backend.job_log_path(name))  # fmt: skip
+            result = self.jobs.JobResult(
+                "Failed", f"InternalError: {type(err).__name__}: {err}", {}, None, self.backend.job_log_path(name)
+            )
         finally:
             self.watch.attach(None)
         stopped = self.watch.stop_requested.is_set() and result.status != "Completed"
