@@ -187,7 +187,8 @@ def wait_for_execution(context: AssetExecutionContext, client, arn: str, timeout
     pause, seen = 1.0, {}
     while True:
         execution = client.describe_pipeline_execution(PipelineExecutionArn=arn)
-        for step in client.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]:
+        steps = client.list_pipeline_execution_steps(PipelineExecutionArn=arn, SortOrder="Ascending")
+        for step in steps["PipelineExecutionSteps"]:
             if seen.get(step["StepName"]) != step["StepStatus"]:
                 seen[step["StepName"]] = step["StepStatus"]
                 context.log.info(f"step {step['StepName']}: {step['StepStatus']}")

@@ -1,0 +1,172 @@
+"""The pipeline assets on the local backend, from an empty $MLOPS_HOME: definition, execution,
+trained model, and the failures a user must see in Dagster."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from mlops_dagster import build_definitions
+from mlops_dagster.sagemaker.training_code import TRAINING_DIR
+from mlops_dagster.settings import Settings
+
+ALL = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model"]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _run(defs, instance, ops: dict | None = None, selection: list[str] | None = None):
+    return materialize(
+        [defs.get_assets_def(k) for k in ALL],
+        resources=defs.resources,
+        run_config={"ops": {k: {"config": v} for k, v in (ops or {}).items()}},
+        instance=instance,
+        selection=selection,
+        raise_on_error=False,
+    )
+
+
+def _metadata(result, key: str) -> dict:
+    [event] = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def _failure(result, step: str) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == step]
+    assert failures, f"{step} did not fail"
+    data = failures[0].step_failure_data
+    user = data.user_failure_data
+    return "\n".join(filter(None, [data.error.message if data.error else "", user.description if user else ""]))
+
+
+@pytest.fixture
+def defs(settings: Settings):
+    return build_definitions(settings)
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
+    result = _run(defs, instance, {"raw_data": {"rows": 400}})
+    assert result.success
+    definition = _metadata(result, "pipeline_definition")
+    model = _metadata(result, "trained_model")
+    assert definition["upsert"] == "created"
+    assert definition["pipeline_arn"] == "arn:aws:sagemaker:us-east-1:000000000000:pipeline/mlops-pipeline"
+    assert model["execution_arn"] == _metadata(result, "pipeline_execution")["execution_arn"]
+    assert 0 < model["mse"] < 25 and model["r2"] > 0.6
+    assert abs(model["rmse"] ** 2 - model["mse"]) < 1e-6
+    assert model["model_data_url"].endswith("/output/model.tar.gz")
+    assert "model.joblib" in model["archive_members"]
+    assert model["model_package_arn"].startswith(
+        "arn:aws:sagemaker:us-east-1:000000000000:model-package/mlops-pipeline-models/"
+    )
+    # the artifact the asset verified is the one in the store
+    artifact = mlops_home / "s3" / model["model_data_url"].removeprefix("s3://")
+    import hashlib
+
+    assert hashlib.sha256(artifact.read_bytes()).hexdigest() == model["model_sha256"]
+    client = defs.resources["sagemaker"].get_client()
+    package = client.describe_model_package(ModelPackageName=model["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "PendingManualApproval"
+    # the trained model's value carries what downstream needs
+    value = result.output_for_node("trained_model")
+    assert value["training_job_name"] == model["training_job_name"]
+
+    # Same code and config: the definition is unchanged and not updated.
+    again = _run(defs, instance, selection=["pipeline_definition"])
+    assert _metadata(again, "pipeline_definition")["upsert"] == "unchanged"
+    assert _metadata(again, "pipeline_definition")["definition_sha256"] == definition["definition_sha256"]
+
+
+def test_missed_threshold_ends_in_the_fail_step_and_trained_model_says_so(defs, instance):
+    result = _run(defs, instance, {"raw_data": {"rows": 200}, "pipeline_definition": {"mse_threshold": 0.001}})
+    assert not result.success
+    message = _failure(result, "trained_model")
+    assert "ended Failed" in message
+    assert "MseAboveThreshold" in message
+    assert "model not registered: mse" in message and "is above the MseThreshold 0.001" in message
+
+
+def test_a_failing_training_script_reaches_dagster_with_its_failure_text(defs, instance, tmp_path):
+    code = tmp_path / "training"
+    shutil.copytree(TRAINING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "train.py").write_text(
+        "import os, sys\n"
+        "print('loading data...')\n"
+        "with open(os.path.join(os.environ['SM_OUTPUT_DIR'], 'failure'), 'w') as f:\n"
+        "    f.write('disk quota exceeded while writing the model')\n"
+        "sys.exit(3)\n"
+    )
+    result = _run(defs, instance, {"raw_data": {"rows": 100}, "pipeline_definition": {"training_dir": str(code)}})
+    message = _failure(result, "trained_model")
+    assert "step Train Failed" in message
+    assert "disk quota exceeded while writing the model" in message
+    assert "loading data..." in message  # the tail of the job's log
+
+
+def test_missing_target_column_fails_with_a_message_naming_it(defs, instance):
+    # The dataset has medv; a pipeline built for 'price' is started on it directly (as a user
+    # could from the console), and trained_model collects the failure.
+    setup = _run(
+        defs, instance, {"raw_data": {"rows": 100}, "pipeline_definition": {"target": "price"}},
+        selection=["raw_data", "s3_dataset", "pipeline_definition"],
+    )  # fmt: skip
+    assert setup.success
+    client = defs.resources["sagemaker"].get_client()
+    arn = client.start_pipeline_execution(
+        PipelineName="mlops-pipeline",
+        PipelineParameters=[{"Name": "InputData", "Value": setup.output_for_node("s3_dataset")["uri"]}],
+    )["PipelineExecutionArn"]
+    result = _run(defs, instance, {"trained_model": {"execution_arn": arn}}, selection=["trained_model"])
+    message = _failure(result, "trained_model")
+    assert "step Preprocess Failed" in message
+    assert "'price'" in message
+
+
+def test_pipeline_execution_refuses_a_dataset_built_for_another_target(defs, instance):
+    result = _run(defs, instance, {"raw_data": {"rows": 100}, "pipeline_definition": {"target": "price"}},
+                  selection=["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution"])  # fmt: skip
+    message = _failure(result, "pipeline_execution")
+    assert "target column is 'medv' but the pipeline was built for 'price'" in message
+
+
+def test_trained_model_without_any_execution_says_what_to_do(defs, instance):
+    result = _run(defs, instance, selection=["trained_model"])
+    assert "materialize pipeline_execution first" in _failure(result, "trained_model")
+
+
+def test_trained_model_times_out_with_a_clear_message(defs, instance, tmp_path):
+    code = tmp_path / "training"
+    shutil.copytree(TRAINING_DIR, code, ignore=shutil.ignore_patterns("__pycache__"))
+    (code / "train.py").write_text("import time\ntime.sleep(120)\n")
+    result = _run(
+        defs, instance,
+        {"raw_data": {"rows": 100}, "pipeline_definition": {"training_dir": str(code)},
+         "trained_model": {"wait_timeout_seconds": 2, "max_poll_seconds": 1}},
+    )  # fmt: skip
+    message = _failure(result, "trained_model")
+    assert "still Executing after 2 s" in message
+    arn = _metadata(result, "pipeline_execution")["execution_arn"]
+    client = defs.resources["sagemaker"].get_client()
+    client.stop_pipeline_execution(PipelineExecutionArn=arn)
+
+
+def test_recipe_train_py_runs_unmodified_as_the_training_entry_point(defs, instance):
+    recipe = FIXTURES / "recipe_train.py"
+    result = _run(
+        defs, instance,
+        {"raw_data": {"rows": 150},
+         "pipeline_definition": {"entry_point": str(recipe), "pass_hyperparameters": False, "mse_threshold": 1000}},
+    )  # fmt: skip
+    assert result.success, _failure(result, "trained_model")
+    model = _metadata(result, "trained_model")
+    assert "model.joblib" in model["archive_members"] and "evaluation.json" in model["archive_members"]
+    client = defs.resources["sagemaker"].get_client()
+    job = client.describe_training_job(TrainingJobName=model["training_job_name"])
+    assert json.loads(job["HyperParameters"]["sagemaker_program"]) == "recipe_train.py"
