@@ -587,6 +587,9 @@ def test_start_execution_validates_parameters_and_is_idempotent(sm: LocalSageMak
     listed = sm.list_pipeline_executions(PipelineName="p")
     assert_shape(model, listed, "ListPipelineExecutions")
     assert [e["PipelineExecutionArn"] for e in listed["PipelineExecutionSummaries"]] == [second, first]  # newest first
+    with pytest.raises(ClientError) as err:
+        sm.delete_pipeline(PipelineName="p")
+    assert code(err.value) == "ConflictException" and "running execution" in str(err.value)
     oldest = sm.list_pipeline_executions(PipelineName="p", SortOrder="Ascending", MaxResults=1)
     assert [e["PipelineExecutionArn"] for e in oldest["PipelineExecutionSummaries"]] == [first] and oldest["NextToken"]
 

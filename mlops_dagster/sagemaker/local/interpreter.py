@@ -471,7 +471,7 @@ def _read_json(uri: str, where: str, scope: Scope) -> Any:
             raise ExpressionError(f"cannot read {where}: no object store")
         try:
             data = scope.read_object(uri)
-        except FileNotFoundError as err:
+        except Exception as err:  # not found, a bad URI, a store error: the step fails saying which object
             raise ExpressionError(f"cannot read {where}: {err}") from err
         try:
             scope._json_cache[uri] = json.loads(data)

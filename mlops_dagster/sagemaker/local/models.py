@@ -227,6 +227,7 @@ class Execution(Record):
     worker_pid: int | None
     worker_created: float | None
     heartbeat: float
+    heartbeat_clock: float
 
     def describe(self) -> dict:
         return _drop_none(
@@ -475,7 +476,7 @@ CREATE TABLE IF NOT EXISTS executions (
     display_name TEXT NOT NULL, description TEXT, status TEXT NOT NULL, failure_reason TEXT,
     parameters TEXT NOT NULL, definition TEXT NOT NULL, client_token TEXT,
     created REAL NOT NULL, modified REAL NOT NULL,
-    worker_pid INTEGER, worker_created REAL, heartbeat REAL NOT NULL
+    worker_pid INTEGER, worker_created REAL, heartbeat REAL NOT NULL, heartbeat_clock REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS executions_by_pipeline ON executions (pipeline_name, created);
 CREATE UNIQUE INDEX IF NOT EXISTS executions_by_token ON executions (pipeline_name, client_token);
@@ -511,11 +512,13 @@ class StateDB:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        if str(self.path) not in self._initialized:
+        # Also when the file is gone (a wiped MLOPS_HOME): sqlite would create it without tables.
+        if str(self.path) not in self._initialized or not self.path.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
             try:
                 conn.executescript(SCHEMA)  # idempotent: every statement is IF NOT EXISTS
+                _migrate(conn)
             finally:
                 conn.close()
             self._initialized.add(str(self.path))
@@ -550,6 +553,13 @@ class StateDB:
                 raise
         finally:
             conn.close()
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a state.db from an earlier version of this module up to SCHEMA."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(executions)")}
+    if "heartbeat_clock" not in columns:
+        conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_clock REAL NOT NULL DEFAULT 0")
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -692,8 +702,10 @@ class LocalSageMakerBackend:
             return execution  # a repeated ClientRequestToken: the first call's execution
         try:
             proc = self.launcher(execution.arn)
-        except OSError as err:
+        except Exception as err:
             self.finish_execution(execution.arn, "Failed", f"could not start the local worker process: {err}")
+            if not isinstance(err, OSError):
+                raise  # a programming error (e.g. a store the worker cannot rebuild): surface it
             return self.get_execution(execution.arn)
         self._record_worker(execution.arn, proc.pid)
         return self.get_execution(execution.arn)
@@ -723,8 +735,8 @@ class LocalSageMakerBackend:
             arn = f"{pipeline.arn}/execution/{execution_id}"
             conn.execute(
                 "INSERT INTO executions (arn, id, pipeline_name, pipeline_arn, display_name, description, status,"
-                " parameters, definition, client_token, created, modified, heartbeat)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'Executing', ?, ?, ?, ?, ?, ?)",
+                " parameters, definition, client_token, created, modified, heartbeat, heartbeat_clock)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'Executing', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     arn,
                     execution_id,
@@ -738,6 +750,7 @@ class LocalSageMakerBackend:
                     now,
                     now,
                     now,
+                    time.monotonic(),
                 ),
             )
             conn.execute("UPDATE pipelines SET last_run = ? WHERE arn = ?", (now, pipeline.arn))
@@ -799,8 +812,8 @@ class LocalSageMakerBackend:
         """Refresh the worker's heartbeat; returns the execution status (Stopping asks it to stop)."""
         with self.db.write() as conn:
             conn.execute(
-                "UPDATE executions SET heartbeat = ? WHERE arn = ? AND status IN (?, ?)",
-                (time.time(), arn, *ACTIVE_EXECUTION),
+                "UPDATE executions SET heartbeat = ?, heartbeat_clock = ? WHERE arn = ? AND status IN (?, ?)",
+                (time.time(), time.monotonic(), arn, *ACTIVE_EXECUTION),
             )
             return self._execution(conn, arn).status
 
@@ -1033,8 +1046,9 @@ class LocalSageMakerBackend:
                 self._fail_dead_execution(execution, reason)
 
     def _dead_worker_reason(self, execution: Execution) -> str | None:
-        now = time.time()
-        stale = now - execution.heartbeat > self.stale_after_seconds
+        # Staleness on the system-wide monotonic clock, which stands still while a laptop sleeps:
+        # a worker is not "hung" for the time the machine was suspended.
+        stale = time.monotonic() - execution.heartbeat_clock > self.stale_after_seconds
         pid = execution.worker_pid
         if pid is None:
             # The launcher records the pid right after the process starts; give it the same grace.
