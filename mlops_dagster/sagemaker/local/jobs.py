@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ class JobResult:
     outputs: dict  # training: {"S3ModelArtifacts": uri}; processing: {}
     exit_code: int | None  # None when the script never ran; negative for a signal
     log_path: Path
+    script_seconds: float | None = None  # wall time of the script process alone (no staging)
 
 
 class JobSetupError(Exception):
@@ -173,6 +175,7 @@ def _run_job(
 
         note(f"=== {kind} job {name}: running {shlex.join(launch.command)} (cwd {launch.cwd}) ===")
         script_output_starts = log.tell()
+        started = time.monotonic()
         try:
             proc = _launch(launch, log)
         except JobSetupError as exc:
@@ -186,8 +189,11 @@ def _run_job(
             # (and the job itself when the caller's callback raised).
             _signal_group(proc.pid, signal.SIGKILL)
             proc.wait()
+        script_seconds = time.monotonic() - started
+        note(f"=== {kind} job {name}: script ran {script_seconds:.3f} s ===")
 
         result = _outcome(proc, timed_out, launch, log_path, script_output_starts)
+        result.script_seconds = script_seconds
         if result.status == "Completed":
             try:
                 result.outputs = collect(note)
