@@ -12,9 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
-from dagster_aws.s3 import S3Resource
 
 
 class ObjectStoreError(RuntimeError):
@@ -165,69 +163,3 @@ class LocalObjectStore(ObjectStore):
                 if key.startswith(key_prefix):
                     uris.append(f"s3://{bucket}/{key}")
         return sorted(uris)
-
-
-class S3ObjectStore(ObjectStore):
-    """Objects in Amazon S3 through ``dagster_aws.s3.S3Resource``.
-
-    Uploads go through boto3's transfer manager (multipart above its threshold, so a failed
-    upload leaves no object); the sha256 is stored as user metadata ``sha256``.
-    """
-
-    s3: S3Resource
-
-    def _client(self):
-        return self.s3.get_client()
-
-    def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
-        bucket, key = split_uri(uri)
-        digest = sha256_file(path)
-        client = self._client()
-        client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
-        head = client.head_object(Bucket=bucket, Key=key)
-        return ObjectInfo(uri=uri, size=head["ContentLength"], sha256=digest, version_id=head.get("VersionId"))
-
-    def download(self, uri: str, path: str | os.PathLike) -> Path:
-        bucket, key = split_uri(uri)
-        dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        os.close(fd)
-        try:
-            self._client().download_file(bucket, key, tmp)
-            os.replace(tmp, dest)
-        except ClientError as err:
-            if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
-                raise ObjectNotFound(f"no object at {uri}") from err
-            raise
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return dest
-
-    def head(self, uri: str) -> ObjectInfo | None:
-        bucket, key = split_uri(uri)
-        try:
-            head = self._client().head_object(Bucket=bucket, Key=key)
-        except ClientError as err:
-            if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
-        return ObjectInfo(
-            uri=uri,
-            size=head["ContentLength"],
-            sha256=head.get("Metadata", {}).get("sha256"),
-            version_id=head.get("VersionId"),
-        )
-
-    def list(self, uri_prefix: str) -> list[str]:
-        bucket, prefix = split_uri(uri_prefix)
-        paginator = self._client().get_paginator("list_objects_v2")
-        return sorted(
-            f"s3://{bucket}/{obj['Key']}"
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])
-        )
-
-
-def _error_code(err: ClientError) -> str:
-    return str(err.response.get("Error", {}).get("Code", ""))

@@ -1,4 +1,4 @@
-"""The SageMaker seam: the boto3 ``sagemaker`` client (aws) or the local SageMaker service (local).
+"""The SageMaker seam: the boto3 ``sagemaker`` client (aws, in ``aws.py``) or the local SageMaker service.
 
 Both speak boto3's method names, arguments and response shapes, so asset code is the same for
 both. The resource also hands the SDK a boto session to build the pipeline definition with.
@@ -13,7 +13,6 @@ from typing import Any
 import boto3
 from dagster import ConfigurableResource
 
-from .aws import AwsSession
 from .object_store import ObjectStore
 
 LOCAL_ACCOUNT_ID = "000000000000"
@@ -63,36 +62,3 @@ class LocalSageMaker(SageMaker):
         if not path.is_file():
             return f"(no log at {path})"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-class AwsSageMaker(SageMaker):
-    """Amazon SageMaker through boto3, with botocore retries from the session resource."""
-
-    session: AwsSession
-    role_arn: str | None = None
-
-    def get_client(self):
-        return self.session.client("sagemaker")
-
-    def sdk_boto_session(self) -> boto3.Session:
-        return self.session.boto_session()
-
-    def execution_role_arn(self) -> str:
-        if not self.role_arn:
-            raise ValueError(
-                "no SageMaker execution role: set MLOPS_ROLE_ARN, or run the setup_infrastructure job "
-                "which creates the role and prints its ARN"
-            )
-        return self.role_arn
-
-    def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
-        group = {"training": "/aws/sagemaker/TrainingJobs", "processing": "/aws/sagemaker/ProcessingJobs"}[kind]
-        logs = self.session.client("logs")
-        streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=job_name).get("logStreams", [])
-        events: list[str] = []
-        for stream in streams:
-            page = logs.get_log_events(
-                logGroupName=group, logStreamName=stream["logStreamName"], limit=lines, startFromHead=False
-            )
-            events += [e["message"] for e in page.get("events", [])]
-        return "\n".join(events[-lines:]) or f"(no log events in {group} for {job_name})"

@@ -37,6 +37,7 @@ from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 from sagemaker.workflow.properties import PropertyFile  # noqa: E402
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep  # noqa: E402
 
+
 def _validate_config_once(config: dict) -> None:
     """The SDK re-validates its whole config schema on every config lookup (about 60 per build,
     each ~0.2-1 s with jsonschema 4.2x); validating a given config once is enough."""
