@@ -36,8 +36,21 @@ def _resources(settings: Settings) -> dict:
 
         from .resources.aws import AwsSageMaker, AwsSession, S3ObjectStore
 
-        session = AwsSession(region=settings.region)
-        resources["store"] = S3ObjectStore(s3=S3Resource(region_name=settings.region))
+        session = AwsSession(
+            region=settings.region,
+            profile=settings.aws_profile,
+            endpoint_url=settings.aws_endpoint_url,
+            retry_mode=settings.aws_retry_mode,
+            max_attempts=settings.aws_max_attempts,
+        )
+        resources["store"] = S3ObjectStore(
+            s3=S3Resource(
+                region_name=settings.region,
+                profile_name=settings.aws_profile,
+                endpoint_url=settings.aws_endpoint_url,
+                max_attempts=settings.aws_max_attempts,
+            )
+        )
         resources["sagemaker"] = AwsSageMaker(session=session, role_arn=settings.role_arn)
     return resources
 

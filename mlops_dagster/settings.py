@@ -20,6 +20,8 @@ BACKENDS = ("local", "aws")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+_REPO_RE = re.compile(r"^[\w.-]{1,100}$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
 
 
@@ -41,6 +43,13 @@ class Settings(ConfigurableResource):
     | MLOPS_PIPELINE_NAME | mlops-pipeline | the SageMaker pipeline's name |
     | MLOPS_ROLE_ARN | (local: a placeholder) | aws: the SageMaker execution role (setup_infrastructure creates one) |
     | MLOPS_RETRAIN_CRON | 0 3 * * 1 | when retraining_schedule materializes the graph (weekly, Monday 03:00 UTC) |
+    | MLOPS_ROLE_NAME | SageMakerExecutionRole-<pipeline name> | the role setup_infrastructure creates (aws) |
+    | MLOPS_REPOSITORY_NAME | <pipeline name>-code | the code repository (CodeCommit on aws, bare git locally) |
+    | MLOPS_SAGEMAKER_FULL_ACCESS | false | also attach AmazonSageMakerFullAccess to the role (opt-in) |
+    | MLOPS_AWS_PROFILE | (credential chain) | named AWS profile |
+    | MLOPS_AWS_ENDPOINT_URL | (AWS) | an S3/SageMaker/IAM-compatible endpoint, e.g. a moto server |
+    | MLOPS_AWS_RETRY_MODE | standard | botocore retry mode: standard or adaptive |
+    | MLOPS_AWS_MAX_ATTEMPTS | 8 | botocore attempts per call (first try included) |
     """
 
     backend: str = "local"
@@ -52,6 +61,13 @@ class Settings(ConfigurableResource):
     pipeline_name: str = "mlops-pipeline"
     role_arn: str | None = None
     retrain_cron: str = "0 3 * * 1"
+    role_name: str = "SageMakerExecutionRole-mlops-pipeline"
+    repository_name: str = "mlops-pipeline-code"
+    sagemaker_full_access: bool = False
+    aws_profile: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_retry_mode: str = "standard"
+    aws_max_attempts: int = 8
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -113,6 +129,28 @@ class Settings(ConfigurableResource):
                 "(minute hour day-of-month month day-of-week)"
             )
 
+        role_name = env.get("MLOPS_ROLE_NAME") or f"SageMakerExecutionRole-{pipeline_name}"[:64]
+        if not _IAM_NAME_RE.match(role_name):
+            raise SettingsError(
+                f"MLOPS_ROLE_NAME={role_name!r} is not a valid IAM role name: 1-64 letters, digits or +=,.@_-"
+            )
+        repository_name = env.get("MLOPS_REPOSITORY_NAME") or f"{pipeline_name}-code"
+        if not _REPO_RE.match(repository_name):
+            raise SettingsError(
+                f"MLOPS_REPOSITORY_NAME={repository_name!r} is not a valid repository name: "
+                "1-100 letters, digits, '.', '_' or '-'"
+            )
+        full_access = _choice(env, "MLOPS_SAGEMAKER_FULL_ACCESS", "false", ("true", "false", "1", "0", "yes", "no"))
+        endpoint_url = env.get("MLOPS_AWS_ENDPOINT_URL") or None
+        if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
+            raise SettingsError(
+                f"MLOPS_AWS_ENDPOINT_URL={endpoint_url!r} is not an http(s) URL such as 'http://127.0.0.1:5000'"
+            )
+        retry_mode = _choice(env, "MLOPS_AWS_RETRY_MODE", "standard", ("standard", "adaptive"))
+        attempts_text = env.get("MLOPS_AWS_MAX_ATTEMPTS") or "8"
+        if not attempts_text.isdigit() or not 1 <= int(attempts_text) <= 20:
+            raise SettingsError(f"MLOPS_AWS_MAX_ATTEMPTS={attempts_text!r} is not a whole number from 1 to 20")
+
         return cls(
             backend=backend,
             home=str(home),
@@ -123,6 +161,13 @@ class Settings(ConfigurableResource):
             pipeline_name=pipeline_name,
             role_arn=role_arn,
             retrain_cron=retrain_cron,
+            role_name=role_name,
+            repository_name=repository_name,
+            sagemaker_full_access=full_access in ("true", "1", "yes"),
+            aws_profile=env.get("MLOPS_AWS_PROFILE") or None,
+            aws_endpoint_url=endpoint_url,
+            aws_retry_mode=retry_mode,
+            aws_max_attempts=int(attempts_text),
         )
 
     @property
