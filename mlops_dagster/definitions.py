@@ -48,7 +48,9 @@ def _resources(settings: Settings) -> dict:
                 region_name=settings.region,
                 profile_name=settings.aws_profile,
                 endpoint_url=settings.aws_endpoint_url,
-                max_attempts=settings.aws_max_attempts,
+                # S3Resource hands this to botocore as retries *after* the first try (always in
+                # standard mode); MLOPS_AWS_MAX_ATTEMPTS counts the first try.
+                max_attempts=settings.aws_max_attempts - 1,
             )
         )
         resources["sagemaker"] = AwsSageMaker(session=session, role_arn=settings.role_arn)

@@ -7,60 +7,128 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import boto3
+import botocore.session
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr, field_validator
 
-from .object_store import ObjectInfo, ObjectNotFound, ObjectStore, sha256_file, split_uri
+from .object_store import ObjectInfo, ObjectNotFound, ObjectStore, ObjectStoreError, sha256_file, split_uri
 from .sagemaker import SageMaker
+
+RETRY_MODES = ("standard", "adaptive")
+MiB = 1024 * 1024
+_MISSING = ("404", "NoSuchKey", "NotFound")
+LOG_GROUPS = {"training": "/aws/sagemaker/TrainingJobs", "processing": "/aws/sagemaker/ProcessingJobs"}
+
+
+def endpoint_override(endpoint_url: str) -> Callable[..., None]:
+    """A ``before-endpoint-resolution`` handler that sends every request to ``endpoint_url``.
+
+    botocore resolves each request's URL from its endpoint ruleset; ``SDK::Endpoint`` is the
+    built-in that ``create_client(endpoint_url=...)`` sets. Setting it per request also covers
+    clients created without an endpoint (the SageMaker SDK's S3 client and resource) and ones
+    created with an explicit AWS endpoint (the SDK pins STS to its regional AWS endpoint).
+    """
+
+    def handler(builtins: dict, **_: Any) -> None:
+        builtins["SDK::Endpoint"] = endpoint_url
+        # What create_client(endpoint_url=...) implies as well: path-style S3 addressing (a
+        # bucket subdomain of 127.0.0.1 does not resolve), and no FIPS or dual-stack variant
+        # (the rulesets refuse those together with a custom endpoint).
+        builtins["AWS::S3::ForcePathStyle"] = True
+        builtins["AWS::UseFIPS"] = False
+        builtins["AWS::UseDualStack"] = False
+
+    return handler
 
 
 class AwsSession(ConfigurableResource):
-    """The normal AWS credential chain (env, profile, SSO, instance role); never keys in config."""
+    """boto3 sessions and clients for the aws backend.
 
-    region: str
-    profile: str | None = Field(default=None, description="named profile from ~/.aws/config")
-    endpoint_url: str | None = Field(default=None, description="an S3/SageMaker-compatible endpoint (tests: moto)")
+    Credentials come from the normal AWS chain (environment, profile, SSO, container or instance
+    role), never from this project's configuration. Every client made from ``boto_session()``,
+    including those the SageMaker SDK makes, gets the retry settings and, when set, the endpoint.
+    """
+
+    region: str = Field(description="AWS region, e.g. us-east-1")
+    profile: str | None = Field(default=None, description="named profile from ~/.aws/config; default: the credential chain")
+    endpoint_url: str | None = Field(
+        default=None, description="send every AWS call to this S3/SageMaker-compatible endpoint (tests: moto)"
+    )
     retry_mode: str = Field(default="standard", description="botocore retry mode: standard or adaptive")
-    max_attempts: int = Field(default=8, ge=1, description="botocore attempts per call, first try included")
+    max_attempts: int = Field(default=8, ge=1, le=20, description="botocore attempts per call, first try included")
+
+    @field_validator("retry_mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in RETRY_MODES:
+            raise ValueError(f"retry_mode {value!r} is not one of {RETRY_MODES}")
+        return value
 
     def boto_session(self) -> boto3.Session:
-        return boto3.Session(profile_name=self.profile, region_name=self.region)
+        """A new session; its clients retry as configured and go to ``endpoint_url`` when set."""
+        core = botocore.session.get_session()
+        # Session-level settings are the defaults of every client, including the SDK's clients,
+        # which pass their own Config (without retries) and so would not see botocore_config().
+        core.set_config_variable("retry_mode", self.retry_mode)
+        core.set_config_variable("max_attempts", self.max_attempts)
+        session = boto3.Session(botocore_session=core, profile_name=self.profile, region_name=self.region)
+        if self.endpoint_url:
+            session.events.register("before-endpoint-resolution", endpoint_override(self.endpoint_url))
+        return session
 
     def botocore_config(self) -> BotoConfig:
-        return BotoConfig(retries={"mode": self.retry_mode, "max_attempts": self.max_attempts})
+        # total_max_attempts counts the first try; botocore's `max_attempts` key would count retries only.
+        return BotoConfig(retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts})
 
     def client(self, service: str, session: boto3.Session | None = None) -> Any:
         session = session or self.boto_session()
-        kwargs: dict[str, Any] = {"config": self.botocore_config()}
-        if self.endpoint_url:
-            kwargs["endpoint_url"] = self.endpoint_url
-        return session.client(service, **kwargs)
+        return session.client(service, endpoint_url=self.endpoint_url, config=self.botocore_config())
 
 
 class S3ObjectStore(ObjectStore):
     """Objects in Amazon S3 through ``dagster_aws.s3.S3Resource``.
 
-    Uploads go through boto3's transfer manager (multipart above its threshold, so a failed
-    upload leaves no object); the sha256 is stored as user metadata ``sha256``.
+    Uploads go through boto3's transfer manager: multipart above ``multipart_threshold`` (a failed
+    multipart upload is aborted, so it leaves no object). The sha256 is stored as user metadata
+    ``sha256``; on a versioned bucket the VersionId is returned.
     """
 
     s3: S3Resource
+    multipart_threshold: int = Field(default=8 * MiB, ge=1, description="files larger than this upload in parts")
+    multipart_chunksize: int = Field(default=8 * MiB, ge=5 * MiB, description="part size (S3's minimum is 5 MiB)")
 
-    def _client(self):
-        return self.s3.get_client()
+    # One client per resource instance: building a client costs 0.15-0.4 s, and s3_dataset makes
+    # several calls. boto3 clients are thread-safe.
+    _cached_client: Any = PrivateAttr(default=None)
+
+    def _client(self) -> Any:
+        if self._cached_client is None:
+            self._cached_client = self.s3.get_client()
+        return self._cached_client
+
+    def transfer_config(self) -> TransferConfig:
+        return TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_chunksize)
 
     def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
         bucket, key = split_uri(uri)
         digest = sha256_file(path)
         client = self._client()
-        client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
-        head = client.head_object(Bucket=bucket, Key=key)
+        try:
+            client.upload_file(
+                str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=self.transfer_config()
+            )
+            # upload_file returns nothing; the size and VersionId come from the object itself.
+            head = client.head_object(Bucket=bucket, Key=key)
+        except (S3UploadFailedError, ClientError) as err:
+            raise ObjectStoreError(f"upload of {Path(path).name} to {uri} failed: {err}") from err
         return ObjectInfo(uri=uri, size=head["ContentLength"], sha256=digest, version_id=head.get("VersionId"))
 
     def download(self, uri: str, path: str | os.PathLike) -> Path:
@@ -70,12 +138,12 @@ class S3ObjectStore(ObjectStore):
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         os.close(fd)
         try:
-            self._client().download_file(bucket, key, tmp)
+            self._client().download_file(bucket, key, tmp, Config=self.transfer_config())
             os.replace(tmp, dest)
         except ClientError as err:
-            if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(err) in _MISSING:
                 raise ObjectNotFound(f"no object at {uri}") from err
-            raise
+            raise ObjectStoreError(f"download of {uri} failed: {err}") from err
         finally:
             Path(tmp).unlink(missing_ok=True)
         return dest
@@ -85,9 +153,9 @@ class S3ObjectStore(ObjectStore):
         try:
             head = self._client().head_object(Bucket=bucket, Key=key)
         except ClientError as err:
-            if _error_code(err) in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(err) in _MISSING:
                 return None
-            raise
+            raise ObjectStoreError(f"head of {uri} failed: {err}") from err
         return ObjectInfo(
             uri=uri,
             size=head["ContentLength"],
@@ -98,11 +166,14 @@ class S3ObjectStore(ObjectStore):
     def list(self, uri_prefix: str) -> list[str]:
         bucket, prefix = split_uri(uri_prefix)
         paginator = self._client().get_paginator("list_objects_v2")
-        return sorted(
-            f"s3://{bucket}/{obj['Key']}"
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])
-        )
+        try:
+            return sorted(
+                f"s3://{bucket}/{obj['Key']}"
+                for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                for obj in page.get("Contents", [])
+            )
+        except ClientError as err:
+            raise ObjectStoreError(f"listing {uri_prefix} failed: {err}") from err
 
 
 def _error_code(err: ClientError) -> str:
@@ -115,10 +186,12 @@ class AwsSageMaker(SageMaker):
     session: AwsSession
     role_arn: str | None = None
 
-    def get_client(self):
+    def get_client(self) -> Any:
         return self.session.client("sagemaker")
 
     def sdk_boto_session(self) -> boto3.Session:
+        # The SDK makes its own S3, STS and SageMaker clients from this session: the session's
+        # endpoint handler and retry defaults reach them too.
         return self.session.boto_session()
 
     def execution_role_arn(self) -> str:
@@ -130,13 +203,22 @@ class AwsSageMaker(SageMaker):
         return self.role_arn
 
     def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
-        group = {"training": "/aws/sagemaker/TrainingJobs", "processing": "/aws/sagemaker/ProcessingJobs"}[kind]
+        """The last ``lines`` CloudWatch Logs events of the job (all its instances' streams).
+
+        Used inside a failure report: a log that cannot be read is reported there with the
+        reason rather than raised, so it never hides the failure being reported.
+        """
+        group = LOG_GROUPS[kind]
         logs = self.session.client("logs")
-        streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=job_name).get("logStreams", [])
-        events: list[str] = []
-        for stream in streams:
-            page = logs.get_log_events(
-                logGroupName=group, logStreamName=stream["logStreamName"], limit=lines, startFromHead=False
-            )
-            events += [e["message"] for e in page.get("events", [])]
+        try:
+            # SageMaker names a job's streams <job-name>/algo-<n>-<timestamp>.
+            streams = logs.describe_log_streams(logGroupName=group, logStreamNamePrefix=f"{job_name}/")["logStreams"]
+            events: list[str] = []
+            for stream in sorted(streams, key=lambda s: s["logStreamName"]):
+                page = logs.get_log_events(
+                    logGroupName=group, logStreamName=stream["logStreamName"], limit=lines, startFromHead=False
+                )
+                events += [e["message"].rstrip("\n") for e in page.get("events", [])]
+        except ClientError as err:
+            return f"(could not read the log of {job_name} from {group}: {_error_code(err)}: {err})"
         return "\n".join(events[-lines:]) or f"(no log events in {group} for {job_name})"
