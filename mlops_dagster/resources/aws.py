@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 import botocore.session
@@ -58,7 +59,9 @@ class AwsSession(ConfigurableResource):
     """
 
     region: str = Field(description="AWS region, e.g. us-east-1")
-    profile: str | None = Field(default=None, description="named profile from ~/.aws/config; default: the credential chain")
+    profile: str | None = Field(
+        default=None, description="named profile from ~/.aws/config; default: the credential chain"
+    )
     endpoint_url: str | None = Field(
         default=None, description="send every AWS call to this S3/SageMaker-compatible endpoint (tests: moto)"
     )
@@ -115,7 +118,9 @@ class S3ObjectStore(ObjectStore):
         return self._cached_client
 
     def transfer_config(self) -> TransferConfig:
-        return TransferConfig(multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_chunksize)
+        return TransferConfig(
+            multipart_threshold=self.multipart_threshold, multipart_chunksize=self.multipart_chunksize
+        )
 
     def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
         bucket, key = split_uri(uri)
