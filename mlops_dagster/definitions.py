@@ -9,7 +9,9 @@ from pathlib import Path
 from dagster import Definitions, FilesystemIOManager, in_process_executor, load_assets_from_modules
 
 from .assets import data, pipeline
+from .infrastructure import INFRASTRUCTURE_JOBS
 from .jobs import retraining_job
+from .resources.infrastructure import LocalInfrastructure, infrastructure_fields
 from .resources.object_store import LocalObjectStore
 from .resources.sagemaker import LocalSageMaker
 from .schedules import retraining_schedule
@@ -30,6 +32,7 @@ def _resources(settings: Settings) -> dict:
         resources["sagemaker"] = LocalSageMaker(
             home=str(home), region=settings.region, bucket=settings.bucket, store=store
         )
+        resources["infrastructure"] = LocalInfrastructure(home=str(home), **infrastructure_fields(settings))
     else:
         # Imported here: dagster-aws costs seconds to import, and the local backend never needs it.
         from dagster_aws.s3 import S3Resource
@@ -54,6 +57,9 @@ def _resources(settings: Settings) -> dict:
             )
         )
         resources["sagemaker"] = AwsSageMaker(session=session, role_arn=settings.role_arn)
+        from .resources.aws_infrastructure import AwsInfrastructure
+
+        resources["infrastructure"] = AwsInfrastructure(session=session, **infrastructure_fields(settings))
     return resources
 
 
@@ -61,7 +67,7 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
         assets=load_assets_from_modules([data, pipeline]),
-        jobs=[retraining_job],
+        jobs=[retraining_job, *INFRASTRUCTURE_JOBS],
         schedules=[retraining_schedule(settings)],
         sensors=[pipeline_execution_sensor],
         resources=_resources(settings),
