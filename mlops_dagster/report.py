@@ -26,7 +26,7 @@ _SCALARS = (
 
 def main() -> int:
     instance = DagsterInstance.get()
-    keys = sorted(defs.resolve_asset_graph().get_all_asset_keys(), key=lambda k: k.to_user_string())
+    keys = defs.resolve_asset_graph().toposorted_asset_keys  # in the order the data flows
     print("\nWhat the graph made (latest materialization of each asset):")
     for key in keys:
         event = instance.get_latest_materialization_event(key)
@@ -39,7 +39,11 @@ def main() -> int:
         for label, value in event.asset_materialization.metadata.items():
             if isinstance(value, _SCALARS) and value.value not in ("", None):
                 print(f"    {label}: {value.value}")
-    print()
+    settings = defs.resources["settings"]
+    if settings.backend == "local":
+        print(f"Local object store: s3://<bucket>/<key> is {settings.home}/s3/<bucket>/<key>")
+        print(f"Local SageMaker state and job logs: {settings.home}/sagemaker/")
+    print(f"Dagster run history: {instance.root_directory} (open it with `make ui`)\n")
     return 0
 
 
