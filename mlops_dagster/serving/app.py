@@ -1,0 +1,451 @@
+"""The local endpoint: SageMaker's inference contract over HTTP, with blue/green model deploys.
+
+    GET  /ping           200 when a model is live, 503 before the first deploy
+    POST /invocations    Content-Type text/csv or application/json; the response type follows
+                         Accept (below). 400 malformed rows (the row and reason), 406 Accept,
+                         413 body over 6 MB, 415 Content-Type, 503 no model, 500 model failure
+    POST /admin/deploy   X-Admin-Token; {"model_data", "sha256", "model_package_arn", "smoke_rows"}
+    GET  /admin/status   X-Admin-Token; the live model and request counts
+
+Accept: a missing header or */* gives application/json, like SageMaker's framework containers
+(SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, default application/json), so a client sees the same
+response type locally and on AWS. text/* means text/csv, application/* application/json; of a
+list, the supported type with the highest q wins (the first one on a tie).
+
+A deploy loads the candidate beside the live model: sha256 of model.tar.gz checked before
+anything is extracted or unpickled, extraction with tarfile's "data" filter into a fresh
+version directory, model_fn, a smoke prediction. Only then does the live slot switch, by one
+reference assignment: requests in flight finish on the model they started with. Any failure
+leaves the old model serving and answers 409 {"error": reason}.
+
+The request handlers are training/inference.py, loaded by path: the SageMaker container and this
+server run the same file. Run with `python -m mlops_dagster.serving.app --port 8080 --token-file F
+--model-root DIR` (process.py starts it without importing the whole code location).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import importlib.util
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import socket
+import stat
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
+INFERENCE_PY = Path(__file__).resolve().parents[2] / "training" / "inference.py"
+DEFAULT_ACCEPT = "application/json"
+CSV, JSON = "text/csv", "application/json"
+WILDCARDS = {"text/*": CSV, "application/*": JSON}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+HOST = "127.0.0.1"
+
+log = logging.getLogger("mlops_dagster.serving")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class DeployError(Exception):
+    """The candidate model was refused; the message is the reason given to the caller."""
+
+
+def load_handlers(path: Path = INFERENCE_PY) -> ModuleType:
+    """training/inference.py as a module (by path: it is a container script, not a package)."""
+    spec = importlib.util.spec_from_file_location("mlops_serving_inference", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the inference handlers from {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+# --- the live slot ---------------------------------------------------------------------------
+
+
+@dataclass
+class LiveModel:
+    model: Any  # what model_fn returned
+    sha256: str
+    model_package_arn: str | None
+    model_data: str
+    version_dir: Path
+    loaded_at: str
+    requests: int = 0
+
+    def info(self) -> dict:
+        return {
+            "model_package_arn": self.model_package_arn,
+            "sha256": self.sha256,
+            "model_data": self.model_data,
+            "loaded_at": self.loaded_at,
+            "version_dir": str(self.version_dir),
+            "features": list(self.model.features),
+            "requests": self.requests,
+        }
+
+
+class Endpoint:
+    """State of one server: the live model slot, the admin token, where versions are extracted."""
+
+    def __init__(self, handlers: ModuleType, token: str, model_root: Path, default_accept: str = DEFAULT_ACCEPT):
+        if not token:
+            raise ValueError("an admin token is required")
+        self.handlers = handlers
+        self.token = token
+        self.model_root = Path(model_root)
+        self.default_accept = default_accept
+        self.live: LiveModel | None = None  # replaced whole, never mutated in place (but its counter)
+        self.deploy_lock = asyncio.Lock()
+        self.requests_total = 0
+        self.started_at = utc_now()
+
+    def denied(self, request: Request) -> Response | None:
+        given = request.headers.get("x-admin-token")
+        if given is None:
+            return error(401, "the X-Admin-Token header is required")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return error(403, "wrong admin token")
+        return None
+
+    def invoke(self, live: LiveModel, body: bytes, content_type: str, accept: str) -> tuple[str, str]:
+        """One request, run in a worker thread on the model the request started with."""
+        h = self.handlers
+        data = h.input_fn(body, content_type, live.model.features)
+        return h.output_fn(h.predict_fn(data, live.model), accept)
+
+
+# --- HTTP helpers ----------------------------------------------------------------------------
+
+
+def negotiate(header: str | None, default: str) -> str | None:
+    """The response media type for an Accept header, or None if nothing offered is supported."""
+    if header is None or not header.strip():
+        return default
+    best, best_q = None, 0.0
+    for offer in header.split(","):
+        kind, _, params = offer.partition(";")
+        kind = kind.strip().lower()
+        choice = default if kind == "*/*" else WILDCARDS.get(kind, kind if kind in (CSV, JSON) else None)
+        quality = _quality(params)
+        if choice is not None and quality > best_q:
+            best, best_q = choice, quality
+    return best
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
+def declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused once it passes ``limit``: by Content-Length, else by the bytes streamed
+    (a chunked or lying client cannot get more than ``limit`` bytes into memory)."""
+    declared = declared_length(request)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(f"the body is {declared} bytes, above the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the body is above the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+async def ping(request: Request) -> Response:
+    if request.app.state.endpoint.live is None:
+        return error(503, "no model is deployed")
+    return JSONResponse({"status": "ok"})
+
+
+async def invocations(request: Request) -> Response:
+    ep: Endpoint = request.app.state.endpoint
+    content_type = ep.handlers.media_type(request.headers.get("content-type"))
+    if content_type not in (CSV, JSON):
+        shown = request.headers.get("content-type") or "none"
+        return error(415, f"Content-Type {shown} is not supported; use text/csv or application/json")
+    accept = negotiate(request.headers.get("accept"), ep.default_accept)
+    if accept is None:
+        return error(
+            406,
+            f"Accept {request.headers.get('accept')} offers nothing this endpoint writes; use text/csv or application/json",
+        )
+    declared = declared_length(request)
+    if declared is not None and declared > MAX_BODY_BYTES:  # before anything else: do not read it
+        return error(413, f"the body is {declared} bytes, above the limit of {MAX_BODY_BYTES}")
+    live = ep.live  # this request's model, whatever a deploy does meanwhile
+    if live is None:
+        return error(503, "no model is deployed")
+    try:
+        body = await read_body(request)
+    except BodyTooLarge as exc:
+        return error(413, str(exc))
+    ep.requests_total += 1  # counters change on the event loop thread only
+    live.requests += 1
+    try:
+        payload, media_type = await run_in_threadpool(ep.invoke, live, body, content_type, accept)
+    except ep.handlers.InvalidInput as exc:
+        return error(400, str(exc))
+    except Exception as exc:
+        log.exception("prediction failed on model %s", live.sha256[:12])
+        return error(500, f"the model failed: {type(exc).__name__}: {exc}")
+    return Response(payload, media_type=media_type)
+
+
+async def deploy(request: Request) -> Response:
+    ep: Endpoint = request.app.state.endpoint
+    if (denied := ep.denied(request)) is not None:
+        return denied
+    try:
+        spec = DeployRequest.from_json(await read_body(request))
+    except BodyTooLarge as exc:
+        return error(413, str(exc))
+    except ValueError as exc:
+        return error(400, str(exc))
+    async with ep.deploy_lock:  # one candidate at a time
+        previous = ep.live
+        if previous is not None and previous.sha256 == spec.sha256:
+            return JSONResponse({"changed": False, "live": previous.info()})
+        try:
+            candidate = await run_in_threadpool(prepare_candidate, ep.handlers, spec, ep.model_root)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+            log.warning("deploy of %s refused: %s", spec.sha256[:12], reason)
+            return error(409, reason)
+        ep.live = candidate  # the switch
+        keep = {candidate.version_dir} | ({previous.version_dir} if previous else set())
+        await run_in_threadpool(prune_versions, ep.model_root, keep)
+    log.info("live model is now %s (%s) from %s", spec.sha256[:12], spec.model_package_arn, spec.model_data)
+    return JSONResponse({"changed": True, "live": candidate.info(), "previous": previous.info() if previous else None})
+
+
+async def status(request: Request) -> Response:
+    ep: Endpoint = request.app.state.endpoint
+    if (denied := ep.denied(request)) is not None:
+        return denied
+    live = ep.live
+    return JSONResponse(
+        {
+            "live": live.info() if live else None,
+            "requests_total": ep.requests_total,
+            "started_at": ep.started_at,
+            "pid": os.getpid(),
+        }
+    )
+
+
+def create_app(token: str, model_root: Path, handlers: ModuleType | None = None) -> Starlette:
+    """The ASGI app; ``model_root`` receives one directory per deployed model version."""
+    default_accept = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", DEFAULT_ACCEPT)
+    if default_accept not in (CSV, JSON):
+        raise ValueError(f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={default_accept!r}: use text/csv or application/json")
+    app = Starlette(
+        routes=[
+            Route("/ping", ping, methods=["GET"]),
+            Route("/invocations", invocations, methods=["POST"]),
+            Route("/admin/deploy", deploy, methods=["POST"]),
+            Route("/admin/status", status, methods=["GET"]),
+        ]
+    )
+    app.state.endpoint = Endpoint(handlers or load_handlers(), token, model_root, default_accept)
+    return app
+
+
+# --- deploying a candidate -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    model_data: Path
+    sha256: str
+    model_package_arn: str | None
+    smoke_rows: list
+
+    @classmethod
+    def from_json(cls, body: bytes) -> DeployRequest:
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise ValueError(f"the deploy request is not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError("the deploy request must be a JSON object")
+        model_data, sha256 = data.get("model_data"), data.get("sha256")
+        arn, rows = data.get("model_package_arn"), data.get("smoke_rows")
+        if not isinstance(model_data, str) or not Path(model_data).is_absolute():
+            raise ValueError('"model_data" must be the absolute local path of a model.tar.gz')
+        if not isinstance(sha256, str) or not SHA256.fullmatch(sha256.lower()):
+            raise ValueError('"sha256" must be 64 hexadecimal digits')
+        if arn is not None and not isinstance(arn, str):
+            raise ValueError('"model_package_arn" must be a string')
+        if not isinstance(rows, list) or not rows:
+            raise ValueError('"smoke_rows" must be a non-empty list of rows to predict before the switch')
+        return cls(Path(model_data), sha256.lower(), arn, rows)
+
+
+def prepare_candidate(handlers: ModuleType, spec: DeployRequest, model_root: Path) -> LiveModel:
+    """Verify, extract, load and smoke-test a model in a new version directory (removed on failure)."""
+    model_root.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    version_dir = Path(tempfile.mkdtemp(prefix=f"{stamp}-{spec.sha256[:12]}-", dir=model_root))
+    try:
+        archive = copy_verified(spec.model_data, spec.sha256, version_dir / "model.tar.gz")
+        model_dir = extract(archive, version_dir / "model")
+        try:
+            model = handlers.model_fn(str(model_dir))
+        except Exception as exc:
+            raise DeployError(f"model_fn failed on {spec.model_data}: {type(exc).__name__}: {exc}") from exc
+        smoke_test(handlers, model, spec.smoke_rows)
+    except BaseException:
+        shutil.rmtree(version_dir, ignore_errors=True)
+        raise
+    return LiveModel(model, spec.sha256, spec.model_package_arn, str(spec.model_data), version_dir, utc_now())
+
+
+def copy_verified(source: Path, sha256: str, target: Path) -> Path:
+    """Copy ``source`` while hashing it; what is extracted later is this private copy, so the
+    file checked is the file loaded (the source could change after the check)."""
+    digest = hashlib.sha256()
+    try:
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+    except OSError as exc:
+        raise DeployError(f"cannot read model_data {source}: {exc.strerror or exc}") from exc
+    if digest.hexdigest() != sha256:
+        raise DeployError(
+            f"sha256 mismatch for {source}: expected {sha256}, the file has {digest.hexdigest()}; not loading it"
+        )
+    return target
+
+
+def extract(archive: Path, target: Path) -> Path:
+    """Extract with the "data" filter: no absolute paths, no escaping links, no devices."""
+    target.mkdir()
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        raise DeployError(f"cannot extract model.tar.gz: {type(exc).__name__}: {exc}") from exc
+    return target
+
+
+def smoke_test(handlers: ModuleType, model: Any, rows: list) -> None:
+    """Predict ``rows`` with the candidate: one finite number per row, or the deploy is refused."""
+    try:
+        data = handlers.input_fn(json.dumps({"instances": rows}), JSON, model.features)
+    except handlers.InvalidInput as exc:
+        raise DeployError(f"the smoke rows do not fit the candidate model: {exc}") from exc
+    try:
+        predictions = np.asarray(handlers.predict_fn(data, model), dtype=float)
+    except Exception as exc:
+        raise DeployError(f"smoke test: predict failed: {type(exc).__name__}: {exc}") from exc
+    if predictions.shape != (len(rows),):
+        raise DeployError(f"smoke test: {len(rows)} rows gave predictions of shape {predictions.shape}")
+    bad = [i + 1 for i, value in enumerate(predictions.tolist()) if not math.isfinite(value)]
+    if bad:
+        raise DeployError(f"smoke test: the predictions for rows {bad} are not finite numbers")
+
+
+def prune_versions(model_root: Path, keep: set[Path]) -> None:
+    """Version directories other than the live and the previous one are not needed any more."""
+    for path in model_root.iterdir():
+        if path.is_dir() and path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- the server process ----------------------------------------------------------------------
+
+
+def read_token(path: Path) -> str:
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SystemExit(f"{path} is readable by others (mode {oct(mode & 0o777)}); chmod 600 it")
+    token = path.read_text().strip()
+    if not token:
+        raise SystemExit(f"{path} is empty")
+    return token
+
+
+def listening_socket(fd: int | None, port: int) -> socket.socket:
+    """The inherited socket (process.py binds it, so the port is known before start), or a new one."""
+    if fd is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((HOST, port))
+    else:
+        sock = socket.socket(fileno=fd)
+    address = sock.getsockname()[0]
+    if not ipaddress.ip_address(address).is_loopback:  # the endpoint never listens beyond this host
+        raise SystemExit(f"refusing to serve on {address}: the local endpoint binds {HOST} only")
+    return sock
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn  # here: importing the app (tests, process.py) does not need the server
+
+    parser = argparse.ArgumentParser(description="Local SageMaker-style endpoint on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--fd", type=int, help="an inherited listening socket (instead of --port)")
+    parser.add_argument("--token-file", type=Path, required=True, help="admin token, mode 0600")
+    parser.add_argument("--model-root", type=Path, required=True, help="where model versions are extracted")
+    parser.add_argument("--name", default="endpoint", help="shown in the log")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    app = create_app(read_token(args.token_file), args.model_root)
+    sock = listening_socket(args.fd, args.port)
+    log.info("endpoint %s (pid %d) serving on http://%s:%d", args.name, os.getpid(), *sock.getsockname()[:2])
+    config = uvicorn.Config(app, log_level="info", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()
