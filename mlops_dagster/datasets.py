@@ -64,7 +64,7 @@ def synthetic_boston(rows: int = 1000, seed: int = 42) -> pd.DataFrame:
         + rng.normal(0, 2.0, rows)
     )
     medv = np.round(np.clip(medv, 5.0, 50.0), 1)
-    columns = dict(zip(BOSTON_FEATURES, [crim, zn, indus, chas, nox, rm, age, dis, rad, tax, ptratio, b, lstat]))
+    columns = dict(zip(BOSTON_FEATURES, [crim, zn, indus, chas, nox, rm, age, dis, rad, tax, ptratio, b, lstat], strict=True))
     return pd.DataFrame({**columns, BOSTON_TARGET: medv})
 
 

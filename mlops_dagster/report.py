@@ -7,7 +7,7 @@ opening the UI. It reads the Dagster instance at $DAGSTER_HOME.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from dagster import DagsterInstance, MetadataValue
 
@@ -34,7 +34,7 @@ def main() -> int:
         if event is None or event.asset_materialization is None:
             print(f"\n  {name}: not materialized")
             continue
-        when = datetime.fromtimestamp(event.timestamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = datetime.fromtimestamp(event.timestamp, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         print(f"\n  {name}  ({when}, run {event.run_id[:8]})")
         for label, value in event.asset_materialization.metadata.items():
             if isinstance(value, _SCALARS) and value.value not in ("", None):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from dagster import ConfigurableResource
 from dagster._utils.schedules import is_valid_cron_string
@@ -70,7 +70,7 @@ class Settings(ConfigurableResource):
     aws_max_attempts: int = 8
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         backend = _choice(env, "MLOPS_BACKEND", "local", BACKENDS)
         home = Path(env.get("MLOPS_HOME") or ".mlops").expanduser().resolve()

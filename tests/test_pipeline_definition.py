@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from mlops_dagster.resources.object_store import LocalObjectStore
-from mlops_dagster.sagemaker.offline import LocalModeCallError, local_boto_session
 from mlops_dagster.sagemaker.definition import definition_sha256, step_graph_mermaid
+from mlops_dagster.sagemaker.offline import LocalModeCallError, local_boto_session
 from mlops_dagster.sagemaker.pipeline_builder import PipelineSpec, build_pipeline
 from mlops_dagster.sagemaker.training_code import TRAINING_DIR, code_version
 

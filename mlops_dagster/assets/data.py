@@ -95,7 +95,7 @@ def _column_summary(frame: pd.DataFrame) -> MetadataValue:
                     "column": str(name),
                     "dtype": str(frame[name].dtype),
                     "missing": int(frame[name].isna().sum()),
-                    **({k: round(v, 4) for k, v in zip(("min", "mean", "max"), stats) if v is not None}),
+                    **({k: round(v, 4) for k, v in zip(("min", "mean", "max"), stats, strict=True) if v is not None}),
                 }
             )
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -21,7 +21,7 @@ from botocore.response import StreamingBody
 from ..resources.object_store import ObjectStore
 
 _STASH = "mlops_api_params"
-_EPOCH = datetime(2020, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
 
 class LocalModeCallError(RuntimeError):
