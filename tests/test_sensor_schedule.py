@@ -150,3 +150,36 @@ def test_retraining_schedule_is_weekly_by_default_and_configurable(mlops_home):
     assert keys == {"raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model"}
     daily = build_definitions(Settings.from_env({"MLOPS_HOME": str(mlops_home), "MLOPS_RETRAIN_CRON": "0 4 * * *"}))
     assert daily.get_schedule_def("retraining_schedule").cron_schedule == "0 4 * * *"
+
+
+class _CountingClient:
+    """Wraps a client and counts calls per method, to check how much the sensor asks per tick."""
+
+    def __init__(self, client):
+        self._client, self.calls = client, {}
+
+    def __getattr__(self, name):
+        method = getattr(self._client, name)
+
+        def counted(**kwargs):
+            self.calls[name] = self.calls.get(name, 0) + 1
+            return method(**kwargs)
+
+        return counted
+
+
+def test_sensor_asks_at_most_one_describe_per_in_flight_execution(world, monkeypatch):
+    client = world["client"]
+    client.create_pipeline(PipelineName="mlops-pipeline", PipelineDefinition=world["definition"], RoleArn="arn:aws:iam::000000000000:role/x")
+    baseline, _ = _tick(world)
+    running = [_start(world) for _ in range(2)]
+    counting = _CountingClient(client)
+    sagemaker = world["resources"]["sagemaker"]
+    monkeypatch.setattr(type(sagemaker), "get_client", lambda self: counting)
+    result, _ = _tick(world, baseline.cursor)
+    assert sorted(json.loads(result.cursor)["in_flight"]) == sorted(running)
+    assert counting.calls.get("list_pipeline_executions") == 1
+    assert counting.calls.get("describe_pipeline_execution", 0) <= len(running)
+    world["flag"].touch()
+    for arn in running:
+        _wait_until_ended(client, arn)
