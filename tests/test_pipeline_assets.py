@@ -86,11 +86,17 @@ def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
 
 def test_missed_threshold_ends_in_the_fail_step_and_trained_model_says_so(defs, instance):
     result = _run(defs, instance, {"raw_data": {"rows": 200}, "pipeline_definition": {"mse_threshold": 0.001}})
-    assert not result.success
-    message = _failure(result, "trained_model")
-    assert "ended Failed" in message
-    assert "MseAboveThreshold" in message
-    assert "model not registered: mse" in message and "is above the MseThreshold 0.001" in message
+    assert result.success  # the model was trained and evaluated; only registration was refused
+    model = _metadata(result, "trained_model")
+    assert model["quality_gate"].startswith("model not registered: mse")
+    assert "is above the MseThreshold 0.001" in model["quality_gate"]
+    assert model["model_package_arn"] == "" and model["mse"] > 0.001
+    client = defs.resources["sagemaker"].get_client()
+    execution = client.describe_pipeline_execution(PipelineExecutionArn=model["execution_arn"])
+    assert execution["PipelineExecutionStatus"] == "Failed"
+    steps = client.list_pipeline_execution_steps(PipelineExecutionArn=model["execution_arn"])["PipelineExecutionSteps"]
+    [fail] = [s for s in steps if s["StepName"] == "MseAboveThreshold"]
+    assert fail["StepStatus"] == "Failed" and "model not registered" in fail["Metadata"]["Fail"]["ErrorMessage"]
 
 
 def test_a_failing_training_script_reaches_dagster_with_its_failure_text(defs, instance, tmp_path):

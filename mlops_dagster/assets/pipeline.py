@@ -241,8 +241,13 @@ def trained_model(
     client = sagemaker.get_client()
     execution = wait_for_execution(context, client, arn, config.wait_timeout_seconds, config.max_poll_seconds)
     steps = client.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
-    if execution["PipelineExecutionStatus"] != "Succeeded":
+    quality_gate = _quality_gate(execution, steps)
+    if execution["PipelineExecutionStatus"] != "Succeeded" and quality_gate is None:
         raise Failure(failure_report(sagemaker, arn, execution, steps))
+    if quality_gate:
+        # Trained and evaluated, stopped only by CheckQuality's Fail step: the model is real,
+        # it is just not registered. registered_model reports that and deploys nothing.
+        context.log.warning(f"the model was trained but not registered: {quality_gate}")
 
     training_job = _step_job(steps, "Train", "TrainingJob")
     evaluation_job = _step_job(steps, "Evaluate", "ProcessingJob")
@@ -266,6 +271,7 @@ def trained_model(
         "evaluation_uri": evaluation_uri + "/evaluation.json",
         "metrics": metrics,
         "model_package_arn": package_arn,
+        "quality_gate": quality_gate or "passed",
     }
     metadata = {
         **{m: float(v) for m, v in metrics.items() if v is not None},
@@ -275,11 +281,22 @@ def trained_model(
         "training_job_name": training_job,
         "execution_arn": arn,
         "model_package_arn": package_arn or "",
+        "quality_gate": quality_gate or "passed",
         "evaluation": MetadataValue.md(f"```json\n{json.dumps(evaluation, indent=2)}\n```"),
     }
     if evaluation.get("feature_importances"):
         metadata["feature_importances"] = _importance_table(evaluation["feature_importances"])
     return Output(value, metadata=metadata, data_version=DataVersion(sha))
+
+
+def _quality_gate(execution: dict, steps: list[dict]) -> str | None:
+    """The Fail step's message when the execution failed only at the quality gate, else None."""
+    ended = [s for s in steps if s["StepStatus"] in ("Failed", "Stopped")]
+    if execution["PipelineExecutionStatus"] != "Failed" or not ended:
+        return None
+    if not all("Fail" in s.get("Metadata", {}) for s in ended):
+        return None
+    return "; ".join(s["Metadata"]["Fail"].get("ErrorMessage", s["StepName"]) for s in ended)
 
 
 def _verify_model_archive(store: ObjectStore, uri: str) -> tuple[str, list[str]]:
