@@ -1,0 +1,129 @@
+"""registered_model (lineage, the prod gate) and the approve_model job, on the local backend."""
+
+import json
+
+import pytest
+from dagster import AssetMaterialization, DagsterInstance, materialize
+
+from mlops_dagster import build_definitions
+from mlops_dagster.settings import Settings
+
+GRAPH = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model", "registered_model"]
+
+
+def _run(defs, instance, ops=None, selection=None):
+    return materialize(
+        [defs.get_assets_def(k) for k in GRAPH],
+        resources=defs.resources,
+        run_config={"ops": {k: {"config": v} for k, v in (ops or {}).items()}},
+        instance=instance,
+        selection=selection,
+        raise_on_error=False,
+    )
+
+
+def _materialized(result, key):
+    events = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in events[0].materialization.metadata.items()} if events else None
+
+
+def _check(result, name):
+    [evaluation] = [
+        e.event_specific_data for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION" and e.event_specific_data.check_name == name
+    ]  # fmt: skip
+    return evaluation
+
+
+def _approve(defs, instance, **config):
+    job = defs.resolve_job_def("approve_model")
+    return job.execute_in_process(
+        run_config={"ops": {"approve_model_package": {"config": config}}}, instance=instance, raise_on_error=False
+    )
+
+
+@pytest.fixture
+def defs(settings: Settings):
+    return build_definitions(settings)
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+def test_registered_model_lineage_approval_and_prod_gate(defs, instance, mlops_home):
+    result = _run(defs, instance, {"raw_data": {"rows": 300}})
+    assert result.success
+    registered = _materialized(result, "registered_model")
+    dataset = _materialized(result, "s3_dataset")
+    definition = _materialized(result, "pipeline_definition")
+    model = _materialized(result, "trained_model")
+    assert registered["model_package_arn"] == model["model_package_arn"]
+    assert registered["model_package_version"] == 1
+    assert registered["approval_status"] == "PendingManualApproval"
+    assert registered["dataset_uri"] == dataset["uri"]
+    assert registered["dataset_files_sha256"] == {
+        "train.csv": dataset["train_sha256"], "validation.csv": dataset["validation_sha256"],
+    }  # fmt: skip
+    assert registered["definition_sha256"] == definition["definition_sha256"]
+    assert registered["execution_arn"] == model["execution_arn"]
+    assert registered["training_job_name"] == model["training_job_name"]
+    assert registered["mse"] == pytest.approx(model["mse"])
+    gate = _check(result, "not_worse_than_prod")
+    assert gate.passed and gate.description == "no other model serves in prod yet"
+
+    # Approval: by version number, visible as an observation on registered_model.
+    approved = _approve(defs, instance, model_package="1", status="Approved", comment="looks good")
+    assert approved.success
+    client = defs.resources["sagemaker"].get_client()
+    package = client.describe_model_package(ModelPackageName=registered["model_package_arn"])
+    assert package["ModelApprovalStatus"] == "Approved"
+    assert package["ApprovalDescription"] == "looks good"
+    observations = [e for e in approved.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert observations[0].event_specific_data.asset_observation.metadata["approval_status"].value == "Approved"
+
+    # A better model in prod makes the new one fail its blocking gate.
+    better = defs.resources["store"]
+    better.put_bytes("s3://mlops-local/mlops/tests/evaluation.json",
+                     json.dumps({"regression_metrics": {"mse": {"value": 0.5}}}).encode())  # fmt: skip
+    prod_arn = client.create_model_package(
+        ModelPackageGroupName="mlops-pipeline-models",
+        ModelApprovalStatus="Approved",
+        InferenceSpecification={"Containers": [{"Image": "x", "ModelDataUrl": model["model_data_url"]}],
+                                "SupportedContentTypes": ["text/csv"], "SupportedResponseMIMETypes": ["text/csv"]},
+        ModelMetrics={"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                                      "S3Uri": "s3://mlops-local/mlops/tests/evaluation.json"}}},
+    )["ModelPackageArn"]  # fmt: skip
+    instance.report_runless_asset_event(AssetMaterialization("prod_endpoint", metadata={"model_package_arn": prod_arn}))
+    again = _run(defs, instance, selection=["registered_model"])
+    gate = _check(again, "not_worse_than_prod")
+    assert not gate.passed
+    assert f"new mse {model['mse']:.4g} is worse than prod's 0.5" in gate.description
+    assert not again.success  # blocking: nothing downstream may deploy it
+
+
+def test_approve_model_rejects_bad_input(defs, instance):
+    client = defs.resources["sagemaker"].get_client()
+    client.create_model_package_group(ModelPackageGroupName="mlops-pipeline-models")
+    result = _approve(defs, instance, model_package="7", status="Approved")
+    assert not result.success
+    assert "has no version 7" in _failure_text(result)
+    result = _approve(defs, instance, model_package="latest", status="Approved")
+    assert "neither a version number (e.g. 3) nor an ARN" in _failure_text(result)
+    result = _approve(defs, instance, model_package="1", status="Maybe")
+    assert "status 'Maybe' is not one of Approved, Rejected, PendingManualApproval" in _failure_text(result)
+
+
+def test_a_model_stopped_by_the_quality_gate_is_not_registered(defs, instance):
+    result = _run(defs, instance, {"raw_data": {"rows": 150}, "pipeline_definition": {"mse_threshold": 0.001}})
+    assert result.success
+    assert _materialized(result, "trained_model")["quality_gate"].startswith("model not registered")
+    assert _materialized(result, "registered_model") is None
+
+
+def _failure_text(result) -> str:
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = failures[0].step_failure_data
+    return (data.user_failure_data.description if data.user_failure_data else "") + (data.error.message if data.error else "")
