@@ -345,7 +345,7 @@ def test_body_above_6_mb_is_413_by_content_length(live_a):
     assert response.status == 413 and b"above the limit" in response.body
 
 
-def test_chunked_body_above_6_mb_is_413_without_content_length(live_a):
+def test_chunked_body_above_6_mb_is_413_without_content_length(live_a, artifacts):
     head = (
         b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
@@ -353,6 +353,9 @@ def test_chunked_body_above_6_mb_is_413_without_content_length(live_a):
     chunks = [b"%x\r\n%s\r\n" % (len(piece), piece)] * (MAX_BODY_BYTES // len(piece)) + [b"1\r\n1\r\n"]
     response = raw_request(live_a, head, chunks)  # 6 MB + 1 byte, and no end of the body
     assert response.status == 413 and b"above the limit" in response.body
+    row = csv_body(ROWS.head(1)).encode()  # the same framing under the limit is served
+    response = raw_request(live_a, head, [b"%x\r\n%s\r\n" % (len(row), row), b"0\r\n\r\n"])
+    assert response.status == 200 and json.loads(response.body)["predictions"] == artifacts["a"].predict(ROWS.head(1))
 
 
 def test_body_of_exactly_6_mb_is_accepted(live_a, artifacts):
@@ -394,10 +397,12 @@ def test_admin_routes_need_the_token(live_a):
         ("nan", None, "smoke test: the predictions for rows [1, 2] are not finite numbers"),
         ("raises", None, "smoke test: predict failed"),
         ("missing", "1" * 64, "cannot read model_data"),
+        ("/dev/zero", "1" * 64, "is not a regular file"),
     ],
 )
 def test_a_refused_deploy_leaves_the_live_model_serving(live_a, artifacts, name, sha256, reason):
-    candidate = artifacts.get(name) or Artifact(artifacts["a"].path.parent / "missing.tar.gz", "1" * 64, None)
+    # "missing" names no file; "/dev/zero" (absolute) replaces the directory it is joined to
+    candidate = artifacts.get(name) or Artifact(artifacts["a"].path.parent / name, "1" * 64, None)
     with pytest.raises(DeployRefused) as refused:
         process.deploy(live_a, candidate.path, sha256 or candidate.sha256, f"arn:{name}", ROWS.head(2).to_numpy())
     assert reason in refused.value.reason
@@ -422,7 +427,7 @@ def test_blue_green_switch_redeploy_and_stop(fresh, artifacts):
     assert process._ping(record.port) == 200
     assert predictions(invoke_csv(record)) == artifacts["a"].predict()
 
-    answer = process.deploy(record, artifacts["b"].path, artifacts["b"].sha256, "arn:b", ROWS.head(3).to_numpy())
+    answer = process.deploy(record, artifacts["b"].path, artifacts["b"].sha256, "arn:b", ROWS.head(3))  # as records
     assert answer["changed"] is True and answer["previous"]["sha256"] == artifacts["a"].sha256
     assert predictions(invoke_csv(record)) == artifacts["b"].predict()
     saved = process.read_endpoint(fresh, "dev")

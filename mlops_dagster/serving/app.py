@@ -353,6 +353,8 @@ def copy_verified(source: Path, sha256: str, target: Path) -> Path:
     file checked is the file loaded (the source could change after the check)."""
     digest = hashlib.sha256()
     try:
+        if not stat.S_ISREG(source.stat().st_mode):  # not a device or a pipe that never ends
+            raise DeployError(f"model_data {source} is not a regular file")
         with open(source, "rb") as src, open(target, "wb") as dst:
             while chunk := src.read(1 << 20):
                 digest.update(chunk)

@@ -209,6 +209,8 @@ def start_endpoint(home: Path, env: str, port: int | None = None) -> EndpointRec
                 f"endpoint {env} is already running at {existing.url} (pid {existing.pid}); "
                 "stop_endpoint first, or use ensure_endpoint"
             )
+        if existing is not None:
+            _terminate(existing)  # present but not answering: do not leave it behind
         return _start(home, env, [port or 0])
 
 
@@ -216,21 +218,22 @@ def _start(home: Path, env: str, ports: Sequence[int]) -> EndpointRecord:
     directory = endpoints_dir(home)
     token = secrets.token_urlsafe(32)
     token_file = directory / f"{env}.token"
-    _write_private(token_file, token)
     log_file = directory / f"{env}.log"
     sock = _bind(ports, env)
     port = sock.getsockname()[1]
+    proc = None
     try:
+        _write_private(token_file, token)
         proc = _launch(sock, token_file, directory / env / "models", log_file, env)
-    finally:
-        sock.close()  # the child has its own copy
-    try:
+        sock.close()  # the server has its own copy
         _wait_until_up(proc, port, env, log_file)
         created = psutil.Process(proc.pid).create_time()
     except BaseException:
-        _kill(proc)
+        if proc is not None:
+            _kill(proc)
         raise
     finally:
+        sock.close()
         token_file.unlink(missing_ok=True)  # read by the server at start-up; the record keeps the copy
     record = EndpointRecord(
         env=env,
@@ -363,7 +366,7 @@ def ensure_endpoint(home: Path, env: str) -> EnsureResult:
                 previous, False, None, f"endpoint {env} is running at {previous.url} (pid {previous.pid})"
             )
         if previous is not None:
-            _terminate(previous)  # present but not answering: do not leave it behind
+            _terminate(previous)
         record = _start(home, env, [previous.port, 0] if previous else [0])
         message = f"started endpoint {env} at {record.url} (pid {record.pid}); no model is loaded yet"
         if previous is not None:
@@ -424,12 +427,14 @@ def deploy(
     model_data: Path,
     sha256: str,
     model_package_arn: str | None,
-    smoke_rows: Sequence[Sequence[float]] | Sequence[dict[str, float]],
+    smoke_rows: Any,
     timeout: float = DEPLOY_TIMEOUT_SECONDS,
 ) -> dict:
     """Make the server load ``model_data`` (checked against ``sha256``) and switch to it once its
-    smoke rows predict. Returns the server's answer ({"changed", "live", ...}) and records the live
+    smoke rows (lists of feature values, records, a numpy array or a DataFrame) predict. Returns the server's answer ({"changed", "live", ...}) and records the live
     model in <env>.json. Raises DeployRefused (the old model still serves) with the server's reason."""
+    if hasattr(smoke_rows, "columns"):  # a DataFrame iterates over its column names: send records
+        smoke_rows = smoke_rows.to_dict(orient="records")
     request = {
         "model_data": str(Path(model_data).resolve()),
         "sha256": sha256,
