@@ -111,17 +111,19 @@ def sagemaker_throttling(operation: str, times: int) -> InjectedErrors:
 @dataclass
 class CannedAnswer:
     """A ``before-call`` handler that answers one operation without sending it (for calls the
-    test double lacks); counts the calls it answered."""
+    test double lacks); counts the calls it answered. A status of 300 or more with an ``Error``
+    in ``parsed`` makes the client raise it as a ClientError."""
 
     event: str
     parsed: dict
     calls: int = 0
+    status: int = 200
 
     def __call__(self, **_: Any) -> tuple[AWSResponse, dict]:
         self.calls += 1
         parsed = json.loads(json.dumps(self.parsed))  # each caller gets its own copy
-        parsed.setdefault("ResponseMetadata", {})["HTTPStatusCode"] = 200
-        return AWSResponse("http://canned.invalid/", 200, {}, _RawBody(b"")), parsed
+        parsed.setdefault("ResponseMetadata", {})["HTTPStatusCode"] = self.status
+        return AWSResponse("http://canned.invalid/", self.status, {}, _RawBody(b"")), parsed
 
     def install(self, session: boto3.Session) -> None:
         session.events.register(self.event, self)

@@ -1,8 +1,9 @@
 """MLOPS_BACKEND=aws end to end against a moto server over real HTTP (``MLOPS_AWS_ENDPOINT_URL``).
 
-The same asset code as the local backend: raw_data -> s3_dataset -> pipeline_definition (built by
-the SageMaker SDK, whose own S3 calls must reach the moto server too) -> pipeline_execution ->
-pipeline_execution_sensor -> trained_model. Sockets to anything but 127.0.0.1 are refused and
+The same asset code as the local backend, between the infrastructure jobs: setup_infrastructure ->
+raw_data -> s3_dataset -> pipeline_definition (built by the SageMaker SDK, whose own S3 calls must
+reach the moto server too) -> pipeline_execution -> pipeline_execution_sensor -> trained_model ->
+verify_infrastructure -> teardown_infrastructure. Sockets to anything but 127.0.0.1 are refused and
 recorded, so a call that would have gone to AWS fails the test.
 
 Where moto 5.2.5 falls short, the test says so at the spot:
@@ -11,7 +12,9 @@ Where moto 5.2.5 falls short, the test says so at the spot:
 - moto runs no steps: the test plays SageMaker, creating the steps' jobs in moto from the
   definition's own Arguments and putting their outputs (model.tar.gz, evaluation.json) in S3;
 - ListPipelineExecutionSteps is not implemented: a before-call handler scoped to that one operation
-  answers it with the steps the test ran.
+  answers it with the steps the test ran;
+- CodeCommit GetBranch and CreateCommit are not implemented: before-call handlers scoped to them
+  answer setup's first commit to the new repository (repositories themselves are moto's).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from aws_helpers import (
     sagemaker_throttling,
     step_request,
 )
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from dagster import DagsterInstance, RunRequest, SensorResult, build_sensor_context, materialize
 from helpers import failure_text
 from moto.core import DEFAULT_ACCOUNT_ID
@@ -50,9 +53,11 @@ from mlops_dagster.settings import Settings
 REGION = "us-east-1"
 BUCKET = "mlops-e2e-bucket"
 PIPELINE = "mlops-pipeline"
-ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/mlops-e2e-role"
+# The role setup_infrastructure creates (MLOPS_ROLE_NAME defaults to SageMakerExecutionRole-<pipeline>).
+ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/SageMakerExecutionRole-{PIPELINE}"
 MAX_ATTEMPTS = 3
 UPSTREAM = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution"]
+REPOSITORY = f"{PIPELINE}-code"
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +186,44 @@ def _model_tar_gz() -> bytes:
     return _ARCHIVE[0]
 
 
+def _first_commit_answers() -> list[CannedAnswer]:
+    """CodeCommit calls moto 5.2.5 lacks, answered for a new repository's first commit."""
+    no_branch = {"Error": {"Code": "BranchDoesNotExistException", "Message": "branch main does not exist"}}
+    return [
+        CannedAnswer("before-call.codecommit.GetBranch", no_branch, status=400),
+        CannedAnswer("before-call.codecommit.CreateCommit", {"commitId": "0" * 40, "treeId": "1" * 40}),
+    ]
+
+
+def _run_job(defs, instance, name: str, run_config: dict | None = None):
+    result = defs.get_job_def(name).execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+    assert result.success, f"{name}: {failure_text(result)}"
+    return result
+
+
+def _lift_tls_only_policy(s3) -> None:
+    """moto 5.2.5 ignores the Condition of a bucket policy statement (moto/iam/access_control.py:
+    "TODO add support for the Resource and Condition parts"), so setup's Deny-without-TLS
+    (aws:SecureTransport=false) denies every object request, over HTTPS too. The test checks the
+    statement is there, then removes the policy so the graph can use the bucket."""
+    statements = json.loads(s3.get_bucket_policy(Bucket=BUCKET)["Policy"])["Statement"]
+    assert any(st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}} for st in statements)
+    s3.delete_bucket_policy(Bucket=BUCKET)
+
+
 def test_the_asset_graph_runs_against_aws_apis_on_moto(endpoint, aws_settings, instance, guard, monkeypatch):
-    s3 = _versioned_bucket(endpoint)
+    s3 = _client("s3", endpoint)
     sm = _client("sagemaker", endpoint)
     defs = build_definitions(aws_settings)
+    codecommit = _first_commit_answers()
+    on_new_sessions(monkeypatch, lambda session: [h.install(session) for h in codecommit])
+    _run_job(defs, instance, "setup_infrastructure")
+    assert s3.get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
+    assert _client("iam", endpoint).get_role(RoleName=ROLE.rsplit("/", 1)[-1])["Role"]["Arn"] == ROLE
+    assert _client("codecommit", endpoint).get_repository(repositoryName=REPOSITORY)["repositoryMetadata"]
+    assert codecommit[1].calls == 1  # the training code, committed once
+    _lift_tls_only_policy(s3)
+
     # Faults botocore must retry (MLOPS_AWS_MAX_ATTEMPTS=3, so two failures are survivable), and
     # the one call moto lacks, answered by a handler scoped to ListPipelineExecutionSteps.
     slow_down = s3_slow_down(times=2)
@@ -248,6 +287,15 @@ def test_the_asset_graph_runs_against_aws_apis_on_moto(endpoint, aws_settings, i
 
     again = _tick(instance, aws_settings, defs.resources["sagemaker"], tick.cursor)
     assert again.run_requests == []  # collected once
+
+    _run_job(defs, instance, "verify_infrastructure")
+    confirm = {"ops": {"confirm_teardown": {"config": {"confirm_bucket": BUCKET}}}}
+    _run_job(defs, instance, "teardown_infrastructure", confirm)
+    assert BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    assert ROLE not in [r["Arn"] for r in _client("iam", endpoint).list_roles()["Roles"]]
+    with pytest.raises(ClientError, match="RepositoryDoesNotExistException"):
+        _client("codecommit", endpoint).get_repository(repositoryName=REPOSITORY)
+    assert sm.list_pipelines()["PipelineSummaries"] == []
     assert guard == []  # nothing in the whole run tried to leave the machine
 
 
