@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
-from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
+from dagster import Config, Failure, In, MetadataValue, Nothing, OpExecutionContext, Output, job, op
 from pydantic import Field
 
 from .resources.infrastructure import CommitResult, Ensured, Infrastructure, Probe, Removal, error_code
@@ -107,7 +107,11 @@ def read_code_commit(home: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-@op(description="Create CodeCommit repository for ML code (step 2) and commit the training code to it.")
+@op(
+    description="Create CodeCommit repository for ML code (step 2) and commit the training code to it.",
+    # The recipe's order (bucket, role, repository): a failure earlier stops the rest.
+    ins={"role_arn": In(Nothing)},
+)
 def ensure_code_repository(
     context: OpExecutionContext, config: CodeRepositoryConfig, infrastructure: Infrastructure, settings: Settings
 ) -> Output[dict]:
@@ -165,8 +169,8 @@ def report_infrastructure(context: OpExecutionContext, bucket: str, role_arn: st
 )
 def setup_infrastructure():
     bucket = ensure_bucket()
-    code = ensure_code_repository()
-    report_infrastructure(bucket, ensure_execution_role(bucket), code)
+    role_arn = ensure_execution_role(bucket)
+    report_infrastructure(bucket, role_arn, ensure_code_repository(role_arn))
 
 
 # ---------------------------------------------------------------------------------------------
