@@ -139,6 +139,17 @@ def test_input_fn_csv_bytes_and_text_without_header(loaded):
     assert (from_bytes == ROWS.head(3).to_numpy(dtype=float)).all()
 
 
+def test_bulk_and_row_by_row_parsing_agree(loaded):
+    # Quoted cells (as in the Boston CSV's chas) are not taken by the bulk path: same numbers.
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((50, 13)) * 10.0 ** rng.integers(-30, 30, (50, 13))
+    plain = "".join(",".join(map(repr, row)) + "\n" for row in values.tolist())
+    quoted = "".join(",".join(f'"{v!r}"' for v in row) + "\r\n" for row in values.tolist())
+    records = json.dumps([dict(zip(BOSTON_FEATURES, map(str, row), strict=True)) for row in values.tolist()])
+    for body, kind in ((plain, "text/csv"), (quoted, "text/csv"), (records, "application/json")):
+        assert (inference.input_fn(body, kind, loaded.features) == values).all()
+
+
 def test_input_fn_json_instances_and_records(loaded):
     expected = ROWS.head(2).to_numpy(dtype=float)
     lists = {"instances": ROWS.head(2).to_numpy().tolist()}
@@ -177,6 +188,9 @@ def test_input_fn_without_features_uses_the_model_fn_model(loaded):
         ('{"rows": []}', "application/json", 'needs an "instances" list'),
         ('{"instances": [1, 2, 3]}', "application/json", "row 1 is 1, not a list of 13 numbers"),
         ("[[1, 2", "application/json", "the body is not valid JSON"),
+        ("[[1, true, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]", "application/json", "row 1, zn: expected a number, got true"),
+        ("[[1, null, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]", "application/json", "row 1, zn: expected a number, got null"),
+        ("[[1, 1" + "0" * 400 + ", 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]]", "application/json", "row 1, zn: 100"),
     ],
 )
 def test_input_fn_names_the_row_and_the_reason(loaded, body, content_type, message):

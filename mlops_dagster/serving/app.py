@@ -218,7 +218,7 @@ async def invocations(request: Request) -> Response:
             f"Accept {request.headers.get('accept')} offers nothing this endpoint writes; use text/csv or application/json",
         )
     declared = declared_length(request)
-    if declared is not None and declared > MAX_BODY_BYTES:  # before anything else: do not read it
+    if declared is not None and declared > MAX_BODY_BYTES:  # from the header: the body is never read
         return error(413, f"the body is {declared} bytes, above the limit of {MAX_BODY_BYTES}")
     live = ep.live  # this request's model, whatever a deploy does meanwhile
     if live is None:

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,6 +88,9 @@ class EndpointRecord:
         return {k: v for k, v in asdict(self).items() if k != "token"}
 
 
+_RECORD_FIELDS = {f.name for f in fields(EndpointRecord)}
+
+
 @dataclass(frozen=True)
 class EnsureResult:
     record: EndpointRecord
@@ -126,7 +129,7 @@ def read_endpoint(home: Path, env: str) -> EndpointRecord | None:
     path = record_path(home, env)
     try:
         data = json.loads(path.read_text())
-        return EndpointRecord(**data)
+        return EndpointRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
     except FileNotFoundError:
         return None
     except (ValueError, TypeError) as exc:
@@ -194,7 +197,7 @@ def _ping(port: int, timeout: float = 2.0) -> int | None:
 
 def is_alive(record: EndpointRecord) -> bool:
     """The recorded process still runs (same pid and create time) and answers /ping."""
-    return _same_process(record.pid, record.pid_create_time) and _ping(record.port) is not None
+    return _same_process(record.pid, record.pid_create_time) and _ping(record.port) in (200, 503)
 
 
 # --- start -----------------------------------------------------------------------------------
