@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 UI_PORT ?= 3000
 
-.PHONY: install run test ui lint clean-home
+.PHONY: install run test ui lint clean-home endpoint-stop approve
 
 # (Re)install when the dependency files change; constraints.txt pins every package.
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -33,6 +33,17 @@ test: install
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://127.0.0.1:$(UI_PORT)"
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+
+# Stop the local endpoints (dev, staging, prod); on aws this deletes the endpoints.
+endpoint-stop: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster job execute -m mlops_dagster -j stop_endpoints
+
+# Approve a registered model version for staging and prod: make approve VERSION=3 [COMMENT="why"]
+approve: install $(DAGSTER_HOME)/dagster.yaml
+	@test -n "$(VERSION)" || { echo "usage: make approve VERSION=<model package version> [COMMENT=...] [STATUS=Approved|Rejected]"; exit 2; }
+	@printf 'ops:\n  approve_model_package:\n    config: {model_package: "%s", status: "%s", comment: "%s"}\n' \
+	  '$(VERSION)' '$(or $(STATUS),Approved)' '$(COMMENT)' > $(MLOPS_HOME)/approve.yaml
+	$(BIN)/dagster job execute -m mlops_dagster -j approve_model -c $(MLOPS_HOME)/approve.yaml
 
 lint: install
 	$(BIN)/ruff check mlops_dagster training tests bench

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dagster import Definitions, FilesystemIOManager, in_process_executor, load_assets_from_modules
 
-from .assets import data, pipeline, registry
+from .assets import data, deployment, pipeline, registry
 from .infrastructure import INFRASTRUCTURE_JOBS
 from .jobs import retraining_job
 from .resources.infrastructure import LocalInfrastructure, infrastructure_fields
@@ -66,8 +66,8 @@ def _resources(settings: Settings) -> dict:
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=load_assets_from_modules([data, pipeline, registry]),
-        jobs=[retraining_job, registry.approve_model, *INFRASTRUCTURE_JOBS],
+        assets=load_assets_from_modules([data, pipeline, registry, deployment]),
+        jobs=[retraining_job, registry.approve_model, deployment.stop_endpoints, *INFRASTRUCTURE_JOBS],
         schedules=[retraining_schedule(settings)],
         sensors=[pipeline_execution_sensor],
         resources=_resources(settings),

@@ -31,6 +31,7 @@ from ..settings import Settings
 
 APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 PROD_ENDPOINT = AssetKey("prod_endpoint")
+SHA256_PROPERTY = "mlops:model_sha256"  # CustomerMetadataProperties key the deployments check
 GATE_METRIC = "mse"  # lower is better; the pipeline's CheckQuality uses it too
 
 
@@ -72,6 +73,7 @@ def _lineage(client, store: ObjectStore, settings: Settings, trained_model: dict
     return {
         "dataset_uri": dataset,
         "dataset_files_sha256": manifest.get("files", {}),
+        "target": manifest.get("rule", {}).get("target", ""),
         "code_commit": commit.get("commit_id") or "unknown (run the setup_infrastructure job to record it)",
         "code_repository": commit.get("repository", ""),
         "definition_sha256": hashlib.sha256(definition.encode()).hexdigest(),
@@ -114,6 +116,17 @@ def registered_model(
         return
     client = sagemaker.get_client()
     package = client.describe_model_package(ModelPackageName=package_arn)
+    recorded = package.get("CustomerMetadataProperties", {}).get(SHA256_PROPERTY)
+    if recorded is None:
+        # Deployments check the artifact against this before it is unpickled (joblib is pickle).
+        client.update_model_package(
+            ModelPackageArn=package_arn, CustomerMetadataProperties={SHA256_PROPERTY: trained_model["sha256"]}
+        )
+    elif recorded != trained_model["sha256"]:
+        raise Failure(
+            f"{package_arn} records model sha256 {recorded} but trained_model verified {trained_model['sha256']}: "
+            "the artifact changed after registration; do not deploy it"
+        )
     lineage = _lineage(client, store, settings, trained_model)
     metrics = trained_model["metrics"]
     yield Output(
@@ -124,6 +137,8 @@ def registered_model(
             "approval_status": package["ModelApprovalStatus"],
             "metrics": metrics,
             "lineage": lineage,
+            "target": lineage["target"],
+            "model_sha256": trained_model["sha256"],
         },
         metadata={
             "model_package_arn": package_arn,

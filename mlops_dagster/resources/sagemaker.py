@@ -35,6 +35,14 @@ class SageMaker(ConfigurableResource, ABC):
     def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
         """The last lines of a training or processing job's log (CloudWatch or local file)."""
 
+    @abstractmethod
+    def get_runtime_client(self) -> Any:
+        """A boto3-shaped ``sagemaker-runtime`` client (``invoke_endpoint``)."""
+
+    @abstractmethod
+    def curl_command(self, endpoint_name: str, csv_row: str) -> str:
+        """A ready-to-paste command that sends one CSV row to the endpoint and prints the prediction."""
+
 
 class LocalSageMaker(SageMaker):
     """The local SageMaker service: executions in detached workers, state in SQLite under home."""
@@ -56,6 +64,15 @@ class LocalSageMaker(SageMaker):
 
     def execution_role_arn(self) -> str:
         return f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/mlops-local-execution-role"
+
+    def get_runtime_client(self):
+        from ..sagemaker.local import LocalSageMakerRuntime
+
+        return LocalSageMakerRuntime(Path(self.home), self.store, region=self.region)
+
+    def curl_command(self, endpoint_name: str, csv_row: str) -> str:
+        url = self.get_client().local_endpoint_url(endpoint_name)
+        return f"curl -s -X POST {url} -H 'Content-Type: text/csv' --data-binary '{csv_row}'"
 
     def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
         path = self.get_client().job_log_path(job_name)
