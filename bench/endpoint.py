@@ -1,0 +1,254 @@
+"""Throughput and latency of the local endpoint against the same predictions made in-process.
+
+Trains the pipeline's model (random forest, 100 trees, 1,000 synthetic rows), starts a local
+endpoint server on 127.0.0.1, deploys the model, and drives it with concurrent clients (threads,
+one keep-alive connection each) for single-row and 1,000-row CSV requests. Every phase stops at
+a request count or a time limit, whichever comes first. The floor is model.predict in this
+process on the model as the endpoint loads it (model_fn), with one thread and with as many
+threads as clients; "handlers" adds the CSV parsing and writing the endpoint does. The server is
+stopped at the end.
+
+    .venv/bin/python bench/endpoint.py [--clients 8] [--rounds 2] [--seconds 5] [--single 1000] [--batches 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import json
+import os
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+from sklearn.ensemble import RandomForestRegressor
+
+from mlops_dagster.datasets import BOSTON_FEATURES, BOSTON_TARGET, synthetic_boston
+from mlops_dagster.serving import process
+from mlops_dagster.serving.app import load_handlers
+
+handlers = load_handlers()
+
+
+@dataclass
+class Figures:
+    label: str
+    latencies: list[float]  # seconds per call
+    wall: float
+    rows_per_call: int
+
+    def add(self, other: Figures) -> Figures:
+        """Pool two rounds of the same phase: all calls over the time of both."""
+        return Figures(self.label, self.latencies + other.latencies, self.wall + other.wall, self.rows_per_call)
+
+    def line(self) -> str:
+        calls = len(self.latencies)
+        p50, p99 = np.percentile(self.latencies, [50, 99]) * 1000
+        return (
+            f"  {self.label:<50} {calls:>6} {calls / self.wall:>9.1f} {calls * self.rows_per_call / self.wall:>10.0f}"
+            f" {p50:>8.2f} {p99:>8.2f}"
+        )
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies) / self.wall
+
+    @property
+    def p50(self) -> float:
+        return float(np.percentile(self.latencies, 50))
+
+
+def drive(
+    label: str, threads: int, budget: int, seconds: float, rows: int, make_call: Callable[[], Callable[[int], None]]
+) -> Figures:
+    """Run calls from ``threads`` threads until ``budget`` calls are made or ``seconds`` pass.
+
+    ``make_call`` runs once per thread (e.g. to open its connection) and returns the call."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    issued = 0
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> None:
+        nonlocal issued
+        call = make_call()
+        try:
+            while time.perf_counter() < deadline:
+                with lock:
+                    if issued >= budget:
+                        return
+                    issued += 1
+                    i = issued
+                started = time.perf_counter()
+                call(i)
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+        finally:
+            getattr(call, "close", lambda: None)()  # the client's connection
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    started = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return Figures(label, latencies, time.perf_counter() - started, rows)
+
+
+def csv_bodies(X: np.ndarray, rows: int, count: int = 64) -> list[bytes]:
+    """``count`` request bodies of ``rows`` rows each, cycling through the data."""
+    bodies = []
+    for k in range(count):
+        take = np.take(X, range(k * rows, (k + 1) * rows), axis=0, mode="wrap")
+        bodies.append("".join(",".join(map(repr, r)) + "\n" for r in take.tolist()).encode())
+    return bodies
+
+
+def http_client(record: process.EndpointRecord, bodies: list[bytes]) -> Callable[[], Callable[[int], None]]:
+    def make() -> Callable[[int], None]:
+        conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=60)
+        headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+
+        def call(i: int) -> None:
+            conn.request("POST", "/invocations", body=bodies[i % len(bodies)], headers=headers)
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200:
+                raise RuntimeError(f"endpoint answered {response.status}: {body[:200]!r}")
+
+        call.close = conn.close  # type: ignore[attr-defined]
+        return call
+
+    return make
+
+
+def in_process(model, bodies: list[bytes], with_handlers: bool) -> Callable[[], Callable[[int], None]]:
+    matrices = [handlers.input_fn(b, "text/csv", model.features) for b in bodies]
+
+    def make() -> Callable[[int], None]:
+        def call(i: int) -> None:
+            if with_handlers:
+                data = handlers.input_fn(bodies[i % len(bodies)], "text/csv", model.features)
+                handlers.output_fn(handlers.predict_fn(data, model), "text/csv")
+            else:
+                handlers.predict_fn(matrices[i % len(matrices)], model)
+
+        return call
+
+    return make
+
+
+def train(workdir: Path) -> tuple[Path, str, np.ndarray]:
+    frame = synthetic_boston(1000, seed=42)
+    model = RandomForestRegressor(n_estimators=100, random_state=42, n_jobs=-1)  # as train.py
+    model.fit(frame[BOSTON_FEATURES], frame[BOSTON_TARGET])
+    model_dir = workdir / "model"
+    model_dir.mkdir()
+    joblib.dump(model, model_dir / "model.joblib")
+    (model_dir / "features.json").write_text(json.dumps(BOSTON_FEATURES))
+    archive = workdir / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    X = synthetic_boston(2000, seed=7)[BOSTON_FEATURES].to_numpy(dtype=float)
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest(), X
+
+
+def _load() -> str:
+    """The machine's 1/5/15-minute load: figures from a busy machine are not comparable."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def phases(n: int, record, model, as_trained, bodies: list[bytes]) -> list[tuple[str, int, float, Callable]]:
+    """(label, threads, share of the call budget and time limit, call factory) of one request size."""
+    fitted = handlers.Model(as_trained, model.features)
+    return [
+        (f"endpoint over HTTP, {n} clients", n, 1.0, http_client(record, bodies)),
+        (f"in-process predict, {n} threads", n, 1.0, in_process(model, bodies, False)),
+        (f"in-process handlers, {n} threads", n, 1.0, in_process(model, bodies, True)),
+        ("in-process predict, 1 thread", 1, 1.0, in_process(model, bodies, False)),
+        ("in-process handlers, 1 thread", 1, 1.0, in_process(model, bodies, True)),
+        ("in-process predict as fitted (n_jobs=-1), 1 thread", 1, 0.25, in_process(fitted, bodies, False)),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of all phases, in alternating order")
+    parser.add_argument("--seconds", type=float, default=5.0, help="time limit of each phase in each round")
+    parser.add_argument("--single", type=int, default=1000, help="single-row calls per phase and round (at most)")
+    parser.add_argument("--batches", type=int, default=100, help="1,000-row calls per phase and round (at most)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="mlops-bench-endpoint-") as tmp:
+        home = Path(tmp) / "home"
+        workdir = Path(tmp) / "work"
+        workdir.mkdir()
+        archive, sha256, X = train(workdir)
+        model = handlers.model_fn(str(workdir / "model"))  # as the endpoint loads it (n_jobs=1)
+        as_trained = joblib.load(workdir / "model" / "model.joblib")  # n_jobs=-1, as train.py fits it
+        sizes = [
+            ("single-row CSV", csv_bodies(X, 1), 1, args.single),
+            ("1,000-row CSV", csv_bodies(X, 1000, 8), 1000, args.batches),
+        ]
+
+        started = time.perf_counter()
+        record = process.start_endpoint(home, "bench")
+        up = time.perf_counter() - started
+        try:
+            started = time.perf_counter()
+            process.deploy(record, archive, sha256, "arn:bench", X[:2])
+            deployed = time.perf_counter() - started
+            batch = sizes[1][1][0]
+            served = process.invoke(record, batch, "text/csv", "text/csv")
+            expected = handlers.predict_fn(handlers.input_fn(batch, "text/csv", model.features), model)
+            same = [float(v) for v in served.body.split()] == expected.tolist()
+            print(f"model: random forest, 100 trees, fitted on 1,000 synthetic rows; {os.cpu_count()} CPUs here")
+            print(f"endpoint: up in {up:.2f} s, first deploy {deployed:.2f} s; predictions equal in-process: {same}")
+            print(
+                f"{args.rounds} rounds, phases in alternating order; a phase stops at its call count or after"
+                f" {args.seconds:.0f} s; load average {_load()}",
+                flush=True,
+            )
+
+            pooled: dict[tuple[str, str], Figures] = {}
+            for round_number in range(args.rounds):
+                for name, bodies, rows, budget in sizes:
+                    order = phases(args.clients, record, model, as_trained, bodies)
+                    for label, threads, share, factory in order if round_number % 2 == 0 else order[::-1]:
+                        figures = drive(label, threads, int(budget * share), args.seconds * share, rows, factory)
+                        key = (name, label)
+                        pooled[key] = pooled[key].add(figures) if key in pooled else figures
+                print(f"  round {round_number + 1} done, load average {_load()}", flush=True)
+
+            print("\nhandlers = CSV parsing + predict + CSV writing, what the endpoint runs per request")
+            print(f"  {'':<50} {'calls':>6} {'calls/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+            for name, *_ in sizes:
+                print(name)
+                for (size, _), figures in pooled.items():
+                    if size == name:
+                        print(figures.line())
+            print(f"\nendpoint / in-process, both with {args.clients} concurrent callers")
+            labels = [label for label, *_ in phases(args.clients, record, model, as_trained, sizes[0][1])[:3]]
+            for name, *_ in sizes:
+                endpoint, predict, full = (pooled[(name, label)] for label in labels)
+                print(
+                    f"  {name:<15} vs predict: throughput {endpoint.throughput / predict.throughput:4.2f}x,"
+                    f" p50 latency {endpoint.p50 / predict.p50:4.2f}x   vs handlers: throughput"
+                    f" {endpoint.throughput / full.throughput:4.2f}x, p50 latency {endpoint.p50 / full.p50:4.2f}x"
+                )
+        finally:
+            process.stop_endpoint(home, "bench")
+
+
+if __name__ == "__main__":
+    main()
