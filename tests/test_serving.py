@@ -7,12 +7,14 @@ its fixture, whatever the test does.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import os
 import signal
 import socket
+import sys
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,7 @@ from sklearn.linear_model import LinearRegression
 
 from mlops_dagster.datasets import BOSTON_FEATURES, BOSTON_TARGET, synthetic_boston
 from mlops_dagster.serving import process
-from mlops_dagster.serving.app import MAX_BODY_BYTES, load_handlers
+from mlops_dagster.serving.app import INFERENCE_PY, MAX_BODY_BYTES, load_handlers
 from mlops_dagster.serving.process import DeployRefused, EndpointRecord
 
 inference = load_handlers()  # training/inference.py, as the endpoint loads it
@@ -112,6 +114,15 @@ def loaded(artifacts):
 
 def csv_body(frame: pd.DataFrame) -> str:
     return "".join(",".join(repr(float(v)) for v in row) + "\n" for row in frame.itertuples(index=False))
+
+
+def test_inference_py_fits_the_container():
+    """The scikit-learn 1.2-1 container: Python 3.9, and numpy, pandas, scikit-learn, joblib only."""
+    tree = ast.parse(INFERENCE_PY.read_text(), feature_version=(3, 9))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    allowed = set(sys.stdlib_module_names) | {"numpy", "pandas", "sklearn", "joblib"}
+    assert {name.split(".")[0] for name in imported} <= allowed
 
 
 def test_model_fn_reads_features_and_predicts_like_the_estimator(artifacts, loaded):
