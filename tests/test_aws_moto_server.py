@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -61,7 +62,7 @@ REPOSITORY = f"{PIPELINE}-code"
 
 
 @pytest.fixture(scope="module")
-def endpoint() -> str:
+def endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
