@@ -174,7 +174,7 @@ def test_changed_code_makes_one_commit_on_top_and_keeps_other_files(tmp_path):
     assert made
     # a file outside the folder, committed by someone else, survives the next commit
     readme = repo._hash_object(b"readme\n")
-    tree = repo._mktree([*git(repo.path, "ls-tree", first).splitlines(), f"100644 blob {readme}\tREADME.md"])
+    tree = repo._mktree([*git(repo.path, "ls-tree", first).splitlines(), f"100644 blob {readme}\tREAD ME \u00e9.md"])
     other = subprocess.run(
         ["git", f"--git-dir={repo.path}", "commit-tree", tree, "-p", first, "-m", "docs"],
         capture_output=True, text=True, check=True,
@@ -184,7 +184,11 @@ def test_changed_code_makes_one_commit_on_top_and_keeps_other_files(tmp_path):
 
     second, made = repo.commit_folder("training", {"train.py": b"v2\n"}, request)
     assert made and git(repo.path, "rev-parse", f"{second}^").strip() == other
-    assert git(repo.path, "ls-tree", "-r", "--name-only", second).split() == ["README.md", "training/train.py"]
+    # (a name git would quote without -z)
+    assert git(repo.path, "ls-tree", "-r", "-z", "--name-only", second).split("\0")[:2] == [
+        "READ ME \u00e9.md",
+        "training/train.py",
+    ]
     assert repo.commit_folder("training", {"train.py": b"v2\n"}, request) == (second, False)
 
 

@@ -231,6 +231,7 @@ class AwsInfrastructure(Infrastructure):
 
     def _identity(self) -> Identity:
         if self._caller is None:
+            # Unguarded on purpose: GetCallerIdentity needs no permission and cannot be denied.
             caller = self._raw_client("sts").get_caller_identity()
             self._caller = Identity(account=caller["Account"], partition=caller["Arn"].split(":")[1])
         return self._caller
@@ -520,10 +521,6 @@ class AwsInfrastructure(Infrastructure):
         return {f["absolutePath"]: f["blobId"] for f in listing.get("files", [])}
 
     # verify_infrastructure
-
-    def execution_role_arn(self) -> str:
-        identity = self._identity()
-        return self._client("iam", identity).get_role(RoleName=self.role_name)["Role"]["Arn"]
 
     def list_objects(self, uri_prefix: str) -> list[str]:
         bucket, _, prefix = uri_prefix.removeprefix("s3://").partition("/")

@@ -202,10 +202,6 @@ class Infrastructure(ConfigurableResource, ABC):
     # verify_infrastructure
 
     @abstractmethod
-    def execution_role_arn(self) -> str:
-        """The ARN of the execution role (looked up, not created)."""
-
-    @abstractmethod
     def list_objects(self, uri_prefix: str) -> list[str]:
         """URIs of the objects under ``s3://bucket/prefix``."""
 
@@ -305,9 +301,6 @@ class LocalInfrastructure(Infrastructure):
             committed=committed,
             files=tuple(f"{folder}/{name}" for name in sorted(files)),
         )
-
-    def execution_role_arn(self) -> str:
-        return LOCAL_ROLE_ARN
 
     def list_objects(self, uri_prefix: str) -> list[str]:
         return LocalObjectStore(root=str(Path(self.home, "s3"))).list(uri_prefix)

@@ -63,11 +63,9 @@ class BareRepository:
         )
         others = []
         if parent:
-            others = [
-                line
-                for line in self._git("ls-tree", f"{parent}^{{tree}}").splitlines()
-                if line.split("\t", 1)[1] != folder
-            ]
+            # -z: NUL-terminated and unquoted, so any file name round-trips into mktree -z.
+            entries = self._git("ls-tree", "-z", f"{parent}^{{tree}}").split("\0")
+            others = [e for e in entries if e and e.split("\t", 1)[1] != folder]
         root = self._mktree([*others, f"040000 tree {folder_tree}\t{folder}"])
         if parent and self._git("rev-parse", f"{parent}^{{tree}}").strip() == root:
             return parent, False
@@ -81,7 +79,7 @@ class BareRepository:
         return self._git("hash-object", "-w", "--stdin", input=data).strip()
 
     def _mktree(self, entries: list[str]) -> str:
-        return self._git("mktree", input=("".join(e + "\n" for e in entries)).encode()).strip()
+        return self._git("mktree", "-z", input="".join(e + "\0" for e in entries).encode()).strip()
 
     def _git(
         self, *args: str, input: bytes | None = None, identity: CommitRequest | None = None, git_dir: bool = True
