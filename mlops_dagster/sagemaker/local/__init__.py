@@ -5,6 +5,7 @@ holds the state (SQLite) and semantics, ``interpreter`` the definition language,
 detached process that runs an execution, ``jobs`` the training and processing jobs.
 """
 
+from .runtime import LocalSageMakerRuntime
 from .service import LocalSageMakerService
 
-__all__ = ["LocalSageMakerService"]
+__all__ = ["LocalSageMakerRuntime", "LocalSageMakerService"]

@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import botocore.session
+from botocore.client import ClientMeta
+from botocore.config import Config
 from botocore.errorfactory import ClientExceptionsFactory
 from botocore.exceptions import ClientError
+from botocore.hooks import HierarchicalEmitter
 from botocore.utils import parse_timestamp
 from botocore.validate import validate_parameters
+from botocore.waiter import Waiter, WaiterModel, create_waiter_with_client
 
+from .hosting import HostingBackend
 from .models import STALE_AFTER_SECONDS, LocalSageMakerBackend, SageMakerError, ValidationError
 
 if TYPE_CHECKING:
@@ -38,6 +43,12 @@ SORT_ORDERS = ("Ascending", "Descending")
 @functools.cache
 def _service_model():
     return botocore.session.get_session().get_service_model("sagemaker")
+
+
+@functools.cache
+def _waiter_model() -> WaiterModel:
+    """SageMaker's waiters as botocore ships them (waiters-2.json, through botocore's loader)."""
+    return botocore.session.get_session().get_waiter_model("sagemaker")
 
 
 @functools.cache
@@ -99,7 +110,18 @@ class LocalSageMakerService:
         self.backend = LocalSageMakerBackend(
             self.home, region, account_id, launcher=self._launch_worker, stale_after_seconds=stale_after_seconds
         )
+        self.hosting = HostingBackend(self.home, self.backend, store)
         self.exceptions = _client_exceptions()
+        self.meta = self._client_meta(region)
+
+    def _client_meta(self, region: str) -> ClientMeta:
+        """What botocore's waiters read from a client: its events and service model."""
+        implemented = {
+            botocore.xform_name(op): op
+            for op in _service_model().operation_names
+            if callable(getattr(self, botocore.xform_name(op), None))
+        }
+        return ClientMeta(HierarchicalEmitter(), Config(region_name=region), None, _service_model(), implemented, "aws")
 
     def _launch_worker(self, execution_arn: str):
         from . import worker  # not at import time: the worker process runs that module as __main__
@@ -332,6 +354,142 @@ class LocalSageMakerService:
     def delete_model_package(self, **params: Any) -> dict:
         self.backend.delete_package(params["ModelPackageName"])
         return {}
+
+    # hosting (semantics in hosting.py)
+
+    @operation("CreateModel")
+    def create_model(self, **params: Any) -> dict:
+        return {"ModelArn": self.hosting.create_model(params).arn}
+
+    @operation("DescribeModel")
+    def describe_model(self, **params: Any) -> dict:
+        return self.hosting.get_model(params["ModelName"]).describe()
+
+    @operation("DeleteModel")
+    def delete_model(self, **params: Any) -> dict:
+        self.hosting.delete_model(params["ModelName"])
+        return {}
+
+    @operation("ListModels")
+    def list_models(self, **params: Any) -> dict:
+        models = [m for m in self.hosting.list_models() if (params.get("NameContains") or "") in m.name]
+        models = _created_between(models, params.get("CreationTimeAfter"), params.get("CreationTimeBefore"))
+        key = _sort_key(params, {"Name": lambda m: m.name, "CreationTime": lambda m: m.created}, "CreationTime")
+        models = _sorted(models, key, params, "Descending")
+        return _page([m.summary() for m in models], "Models", params)
+
+    @operation("CreateEndpointConfig")
+    def create_endpoint_config(self, **params: Any) -> dict:
+        return {"EndpointConfigArn": self.hosting.create_endpoint_config(params).arn}
+
+    @operation("DescribeEndpointConfig")
+    def describe_endpoint_config(self, **params: Any) -> dict:
+        return self.hosting.get_endpoint_config(params["EndpointConfigName"]).describe()
+
+    @operation("DeleteEndpointConfig")
+    def delete_endpoint_config(self, **params: Any) -> dict:
+        self.hosting.delete_endpoint_config(params["EndpointConfigName"])
+        return {}
+
+    @operation("ListEndpointConfigs")
+    def list_endpoint_configs(self, **params: Any) -> dict:
+        configs = [c for c in self.hosting.list_endpoint_configs() if (params.get("NameContains") or "") in c.name]
+        configs = _created_between(configs, params.get("CreationTimeAfter"), params.get("CreationTimeBefore"))
+        key = _sort_key(params, {"Name": lambda c: c.name, "CreationTime": lambda c: c.created}, "CreationTime")
+        configs = _sorted(configs, key, params, "Descending")
+        return _page([c.summary() for c in configs], "EndpointConfigs", params)
+
+    @operation("CreateEndpoint")
+    def create_endpoint(self, **params: Any) -> dict:
+        """Deploys synchronously, inside this call (SageMaker returns at once and deploys behind it):
+        the endpoint is Creating while the call runs and InService or Failed (with FailureReason)
+        when it returns, so an endpoint_in_service waiter finds the end state at once."""
+        endpoint = self.hosting.create_endpoint(
+            params["EndpointName"], params["EndpointConfigName"], params.get("Tags"), params.get("DeploymentConfig")
+        )
+        return {"EndpointArn": endpoint.arn}
+
+    @operation("UpdateEndpoint")
+    def update_endpoint(self, **params: Any) -> dict:
+        """Deploys the new config blue/green, synchronously, inside this call: Updating while it runs;
+        on return InService on the new config, or (a refused model) InService on the old one with
+        FailureReason "update rolled back: ...". DeploymentConfig is recorded as LastDeploymentConfig.
+        Unlike SageMaker, a Failed endpoint (e.g. its server died) can be updated: a new server starts."""
+        for ignored in ("RetainAllVariantProperties", "ExcludeRetainedVariantProperties"):
+            params.pop(ignored, None)  # one variant, replaced whole: there are no properties to retain
+        endpoint = self.hosting.update_endpoint(
+            params["EndpointName"],
+            params["EndpointConfigName"],
+            params.get("DeploymentConfig"),
+            bool(params.get("RetainDeploymentConfig")),
+        )
+        return {"EndpointArn": endpoint.arn}
+
+    @operation("DescribeEndpoint")
+    def describe_endpoint(self, **params: Any) -> dict:
+        """Also notices a server process that died: the endpoint is then Failed, naming the pid."""
+        return self.hosting.get_endpoint(params["EndpointName"]).describe()
+
+    @operation("DeleteEndpoint")
+    def delete_endpoint(self, **params: Any) -> dict:
+        """Stops the endpoint's server process (a dead one is fine) and removes endpoints/<env>.json."""
+        self.hosting.delete_endpoint(params["EndpointName"])
+        return {}
+
+    @operation("ListEndpoints")
+    def list_endpoints(self, **params: Any) -> dict:
+        endpoints = [e for e in self.hosting.list_endpoints() if (params.get("NameContains") or "") in e.name]
+        if params.get("StatusEquals"):
+            endpoints = [e for e in endpoints if e.status == params["StatusEquals"]]
+        endpoints = _created_between(endpoints, params.get("CreationTimeAfter"), params.get("CreationTimeBefore"))
+        endpoints = _between(
+            endpoints, lambda e: e.modified, params.get("LastModifiedTimeAfter"), params.get("LastModifiedTimeBefore")
+        )
+        key = _sort_key(
+            params,
+            {"Name": lambda e: e.name, "CreationTime": lambda e: e.created, "Status": lambda e: e.status},
+            "CreationTime",
+        )
+        endpoints = _sorted(endpoints, key, params, "Descending")
+        return _page([e.summary() for e in endpoints], "Endpoints", params)
+
+    # waiters, as a boto3 client has them
+
+    @property
+    def waiter_names(self) -> list[str]:
+        """boto3's snake_case names of the waiters this service can run (their operation is implemented)."""
+        return sorted(self._waiters())
+
+    def _waiters(self) -> dict[str, str]:
+        model = _waiter_model()
+        return {
+            botocore.xform_name(name): name
+            for name in model.waiter_names
+            if botocore.xform_name(model.get_waiter(name).operation) in self.meta.method_to_api_mapping
+        }
+
+    def get_waiter(self, waiter_name: str) -> Waiter:
+        """botocore's own waiter (e.g. endpoint_in_service), polling this service's Describe call."""
+        waiters = self._waiters()
+        if waiter_name not in waiters:
+            raise ValueError(
+                f"Waiter does not exist: {waiter_name} (the local service has {', '.join(sorted(waiters))})"
+            )
+        return create_waiter_with_client(waiters[waiter_name], _waiter_model(), self)
+
+    # local-only helpers
+
+    def local_endpoint_url(self, EndpointName: str) -> str:  # noqa: N803 (boto3's argument name)
+        """http://127.0.0.1:<port>/invocations of an InService endpoint (for curl and browsers)."""
+        try:
+            return self.hosting.endpoint_url(EndpointName)
+        except SageMakerError as err:
+            raise client_error("LocalEndpointUrl", err.code, err.message) from None
+
+    def stop_all_endpoints(self) -> list[str]:
+        """Stop every endpoint's server process; the endpoints stay (Failed) until updated or deleted.
+        Returns the names of the endpoints whose server was running."""
+        return self.hosting.stop_all()
 
 
 # --- listing helpers -------------------------------------------------------------------------
