@@ -199,6 +199,19 @@ class AwsSageMaker(SageMaker):
         # endpoint handler and retry defaults reach them too.
         return self.session.boto_session()
 
+    def get_runtime_client(self) -> Any:
+        return self.session.client("sagemaker-runtime")
+
+    def curl_command(self, endpoint_name: str, csv_row: str) -> str:
+        # InvokeEndpoint needs SigV4; curl signs with the caller's own credentials (never ours).
+        host = self.session.endpoint_url or f"https://runtime.sagemaker.{self.session.region}.amazonaws.com"
+        return (
+            f"curl -s -X POST {host}/endpoints/{endpoint_name}/invocations "
+            f'--aws-sigv4 "aws:amz:{self.session.region}:sagemaker" '
+            '--user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY" -H "x-amz-security-token: $AWS_SESSION_TOKEN" '
+            f"-H 'Content-Type: text/csv' --data-binary '{csv_row}'"
+        )
+
     def execution_role_arn(self) -> str:
         if not self.role_arn:
             raise ValueError(
