@@ -28,6 +28,7 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 	@$(BIN)/python -m mlops_dagster.report
 
 test: install
+	@scripts/ensure_chromium.sh || echo "chromium unavailable: the browser test will be skipped"
 	$(BIN)/python -m pytest
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
