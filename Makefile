@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 UI_PORT ?= 3000
 
-.PHONY: install run test ui lint clean-home endpoint-stop approve
+.PHONY: install run test ui lint clean-home endpoint-stop approve promote
 
 # (Re)install when the dependency files change; constraints.txt pins every package.
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -45,6 +45,11 @@ approve: install $(DAGSTER_HOME)/dagster.yaml
 	@printf 'ops:\n  approve_model_package:\n    config: {model_package: "%s", status: "%s", comment: "%s"}\n' \
 	  '$(VERSION)' '$(or $(STATUS),Approved)' '$(COMMENT)' > $(MLOPS_HOME)/approve.yaml
 	$(BIN)/dagster job execute -m mlops_dagster -j approve_model -c $(MLOPS_HOME)/approve.yaml
+
+# Deploy the latest Approved model to staging, then (smoke test passed) to prod; no retraining.
+promote: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster asset materialize -m mlops_dagster --select staging_endpoint,prod_endpoint -c config/run_logging.yaml
+	@$(BIN)/python -m mlops_dagster.report
 
 lint: install
 	$(BIN)/ruff check mlops_dagster training tests bench

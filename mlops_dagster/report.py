@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 
-from dagster import DagsterInstance, MetadataValue
+from dagster import AssetKey, DagsterInstance, MetadataValue
 
 from . import defs
 
@@ -39,12 +39,33 @@ def main() -> int:
         for label, value in event.asset_materialization.metadata.items():
             if isinstance(value, _SCALARS) and value.value not in ("", None):
                 print(f"    {label}: {value.value}")
+    _try_it(instance)
     settings = defs.resources["settings"]
     if settings.backend == "local":
         print(f"Local object store: s3://<bucket>/<key> is {settings.home}/s3/<bucket>/<key>")
         print(f"Local SageMaker state and job logs: {settings.home}/sagemaker/")
     print(f"Dagster run history: {instance.root_directory} (open it with `make ui`)\n")
     return 0
+
+
+def _try_it(instance: DagsterInstance) -> None:
+    """The commands a user wants next: call the model, approve it, promote it."""
+    for env in ("prod", "staging", "dev"):
+        event = instance.get_latest_materialization_event(AssetKey(f"{env}_endpoint"))
+        if event and event.asset_materialization and "curl" in event.asset_materialization.metadata:
+            print(f"Ask the {env} endpoint for a prediction:\n  {event.asset_materialization.metadata['curl'].value}\n")
+            break
+    event = instance.get_latest_materialization_event(AssetKey("registered_model"))
+    if event and event.asset_materialization:
+        metadata = event.asset_materialization.metadata
+        arn, version = metadata["model_package_arn"].value, metadata["model_package_version"].value
+        # The registry, not the materialization, knows whether it was approved since.
+        status = defs.resources["sagemaker"].get_client().describe_model_package(ModelPackageName=arn)
+        if status["ModelApprovalStatus"] != "Approved":
+            print(
+                f"Model version {version} is {status['ModelApprovalStatus']}. Approve it, then deploy it to "
+                f"staging and prod:\n  make approve VERSION={version} COMMENT='reviewed'\n  make promote\n"
+            )
 
 
 if __name__ == "__main__":
