@@ -6,9 +6,17 @@ op and sensor receives them by resource key and never asks which backend it runs
 
 from pathlib import Path
 
-from dagster import Definitions, FilesystemIOManager, in_process_executor, load_assets_from_modules
+from dagster import (
+    AssetSpec,
+    Definitions,
+    FilesystemIOManager,
+    in_process_executor,
+    load_assets_from_modules,
+    map_asset_specs,
+)
 
 from .assets import data, deployment, pipeline, registry
+from .code_versions import code_version_for
 from .infrastructure import INFRASTRUCTURE_JOBS
 from .jobs import retraining_job
 from .resources.infrastructure import LocalInfrastructure, infrastructure_fields
@@ -63,10 +71,23 @@ def _resources(settings: Settings) -> dict:
     return resources
 
 
+def _assets(settings: Settings) -> list:
+    """The assets, each with the code version of its source and the configured owners."""
+
+    def annotate(spec: AssetSpec) -> AssetSpec:
+        key = spec.key.to_user_string()
+        return spec.replace_attributes(
+            code_version=code_version_for(key) or spec.code_version,
+            owners=[*spec.owners, *settings.owners],
+        )
+
+    return list(map_asset_specs(annotate, load_assets_from_modules([data, pipeline, registry, deployment])))
+
+
 def build_definitions(settings: Settings | None = None) -> Definitions:
     settings = settings or Settings.from_env()
     return Definitions(
-        assets=load_assets_from_modules([data, pipeline, registry, deployment]),
+        assets=_assets(settings),
         jobs=[retraining_job, registry.approve_model, deployment.stop_endpoints, *INFRASTRUCTURE_JOBS],
         schedules=[retraining_schedule(settings)],
         sensors=[pipeline_execution_sensor],

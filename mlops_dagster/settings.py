@@ -20,6 +20,8 @@ BACKENDS = ("local", "aws")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_TEAM_RE = re.compile(r"^team:[\w.-]+$")
 _IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
 _REPO_RE = re.compile(r"^[\w.-]{1,100}$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
@@ -50,6 +52,7 @@ class Settings(ConfigurableResource):
     | MLOPS_AWS_ENDPOINT_URL | (AWS) | an S3/SageMaker/IAM-compatible endpoint, e.g. a moto server |
     | MLOPS_AWS_RETRY_MODE | standard | botocore retry mode: standard or adaptive |
     | MLOPS_AWS_MAX_ATTEMPTS | 8 | botocore attempts per call (first try included) |
+    | MLOPS_OWNERS | (none) | comma-separated asset owners shown in the UI: emails or team:<name> |
     """
 
     backend: str = "local"
@@ -68,6 +71,7 @@ class Settings(ConfigurableResource):
     aws_endpoint_url: str | None = None
     aws_retry_mode: str = "standard"
     aws_max_attempts: int = 8
+    owners: list[str] = []
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -151,6 +155,13 @@ class Settings(ConfigurableResource):
         if not attempts_text.isdigit() or not 1 <= int(attempts_text) <= 20:
             raise SettingsError(f"MLOPS_AWS_MAX_ATTEMPTS={attempts_text!r} is not a whole number from 1 to 20")
 
+        owners = [o.strip() for o in (env.get("MLOPS_OWNERS") or "").split(",") if o.strip()]
+        for owner in owners:
+            if not (_EMAIL_RE.match(owner) or _TEAM_RE.match(owner)):
+                raise SettingsError(
+                    f"MLOPS_OWNERS has {owner!r}: each owner is an email address or team:<name>, comma-separated"
+                )
+
         return cls(
             backend=backend,
             home=str(home),
@@ -168,6 +179,7 @@ class Settings(ConfigurableResource):
             aws_endpoint_url=endpoint_url,
             aws_retry_mode=retry_mode,
             aws_max_attempts=int(attempts_text),
+            owners=owners,
         )
 
     @property

@@ -61,7 +61,6 @@ class TrainedModelConfig(Config):
 @asset(
     group_name="pipeline",
     kinds={"sagemaker"},
-    code_version=code_version(),
     description="The SageMaker Pipeline definition (SDK v2), upserted; its sha256 is the data version (recipe step 5).",
 )
 def pipeline_definition(
