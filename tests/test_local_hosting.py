@@ -548,6 +548,11 @@ def test_an_environment_belongs_to_one_endpoint(world):
             Tags=[{"Key": "mlops:environment", "Value": "shared-env"}],
         )
         assert code == "ValidationException" and "endpoint envs-one already serves environment shared-env" in message
+        pid = server_pid(world.home, "shared-env")
+        assert "envs-one" in sm.stop_all_endpoints()
+        described = sm.describe_endpoint(EndpointName="envs-one")
+        assert described["EndpointStatus"] == "Failed" and "stop_all_endpoints" in described["FailureReason"]
+        assert gone(pid)
     finally:
         sm.delete_endpoint(EndpointName="envs-one")
 

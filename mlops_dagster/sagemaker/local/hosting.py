@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_dagster.serving import process
 
-from .models import Record, ValidationError, _drop_none, _process_created, _process_matches, utc
+from .models import Record, ResourceNotFound, ValidationError, _drop_none, _process_created, _process_matches, utc
 
 if TYPE_CHECKING:
     from mlops_dagster.resources.object_store import ObjectStore
@@ -505,12 +505,14 @@ class HostingBackend:
         for endpoint in endpoints:
             if process.stop_endpoint(self.home, endpoint.env):
                 stopped.append(endpoint.name)
-            self._set_state(
-                endpoint.arn,
-                "Failed",
-                f"the local server of endpoint {endpoint.name} was stopped (stop_all_endpoints); "
-                "UpdateEndpoint starts a new one",
-            )
+            if endpoint.status == "InService":  # a Failed one keeps the reason it failed for
+                self._set_state(
+                    endpoint.arn,
+                    "Failed",
+                    f"the local server of endpoint {endpoint.name} was stopped (stop_all_endpoints); "
+                    "UpdateEndpoint starts a new one",
+                    expect=endpoint,
+                )
         return stopped
 
     # the deploy
@@ -580,8 +582,8 @@ class HostingBackend:
         """(InferenceSpecification.Containers[0], the recorded sha256 or None) of a registered package."""
         try:
             package = self.registry.get_package(package_arn)
-        except Exception as err:  # ResourceNotFound: the registry's own message names the ARN
-            raise Refused(f"ModelPackageName {package_arn}: {getattr(err, 'message', err)}") from None
+        except ResourceNotFound as err:  # the registry's message names the ARN and region
+            raise Refused(f"ModelPackageName {package_arn}: {err.message}") from None
         containers = (package.body.get("InferenceSpecification") or {}).get("Containers") or []
         if not containers or not containers[0].get("ModelDataUrl"):
             raise Refused(f"model package {package.arn} has no InferenceSpecification.Containers[0].ModelDataUrl")

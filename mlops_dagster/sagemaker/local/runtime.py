@@ -30,7 +30,7 @@ from botocore.validate import validate_parameters
 from mlops_dagster.serving import process
 
 from .hosting import HostingBackend, NotServing
-from .models import LocalSageMakerBackend
+from .models import LocalSageMakerBackend, ValidationError
 
 if TYPE_CHECKING:
     from mlops_dagster.resources.object_store import ObjectStore
@@ -132,7 +132,11 @@ class LocalSageMakerRuntime:
     def _unreachable(self, name: str, err: process.EndpointError) -> ClientError:
         """The server did not answer: if it died the endpoint is now Failed (describe_endpoint says why)
         and, like any endpoint not InService, not found; if it lives, it timed out (as SageMaker says)."""
-        if self.hosting.get_endpoint(name).status != "InService":
+        try:
+            still_serving = self.hosting.get_endpoint(name).status == "InService"
+        except ValidationError:  # deleted meanwhile
+            still_serving = False
+        if not still_serving:
             return self._not_found(name)
         return runtime_error(
             "ModelError",

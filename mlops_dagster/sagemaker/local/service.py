@@ -90,10 +90,12 @@ def operation(name: str) -> Callable:
 
 
 class LocalSageMakerService:
-    """SageMaker Pipelines, jobs and the model registry on this machine, spoken as boto3 speaks them.
+    """SageMaker Pipelines, jobs, the model registry and hosting on this machine, spoken as boto3 speaks them.
 
     State is in ``<home>/sagemaker/state.db``; executions run in detached workers (see ``worker``)
-    whose jobs read and write ``store``.
+    whose jobs read and write ``store``. Endpoints are served by ``serving.process`` (one local
+    server per environment) and deployed synchronously inside CreateEndpoint/UpdateEndpoint
+    (see ``hosting``); ``runtime.LocalSageMakerRuntime`` invokes them.
     """
 
     def __init__(
