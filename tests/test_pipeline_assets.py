@@ -63,6 +63,10 @@ def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
     assert abs(model["rmse"] ** 2 - model["mse"]) < 1e-6
     assert model["model_data_url"].endswith("/output/model.tar.gz")
     assert "model.joblib" in model["archive_members"]
+    # links a person follows from the UI: the local artifact, the job log, the worker log
+    for link in ("model_link", "training_job_link", "evaluation_job_link", "execution_link"):
+        assert Path(model[link]).is_file(), link
+    assert "Model R2" in Path(model["training_job_link"]).read_text()
     assert model["model_package_arn"].startswith(
         "arn:aws:sagemaker:us-east-1:000000000000:model-package/mlops-pipeline-models/"
     )

@@ -226,6 +226,8 @@ def s3_dataset(
         "validation_sha256": digests["validation.csv"],
         "dataset_sha256": dataset_sha,
         "written": not complete,
+        "train_link": store.link(value["train_uri"]),
+        "validation_link": store.link(value["validation_uri"]),
         "column_summary": _column_summary(table),
     }
     for name, version in value["version_ids"].items():

@@ -133,6 +133,7 @@ def deploy(
         metadata={
             "endpoint_name": name,
             "endpoint_arn": endpoint["EndpointArn"],
+            "endpoint_link": sagemaker.console_link("endpoint", name),
             "model_package_arn": package_arn,
             "changed": changed,
             "smoke_test": "passed",

@@ -162,6 +162,7 @@ def pipeline_execution(
         {"execution_arn": arn, "input_data": s3_dataset["uri"], "definition_sha256": pipeline_definition["definition_sha256"]},
         metadata={
             "execution_arn": arn,
+            "execution_link": sagemaker.console_link("pipeline-execution", arn),
             "input_data": s3_dataset["uri"],
             "dataset_sha256": s3_dataset["sha256"],
             "definition_sha256": pipeline_definition["definition_sha256"],
@@ -279,6 +280,10 @@ def trained_model(
         "archive_members": MetadataValue.json(members),
         "training_job_name": training_job,
         "execution_arn": arn,
+        "model_link": store.link(model_uri),
+        "training_job_link": sagemaker.console_link("training-job", training_job),
+        "evaluation_job_link": sagemaker.console_link("processing-job", evaluation_job),
+        "execution_link": sagemaker.console_link("pipeline-execution", arn),
         "model_package_arn": package_arn or "",
         "quality_gate": quality_gate or "passed",
         "evaluation": MetadataValue.md(f"```json\n{json.dumps(evaluation, indent=2)}\n```"),

@@ -142,6 +142,7 @@ def registered_model(
         },
         metadata={
             "model_package_arn": package_arn,
+            "model_package_link": sagemaker.console_link("model-package", package_arn),
             "model_package_version": package.get("ModelPackageVersion") or 0,
             "approval_status": package["ModelApprovalStatus"],
             **{k: float(v) for k, v in metrics.items() if v is not None},

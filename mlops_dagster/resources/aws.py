@@ -16,7 +16,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, MetadataValue
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -168,6 +168,13 @@ class S3ObjectStore(ObjectStore):
             version_id=head.get("VersionId"),
         )
 
+    def link(self, uri: str) -> MetadataValue:
+        bucket, key = split_uri(uri)
+        region = self.s3.region_name or "us-east-1"
+        if not key or key.endswith("/"):
+            return MetadataValue.url(f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?region={region}&prefix={key}")
+        return MetadataValue.url(f"https://s3.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}")
+
     def list(self, uri_prefix: str) -> list[str]:
         bucket, prefix = split_uri(uri_prefix)
         paginator = self._client().get_paginator("list_objects_v2")
@@ -201,6 +208,17 @@ class AwsSageMaker(SageMaker):
 
     def get_runtime_client(self) -> Any:
         return self.session.client("sagemaker-runtime")
+
+    def console_link(self, kind: str, name: str) -> MetadataValue | None:
+        region = self.session.region
+        pages = {
+            "training-job": f"jobs/{name}",
+            "processing-job": f"processing-jobs/{name}",
+            "endpoint": f"endpoints/{name}",
+            "model-package": f"model-registry/{name}",
+            "pipeline-execution": "pipelines",
+        }
+        return MetadataValue.url(f"https://{region}.console.aws.amazon.com/sagemaker/home?region={region}#/{pages[kind]}")
 
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         # InvokeEndpoint needs SigV4; curl signs with the caller's own credentials (never ours).

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, MetadataValue
 
 
 class ObjectStoreError(RuntimeError):
@@ -81,6 +81,10 @@ class ObjectStore(ConfigurableResource, ABC):
     def exists(self, uri: str) -> bool:
         return self.head(uri) is not None
 
+    @abstractmethod
+    def link(self, uri: str) -> MetadataValue:
+        """Where a person looks at the object: a local path, or the S3 console page."""
+
 
 class LocalObjectStore(ObjectStore):
     """Objects as files under ``<root>/<bucket>/<key>``.
@@ -96,6 +100,10 @@ class LocalObjectStore(ObjectStore):
         if bucket in (".", ".."):
             raise ValueError(f"not a bucket name: {bucket!r} in {uri!r}")
         return Path(self.root, bucket)
+
+    def link(self, uri: str) -> MetadataValue:
+        bucket, key = split_uri(uri)
+        return MetadataValue.path(str(Path(self.root, bucket, *[p for p in key.split("/") if p])))
 
     def path_for(self, uri: str) -> Path:
         bucket, key = split_uri(uri)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, MetadataValue
 
 from .object_store import ObjectStore
 
@@ -38,6 +38,11 @@ class SageMaker(ConfigurableResource, ABC):
     @abstractmethod
     def get_runtime_client(self) -> Any:
         """A boto3-shaped ``sagemaker-runtime`` client (``invoke_endpoint``)."""
+
+    @abstractmethod
+    def console_link(self, kind: str, name: str) -> MetadataValue | None:
+        """Where a person looks at a training-job, processing-job, pipeline-execution,
+        model-package or endpoint: the AWS console page, or the local log/record file."""
 
     @abstractmethod
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
@@ -69,6 +74,16 @@ class LocalSageMaker(SageMaker):
         from ..sagemaker.local import LocalSageMakerRuntime
 
         return LocalSageMakerRuntime(Path(self.home), self.store, region=self.region)
+
+    def console_link(self, kind: str, name: str) -> MetadataValue | None:
+        home = Path(self.home)
+        if kind in ("training-job", "processing-job"):
+            return MetadataValue.path(str(self.get_client().job_log_path(name)))
+        if kind == "pipeline-execution":
+            return MetadataValue.path(str(home / "sagemaker" / "workers" / f"{name.rsplit('/', 1)[-1]}.log"))
+        if kind == "endpoint":
+            return MetadataValue.url(self.get_client().local_endpoint_url(name).replace("/invocations", "/ping"))
+        return MetadataValue.path(str(home / "sagemaker" / "state.db"))  # the local model registry
 
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         url = self.get_client().local_endpoint_url(endpoint_name)
