@@ -10,6 +10,7 @@ import json
 
 import boto3
 import pytest
+from aws_helpers import on_new_sessions
 from botocore.awsrequest import AWSResponse
 from dagster import AssetObservation, Output, build_asset_context
 from moto import mock_aws
@@ -21,7 +22,6 @@ from mlops_dagster import build_definitions
 from mlops_dagster.assets.deployment import EndpointConfig, dev_endpoint, prod_endpoint, staging_endpoint
 from mlops_dagster.datasets import synthetic_boston, to_csv_bytes
 from mlops_dagster.settings import Settings
-from aws_helpers import on_new_sessions
 
 REGION = "us-east-1"
 BUCKET = "mlops-deploy-test"
