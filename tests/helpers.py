@@ -96,3 +96,34 @@ def started_steps(result: ExecuteInProcessResult) -> set[str]:
 
 def meta(materialization, key: str):
     return materialization.metadata[key].value
+
+
+def materialize_assets(defs, instance: DagsterInstance, keys: list[str], ops: dict | None = None,
+                       selection: list[str] | None = None) -> ExecuteInProcessResult:  # fmt: skip
+    """Materialize ``keys`` (or the ``selection`` among them) with per-asset config in ``ops``."""
+    return materialize(
+        [defs.get_assets_def(k) for k in keys],
+        resources=defs.resources,
+        run_config={"ops": {k: {"config": v} for k, v in (ops or {}).items()}},
+        instance=instance,
+        selection=selection,
+        raise_on_error=False,
+    )
+
+
+def latest_metadata(result: ExecuteInProcessResult, key: str) -> dict | None:
+    """Metadata values of the last materialization of ``key`` in the run, or None."""
+    events = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key]
+    return {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else None
+
+
+def step_failure_text(result: ExecuteInProcessResult, step: str | None = None) -> str:
+    """The error and user-failure description of a step's failure (the first failed step if None)."""
+    failures = [
+        e for e in result.all_events
+        if e.event_type_value == "STEP_FAILURE" and (step is None or e.step_key == step)
+    ]  # fmt: skip
+    assert failures, f"{step or 'no step'} did not fail"
+    data = failures[0].step_failure_data
+    user = data.user_failure_data
+    return "\n".join(filter(None, [data.error.message if data.error else "", user.description if user else ""]))

@@ -6,7 +6,8 @@ import os
 import signal
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
+from helpers import latest_metadata, materialize_assets
 
 from mlops_dagster import build_definitions
 from mlops_dagster.serving.process import is_alive, read_endpoint
@@ -19,19 +20,10 @@ GRAPH = [
 
 
 def _run(defs, instance, ops=None, selection=None):
-    return materialize(
-        [defs.get_assets_def(k) for k in GRAPH],
-        resources=defs.resources,
-        run_config={"ops": {k: {"config": v} for k, v in (ops or {}).items()}},
-        instance=instance,
-        selection=selection,
-        raise_on_error=False,
-    )
+    return materialize_assets(defs, instance, GRAPH, ops, selection)
 
 
-def _materialized(result, key):
-    events = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key]
-    return {k: v.value for k, v in events[-1].materialization.metadata.items()} if events else None
+_materialized = latest_metadata
 
 
 def _observed_skip(result, key):

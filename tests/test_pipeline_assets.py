@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import DagsterInstance
+from helpers import latest_metadata, materialize_assets, step_failure_text
 
 from mlops_dagster import build_definitions
 from mlops_dagster.sagemaker.training_code import TRAINING_DIR
@@ -17,27 +18,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def _run(defs, instance, ops: dict | None = None, selection: list[str] | None = None):
-    return materialize(
-        [defs.get_assets_def(k) for k in ALL],
-        resources=defs.resources,
-        run_config={"ops": {k: {"config": v} for k, v in (ops or {}).items()}},
-        instance=instance,
-        selection=selection,
-        raise_on_error=False,
-    )
+    return materialize_assets(defs, instance, ALL, ops, selection)
 
 
-def _metadata(result, key: str) -> dict:
-    [event] = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key]
-    return {k: v.value for k, v in event.materialization.metadata.items()}
-
-
-def _failure(result, step: str) -> str:
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE" and e.step_key == step]
-    assert failures, f"{step} did not fail"
-    data = failures[0].step_failure_data
-    user = data.user_failure_data
-    return "\n".join(filter(None, [data.error.message if data.error else "", user.description if user else ""]))
+_metadata = latest_metadata
+_failure = step_failure_text
 
 
 @pytest.fixture

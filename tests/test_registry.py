@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from dagster import AssetMaterialization, DagsterInstance, materialize
+from dagster import AssetMaterialization, DagsterInstance
+from helpers import latest_metadata, materialize_assets, step_failure_text
 
 from mlops_dagster import build_definitions
 from mlops_dagster.settings import Settings
@@ -12,19 +13,10 @@ GRAPH = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", 
 
 
 def _run(defs, instance, ops=None, selection=None):
-    return materialize(
-        [defs.get_assets_def(k) for k in GRAPH],
-        resources=defs.resources,
-        run_config={"ops": {k: {"config": v} for k, v in (ops or {}).items()}},
-        instance=instance,
-        selection=selection,
-        raise_on_error=False,
-    )
+    return materialize_assets(defs, instance, GRAPH, ops, selection)
 
 
-def _materialized(result, key):
-    events = [m for m in result.get_asset_materialization_events() if m.asset_key.to_user_string() == key]
-    return {k: v.value for k, v in events[0].materialization.metadata.items()} if events else None
+_materialized = latest_metadata
 
 
 def _check(result, name):
@@ -123,7 +115,4 @@ def test_a_model_stopped_by_the_quality_gate_is_not_registered(defs, instance):
     assert _materialized(result, "registered_model") is None
 
 
-def _failure_text(result) -> str:
-    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    data = failures[0].step_failure_data
-    return (data.user_failure_data.description if data.user_failure_data else "") + (data.error.message if data.error else "")
+_failure_text = step_failure_text
