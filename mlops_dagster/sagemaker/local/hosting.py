@@ -44,7 +44,16 @@ from typing import TYPE_CHECKING, Any
 
 from mlops_dagster.serving import process
 
-from .models import Record, ResourceNotFound, ValidationError, _drop_none, _process_created, _process_matches, utc
+from .models import (
+    Record,
+    RecordT,
+    ResourceNotFound,
+    ValidationError,
+    _drop_none,
+    _process_created,
+    _process_matches,
+    utc,
+)
 
 if TYPE_CHECKING:
     from mlops_dagster.resources.object_store import ObjectStore
@@ -278,6 +287,23 @@ class HostingBackend:
     def arn(self, resource: str, name: str) -> str:
         return self.registry.arn(resource, name)
 
+    def _by_arn(self, table: str, arn: str, record: type[RecordT], what: str) -> RecordT:
+        """The ``record`` of the ``table`` row with this ARN; else SageMaker's ValidationException about ``what``."""
+        with self.db.read() as conn:
+            row = conn.execute(f"SELECT * FROM {table} WHERE arn = ?", (arn,)).fetchone()
+        if row is None:
+            raise ValidationError(f'Could not find {what} "{arn}".')
+        return record.from_row(row)
+
+    def _insert_request(self, table: str, name: str, arn: str, params: dict, *, what: str) -> None:
+        """Record a Create call as a (name, arn, request, created) row of ``table``, the request being its
+        params that are not None; a ValidationException about ``what`` if ``arn`` is already there."""
+        request = {k: v for k, v in params.items() if v is not None}
+        with self.db.write() as conn:
+            if conn.execute(f"SELECT 1 FROM {table} WHERE arn = ?", (arn,)).fetchone():
+                raise ValidationError(f'Cannot create already existing {what} "{arn}".')
+            conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, ?)", (name, arn, json.dumps(request), time.time()))
+
     # models
 
     def create_model(self, params: dict) -> HostedModel:
@@ -285,14 +311,7 @@ class HostingBackend:
         _check_name(name, "ModelName")
         container = _single_container(params)
         self._check_container(container, name)
-        arn = self.arn("model", name)
-        request = {k: v for k, v in params.items() if v is not None}
-        with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM hosting_models WHERE arn = ?", (arn,)).fetchone():
-                raise ValidationError(f'Cannot create already existing model "{arn}".')
-            conn.execute(
-                "INSERT INTO hosting_models VALUES (?, ?, ?, ?)", (name, arn, json.dumps(request), time.time())
-            )
+        self._insert_request("hosting_models", name, self.arn("model", name), params, what="model")
         return self.get_model(name)
 
     def _check_container(self, container: dict, model: str) -> None:
@@ -321,12 +340,7 @@ class HostingBackend:
             raise ValidationError(f"model {model}: {err}") from None
 
     def get_model(self, name: str) -> HostedModel:
-        arn = self.arn("model", name)
-        with self.db.read() as conn:
-            row = conn.execute("SELECT * FROM hosting_models WHERE arn = ?", (arn,)).fetchone()
-        if row is None:
-            raise ValidationError(f'Could not find model "{arn}".')
-        return HostedModel.from_row(row)
+        return self._by_arn("hosting_models", self.arn("model", name), HostedModel, "model")
 
     def delete_model(self, name: str) -> None:
         model = self.get_model(name)  # endpoints that serve it keep serving, as on SageMaker
@@ -353,23 +367,12 @@ class HostingBackend:
         _check_name(variants[0]["VariantName"], "VariantName")
         self.get_model(variants[0]["ModelName"])  # SageMaker also refuses a config of an unknown model
         arn = self.arn("endpoint-config", name)
-        request = {k: v for k, v in params.items() if v is not None}
-        with self.db.write() as conn:
-            if conn.execute("SELECT 1 FROM hosting_endpoint_configs WHERE arn = ?", (arn,)).fetchone():
-                raise ValidationError(f'Cannot create already existing endpoint configuration "{arn}".')
-            conn.execute(
-                "INSERT INTO hosting_endpoint_configs VALUES (?, ?, ?, ?)",
-                (name, arn, json.dumps(request), time.time()),
-            )
+        self._insert_request("hosting_endpoint_configs", name, arn, params, what="endpoint configuration")
         return self.get_endpoint_config(name)
 
     def get_endpoint_config(self, name: str) -> EndpointConfig:
         arn = self.arn("endpoint-config", name)
-        with self.db.read() as conn:
-            row = conn.execute("SELECT * FROM hosting_endpoint_configs WHERE arn = ?", (arn,)).fetchone()
-        if row is None:
-            raise ValidationError(f'Could not find endpoint configuration "{arn}".')
-        return EndpointConfig.from_row(row)
+        return self._by_arn("hosting_endpoint_configs", arn, EndpointConfig, "endpoint configuration")
 
     def delete_endpoint_config(self, name: str) -> None:
         config = self.get_endpoint_config(name)  # an endpoint running it keeps running, as on SageMaker
@@ -465,11 +468,7 @@ class HostingBackend:
         return [self._refresh(e, check_server=True) for e in endpoints]
 
     def _endpoint_by_arn(self, arn: str) -> Endpoint:
-        with self.db.read() as conn:
-            row = conn.execute("SELECT * FROM hosting_endpoints WHERE arn = ?", (arn,)).fetchone()
-        if row is None:
-            raise ValidationError(f'Could not find endpoint "{arn}".')
-        return Endpoint.from_row(row)
+        return self._by_arn("hosting_endpoints", arn, Endpoint, "endpoint")
 
     def serving(self, name: str) -> tuple[Endpoint, process.EndpointRecord]:
         """The InService endpoint and its server record, for InvokeEndpoint. Reads state only: the

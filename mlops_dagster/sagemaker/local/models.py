@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import psutil
 
@@ -161,6 +161,9 @@ class Record:
         for name in cls.JSON_FIELDS:
             values[name] = json.loads(values[name]) if values[name] is not None else None
         return cls(**values)
+
+
+RecordT = TypeVar("RecordT", bound=Record)
 
 
 @dataclass
@@ -604,6 +607,26 @@ class LocalSageMakerBackend:
         # SageMaker lower-cases resource names in its ARNs.
         return f"arn:aws:sagemaker:{self.region}:{self.account_id}:{resource}/{name.lower()}"
 
+    def _by_name_or_arn(
+        self,
+        conn: sqlite3.Connection,
+        name_or_arn: str,
+        *,
+        table: str,
+        resource: str,
+        record: type[RecordT],
+        what: str,
+    ) -> RecordT:
+        """The ``record`` of the ``table`` row named ``name_or_arn`` or with that ARN (a name in any case
+        also finds the ARN built from it, which SageMaker lower-cases); else ResourceNotFound about ``what``."""
+        row = conn.execute(
+            f"SELECT * FROM {table} WHERE name = ? OR arn = ? OR arn = ?",
+            (name_or_arn, name_or_arn, self.arn(resource, name_or_arn or "")),
+        ).fetchone()
+        if row is None:
+            raise ResourceNotFound(f"{what} {name_or_arn!r} does not exist in {self.region}")
+        return record.from_row(row)
+
     # pipelines
 
     def create_pipeline(
@@ -652,13 +675,9 @@ class LocalSageMakerBackend:
             return self._pipeline(conn, name_or_arn)
 
     def _pipeline(self, conn: sqlite3.Connection, name_or_arn: str) -> Pipeline:
-        row = conn.execute(
-            "SELECT * FROM pipelines WHERE name = ? OR arn = ? OR arn = ?",
-            (name_or_arn, name_or_arn, self.arn("pipeline", name_or_arn or "")),
-        ).fetchone()
-        if row is None:
-            raise ResourceNotFound(f"pipeline {name_or_arn!r} does not exist in {self.region}")
-        return Pipeline.from_row(row)
+        return self._by_name_or_arn(
+            conn, name_or_arn, table="pipelines", resource="pipeline", record=Pipeline, what="pipeline"
+        )
 
     def delete_pipeline(self, name: str) -> str:
         pipeline = self.get_pipeline(name)
@@ -934,13 +953,14 @@ class LocalSageMakerBackend:
             return self._group(conn, name_or_arn)
 
     def _group(self, conn: sqlite3.Connection, name_or_arn: str) -> PackageGroup:
-        row = conn.execute(
-            "SELECT * FROM package_groups WHERE name = ? OR arn = ? OR arn = ?",
-            (name_or_arn, name_or_arn, self.arn("model-package-group", name_or_arn or "")),
-        ).fetchone()
-        if row is None:
-            raise ResourceNotFound(f"model package group {name_or_arn!r} does not exist in {self.region}")
-        return PackageGroup.from_row(row)
+        return self._by_name_or_arn(
+            conn,
+            name_or_arn,
+            table="package_groups",
+            resource="model-package-group",
+            record=PackageGroup,
+            what="model package group",
+        )
 
     def list_package_groups(self) -> list[PackageGroup]:
         with self.db.read() as conn:
