@@ -45,7 +45,7 @@ def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
     assert definition["pipeline_arn"] == "arn:aws:sagemaker:us-east-1:000000000000:pipeline/mlops-pipeline"
     assert model["execution_arn"] == _metadata(result, "pipeline_execution")["execution_arn"]
     assert 0 < model["mse"] < 25 and model["r2"] > 0.6
-    assert abs(model["rmse"] ** 2 - model["mse"]) < 1e-6
+    assert model["rmse"] ** 2 == pytest.approx(model["mse"], rel=1e-5)  # metadata rounds to 6 decimals
     assert model["model_data_url"].endswith("/output/model.tar.gz")
     assert "model.joblib" in model["archive_members"]
     # links a person follows from the UI: the local artifact, the job log, the worker log

@@ -137,7 +137,7 @@ def deploy(
             "model_package_arn": package_arn,
             "changed": changed,
             "smoke_test": "passed",
-            "smoke_predictions": MetadataValue.json(predictions),
+            "smoke_predictions": MetadataValue.json([round(p, 4) for p in predictions]),
             "curl": sagemaker.curl_command(name, row),
         },
         data_version=DataVersion(package_arn),

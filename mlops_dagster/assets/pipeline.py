@@ -274,7 +274,7 @@ def trained_model(
         "quality_gate": quality_gate or "passed",
     }
     metadata = {
-        **{m: float(v) for m, v in metrics.items() if v is not None},
+        **{m: round(float(v), 6) for m, v in metrics.items() if v is not None},
         "model_data_url": model_uri,
         "model_sha256": sha,
         "archive_members": MetadataValue.json(members),
@@ -286,11 +286,23 @@ def trained_model(
         "execution_link": sagemaker.console_link("pipeline-execution", arn),
         "model_package_arn": package_arn or "",
         "quality_gate": quality_gate or "passed",
-        "evaluation": MetadataValue.md(f"```json\n{json.dumps(evaluation, indent=2)}\n```"),
+        "evaluation": MetadataValue.md(_evaluation_summary(evaluation, quality_gate)),
     }
     if evaluation.get("feature_importances"):
         metadata["feature_importances"] = _importance_table(evaluation["feature_importances"])
     return Output(value, metadata=metadata, data_version=DataVersion(sha))
+
+
+def _evaluation_summary(evaluation: dict, quality_gate: str | None) -> str:
+    """evaluation.json as a short markdown table (the full file is at evaluation_uri)."""
+    rows = [f"| {name} | {item.get('value'):.4g} |" if isinstance(item.get("value"), (int, float))
+            else f"| {name} | n/a |" for name, item in evaluation.get("regression_metrics", {}).items()]  # fmt: skip
+    held_out = evaluation.get("rows")
+    lines = ["| metric | value |", "|---|---|", *rows, ""]
+    if held_out is not None:
+        lines.append(f"Scored on {held_out} held-out rows by the Evaluate step.")
+    lines.append(f"Quality gate: {quality_gate or 'passed, model registered'}.")
+    return "\n".join(lines)
 
 
 def _quality_gate(execution: dict, steps: list[dict]) -> str | None:

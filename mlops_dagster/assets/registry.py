@@ -142,16 +142,20 @@ def registered_model(
         },
         metadata={
             "model_package_arn": package_arn,
-            "model_package_link": sagemaker.console_link("model-package", package_arn),
             "model_package_version": package.get("ModelPackageVersion") or 0,
             "approval_status": package["ModelApprovalStatus"],
-            **{k: float(v) for k, v in metrics.items() if v is not None},
+            **{k: round(float(v), 6) for k, v in metrics.items() if v is not None},
             **{k: v for k, v in lineage.items() if isinstance(v, str)},
             "dataset_files_sha256": MetadataValue.json(lineage["dataset_files_sha256"]),
+            **_optional("model_package_link", sagemaker.console_link("model-package", package_arn)),
         },
         data_version=DataVersion(package_arn),
     )
     yield _compare_with_prod(context, client, store, package_arn, metrics, config.max_mse_increase)
+
+
+def _optional(label: str, value) -> dict:
+    return {label: value} if value is not None else {}
 
 
 def _compare_with_prod(context, client, store, package_arn: str, metrics: dict, allowed: float) -> AssetCheckResult:

@@ -83,7 +83,7 @@ class LocalSageMaker(SageMaker):
             return MetadataValue.path(str(home / "sagemaker" / "workers" / f"{name.rsplit('/', 1)[-1]}.log"))
         if kind == "endpoint":
             return MetadataValue.url(self.get_client().local_endpoint_url(name).replace("/invocations", "/ping"))
-        return MetadataValue.path(str(home / "sagemaker" / "state.db"))  # the local model registry
+        return None  # the local registry has no page of its own; its state is in sagemaker/state.db
 
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         url = self.get_client().local_endpoint_url(endpoint_name)
