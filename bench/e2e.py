@@ -2,8 +2,9 @@
 
 Each run materializes the whole graph with the Dagster CLI (as `make run` does) from an empty
 $MLOPS_HOME, then reads the local job logs for how long each script process ran. The difference
-is orchestration: Dagster step processes, the SDK building the definition, the local
-SageMaker worker, staging inputs and uploading outputs.
+is orchestration: the Dagster CLI and code location, the SDK building the definition, the
+local SageMaker worker, staging inputs and uploading outputs, registering the model and
+starting the dev endpoint (server start, model load, smoke test).
 
     .venv/bin/python bench/e2e.py [--runs 3] [--source synthetic|PATH]
 """
@@ -34,6 +35,9 @@ def one_run(source: str) -> tuple[float, dict[str, float]]:
             cwd=REPO, env=env, capture_output=True, text=True,
         )  # fmt: skip
         wall = time.perf_counter() - started
+        # The graph leaves the dev endpoint serving: stop it before the home is deleted.
+        subprocess.run([str(dagster), "job", "execute", "-m", "mlops_dagster", "-j", "stop_endpoints"],
+                       cwd=REPO, env=env, capture_output=True, check=True)  # fmt: skip
         if done.returncode != 0:
             sys.exit(f"materialization failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
         scripts: dict[str, float] = {}
