@@ -127,3 +127,29 @@ def step_failure_text(result: ExecuteInProcessResult, step: str | None = None) -
     data = failures[0].step_failure_data
     user = data.user_failure_data
     return "\n".join(filter(None, [data.error.message if data.error else "", user.description if user else ""]))
+
+
+def run_job(defs, instance: DagsterInstance, job: str, run_config: dict | None = None):
+    """Execute a job; ``result.log_text`` holds the messages its ops logged."""
+    result = defs.resolve_job_def(job).execute_in_process(
+        instance=instance, run_config=run_config or {}, raise_on_error=False
+    )
+    result.log_text = "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
+    return result
+
+
+def failures_text(result) -> str:
+    """Text of every step failure of the run: each Failure's description and error message."""
+    texts = []
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            user = data.user_failure_data
+            texts += [data.error.message if data.error else "", user.description if user else ""]
+    return "\n".join(texts)
+
+
+def op_output_metadata(result, op: str) -> dict:
+    """Metadata values of an op's (single) output."""
+    [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == op]
+    return {k: v.value for k, v in event.event_specific_data.metadata.items()}

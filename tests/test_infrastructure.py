@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 from dagster import DagsterInstance, materialize
+from helpers import failures_text, op_output_metadata, run_job
 
 from mlops_dagster import build_definitions
 from mlops_dagster.infrastructure import read_code_commit
@@ -40,28 +41,9 @@ def instance():
         yield inst
 
 
-def run(defs, instance, job: str, run_config: dict | None = None):
-    """Execute a job; ``result.log_text`` holds the messages its ops logged."""
-    result = defs.resolve_job_def(job).execute_in_process(
-        instance=instance, run_config=run_config or {}, raise_on_error=False
-    )
-    result.log_text = "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
-    return result
-
-
-def failure(result) -> str:
-    texts = []
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            data = event.step_failure_data
-            user = data.user_failure_data
-            texts += [data.error.message if data.error else "", user.description if user else ""]
-    return "\n".join(texts)
-
-
-def meta(result, op: str) -> dict:
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == op]
-    return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+run = run_job
+failure = failures_text
+meta = op_output_metadata
 
 
 def git(repo: Path, *args: str) -> str:

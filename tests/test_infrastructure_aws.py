@@ -20,6 +20,7 @@ from aws_helpers import InjectedErrors, block_remote_sockets, on_new_sessions
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from dagster import DagsterInstance
+from helpers import failures_text, op_output_metadata, run_job
 from moto import mock_aws
 
 from mlops_dagster import build_definitions
@@ -155,29 +156,12 @@ def defs(mlops_home: Path, commits):
 
 
 def run(defs, job: str, run_config: dict | None = None):
-    """Execute a job; ``result.log_text`` holds the messages its ops logged."""
     with DagsterInstance.ephemeral() as instance:
-        result = defs.resolve_job_def(job).execute_in_process(
-            instance=instance, run_config=run_config or {}, raise_on_error=False
-        )
-        result.log_text = "\n".join(entry.user_message for entry in instance.all_logs(result.run_id))
-    return result
+        return run_job(defs, instance, job, run_config)
 
 
-def failure(result) -> str:
-    """Text of the run's step failures: the Failure's description and the error message."""
-    texts = []
-    for event in result.all_events:
-        if event.event_type_value == "STEP_FAILURE":
-            data = event.step_failure_data
-            user = data.user_failure_data
-            texts += [data.error.message if data.error else "", user.description if user else ""]
-    return "\n".join(texts)
-
-
-def meta(result, op: str) -> dict:
-    [event] = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT" and e.step_key == op]
-    return {k: v.value for k, v in event.event_specific_data.metadata.items()}
+failure = failures_text
+meta = op_output_metadata
 
 
 def s3():
