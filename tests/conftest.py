@@ -41,3 +41,20 @@ def boston_csv() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"{SHARED_DATA} is not present (../shared/data is only on project machines)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def defs(settings):
+    """The code location's Definitions on the local backend in this test's $MLOPS_HOME."""
+    from mlops_dagster import build_definitions
+
+    return build_definitions(settings)
+
+
+@pytest.fixture
+def instance():
+    """An ephemeral Dagster instance (run and event storage in memory)."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.ephemeral() as inst:
+        yield inst

@@ -169,11 +169,6 @@ def test_row_count_drop_warns_without_blocking():
 # --- end to end through Dagster ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def defs(settings):
-    return build_definitions(settings)
-
-
 def read_csv_object(home: Path, uri: str) -> pd.DataFrame:
     assert uri.startswith("s3://")
     return pd.read_csv(home / "s3" / uri[len("s3://") :])

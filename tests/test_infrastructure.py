@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
-from dagster import DagsterInstance, materialize
+from dagster import materialize
 from helpers import failures_text, op_output_metadata, run_job
 
-from mlops_dagster import build_definitions
 from mlops_dagster.infrastructure import read_code_commit
 from mlops_dagster.resources.infrastructure import (
     LOCAL_ROLE_ARN,
@@ -28,17 +27,6 @@ from mlops_dagster.sagemaker.training_code import TRAINING_DIR
 
 BUCKET = "mlops-local"
 CONFIRM = {"ops": {"confirm_teardown": {"config": {"confirm_bucket": BUCKET}}}}
-
-
-@pytest.fixture
-def defs(settings):
-    return build_definitions(settings)
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 run = run_job

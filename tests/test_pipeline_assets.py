@@ -6,12 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance
 from helpers import latest_metadata, materialize_assets, step_failure_text
 
-from mlops_dagster import build_definitions
 from mlops_dagster.sagemaker.training_code import TRAINING_DIR
-from mlops_dagster.settings import Settings
 
 ALL = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model"]
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -23,17 +20,6 @@ def _run(defs, instance, ops: dict | None = None, selection: list[str] | None = 
 
 _metadata = latest_metadata
 _failure = step_failure_text
-
-
-@pytest.fixture
-def defs(settings: Settings):
-    return build_definitions(settings)
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):

@@ -3,11 +3,8 @@
 import json
 
 import pytest
-from dagster import AssetMaterialization, DagsterInstance
+from dagster import AssetMaterialization
 from helpers import latest_metadata, materialize_assets, step_failure_text
-
-from mlops_dagster import build_definitions
-from mlops_dagster.settings import Settings
 
 GRAPH = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model", "registered_model"]
 
@@ -32,17 +29,6 @@ def _approve(defs, instance, **config):
     return job.execute_in_process(
         run_config={"ops": {"approve_model_package": {"config": config}}}, instance=instance, raise_on_error=False
     )
-
-
-@pytest.fixture
-def defs(settings: Settings):
-    return build_definitions(settings)
-
-
-@pytest.fixture
-def instance():
-    with DagsterInstance.ephemeral() as inst:
-        yield inst
 
 
 def test_registered_model_lineage_approval_and_prod_gate(defs, instance, mlops_home):
