@@ -49,6 +49,11 @@ def world(settings: Settings):
         # Never leave a server running: the same job `make endpoint-stop` runs.
         stopped = defs.resolve_job_def("stop_endpoints").execute_in_process(instance=instance)
         assert stopped.success
+        observed = {
+            e.event_specific_data.asset_observation.asset_key.to_user_string()
+            for e in stopped.all_events if e.event_type_value == "ASSET_OBSERVATION"
+        }  # fmt: skip
+        assert observed == {"dev_endpoint", "staging_endpoint", "prod_endpoint"}
 
 
 def test_dev_staging_prod_with_gates_rollback_and_restart(world, mlops_home):

@@ -278,6 +278,10 @@ def delete_endpoints(context: OpExecutionContext, settings: Settings, sagemaker:
             raise
         deleted.append(name)
         context.log.info(f"{name}: deleted")
+        # On the endpoint asset's page, so its last curl is not mistaken for a live endpoint.
+        context.log_event(
+            AssetObservation(asset_key=f"{env}_endpoint", metadata={"status": "deleted by stop_endpoints"})
+        )
     return deleted
 
 
