@@ -58,3 +58,20 @@ def instance():
 
     with DagsterInstance.ephemeral() as inst:
         yield inst
+
+
+@pytest.fixture
+def local_only(monkeypatch):
+    """Refuse (and record) every connection or DNS lookup that is not loopback."""
+    from aws_helpers import block_remote_sockets
+
+    return block_remote_sockets(monkeypatch)
+
+
+@pytest.fixture
+def aws():
+    """moto's in-process AWS for the test's duration."""
+    from moto import mock_aws
+
+    with mock_aws():
+        yield

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from aws_helpers import STEP_APIS, Expressions, all_steps, block_remote_sockets, sagemaker_model, step_request
+from aws_helpers import STEP_APIS, Expressions, all_steps, sagemaker_model, step_request
 from botocore.config import Config
 from botocore.exceptions import ProfileNotFound
 from botocore.validate import ParamValidator
@@ -28,15 +28,7 @@ ROLE = "arn:aws:iam::123456789012:role/mlops-test-role"
 ENDPOINT = "http://127.0.0.1:9"  # never listened on: requests are stopped before they are sent
 
 
-@pytest.fixture(autouse=True)
-def local_only(monkeypatch):
-    return block_remote_sockets(monkeypatch)
-
-
-@pytest.fixture
-def aws():
-    with mock_aws():
-        yield
+pytestmark = pytest.mark.usefixtures("local_only")
 
 
 @pytest.fixture

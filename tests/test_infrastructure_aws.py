@@ -16,7 +16,7 @@ from typing import Any
 
 import boto3
 import pytest
-from aws_helpers import InjectedErrors, block_remote_sockets, on_new_sessions
+from aws_helpers import InjectedErrors, on_new_sessions
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from dagster import DagsterInstance
@@ -127,15 +127,7 @@ class CallLog:
         return [op for op in self.operations if op.split(":")[1].startswith(verbs)]
 
 
-@pytest.fixture(autouse=True)
-def local_only(monkeypatch):
-    return block_remote_sockets(monkeypatch)
-
-
-@pytest.fixture
-def aws():
-    with mock_aws():
-        yield
+pytestmark = pytest.mark.usefixtures("local_only")
 
 
 @pytest.fixture
