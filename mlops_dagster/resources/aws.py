@@ -20,7 +20,16 @@ from dagster import ConfigurableResource, MetadataValue
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, field_validator
 
-from .object_store import ObjectInfo, ObjectNotFound, ObjectStore, ObjectStoreError, sha256_file, split_uri
+from .object_store import (
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreError,
+    key_prefix,
+    object_key,
+    sha256_file,
+    split_uri,
+)
 from .sagemaker import SageMaker
 
 RETRY_MODES = ("standard", "adaptive")
@@ -123,7 +132,7 @@ class S3ObjectStore(ObjectStore):
         )
 
     def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
-        bucket, key = split_uri(uri)
+        bucket, key = object_key(uri)  # the local store's key rules: both fail alike
         digest = sha256_file(path)
         client = self._client()
         try:
@@ -137,7 +146,7 @@ class S3ObjectStore(ObjectStore):
         return ObjectInfo(uri=uri, size=head["ContentLength"], sha256=digest, version_id=head.get("VersionId"))
 
     def download(self, uri: str, path: str | os.PathLike) -> Path:
-        bucket, key = split_uri(uri)
+        bucket, key = object_key(uri)  # the local store's key rules: both fail alike
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -154,7 +163,7 @@ class S3ObjectStore(ObjectStore):
         return dest
 
     def head(self, uri: str) -> ObjectInfo | None:
-        bucket, key = split_uri(uri)
+        bucket, key = object_key(uri)  # the local store's key rules: both fail alike
         try:
             head = self._client().head_object(Bucket=bucket, Key=key)
         except ClientError as err:
@@ -176,7 +185,7 @@ class S3ObjectStore(ObjectStore):
         return MetadataValue.url(f"https://s3.console.aws.amazon.com/s3/object/{bucket}?region={region}&prefix={key}")
 
     def list(self, uri_prefix: str) -> list[str]:
-        bucket, prefix = split_uri(uri_prefix)
+        bucket, prefix = key_prefix(uri_prefix)
         paginator = self._client().get_paginator("list_objects_v2")
         try:
             return sorted(

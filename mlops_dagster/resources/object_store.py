@@ -23,6 +23,10 @@ class ObjectNotFound(ObjectStoreError, FileNotFoundError):
     """No object at the URI."""
 
 
+class InvalidKey(ObjectStoreError, ValueError):
+    """The URI cannot name an object (or a key prefix) on both backends; the message says why."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     uri: str
@@ -39,6 +43,46 @@ def split_uri(uri: str) -> tuple[str, str]:
     if not bucket:
         raise ValueError(f"s3 URI has no bucket: {uri!r}")
     return bucket, key
+
+
+def _check_bucket(uri: str, bucket: str) -> None:
+    # split_uri leaves no '/' in the bucket, but '.' or '..' would still step out of the local root.
+    if bucket in (".", ".."):
+        raise InvalidKey(f"{uri}: {bucket!r} is not a bucket name")
+
+
+def _check_segments(uri: str, key: str, segments: list[str]) -> None:
+    """Refuse keys that S3 would keep apart but one directory tree cannot (the same rule on both
+    backends, so code that works locally works on S3 and fails the same way on both)."""
+    if "" in segments:
+        raise InvalidKey(
+            f"{uri}: the key {key!r} has an empty segment (a leading '/' or '//'); S3 would store "
+            "'a//b' and 'a/b' as two objects but the local store as one, so neither backend accepts it: "
+            "remove the extra '/'"
+        )
+    if any(part in (".", "..") for part in segments):
+        raise InvalidKey(
+            f"{uri}: the key {key!r} has a '.' or '..' segment, which the local store would resolve "
+            "to another folder (S3 would not), so neither backend accepts it: spell the key out"
+        )
+
+
+def object_key(uri: str) -> tuple[str, str]:
+    """``split_uri`` for a URI that names one object; raises InvalidKey (a ValueError) naming it."""
+    bucket, key = split_uri(uri)
+    _check_bucket(uri, bucket)
+    if not key or key.endswith("/"):
+        raise InvalidKey(f"{uri} names no object: the key is empty or ends with '/' (a folder)")
+    _check_segments(uri, key, key.split("/"))
+    return bucket, key
+
+
+def key_prefix(uri_prefix: str) -> tuple[str, str]:
+    """``split_uri`` for a listing prefix: its last segment may be empty or part of a name."""
+    bucket, prefix = split_uri(uri_prefix)
+    _check_bucket(uri_prefix, bucket)
+    _check_segments(uri_prefix, prefix, prefix.split("/")[:-1])
+    return bucket, prefix
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -90,31 +134,48 @@ class LocalObjectStore(ObjectStore):
     """Objects as files under ``<root>/<bucket>/<key>``.
 
     Writes go to a temporary file in the target's directory and are renamed into place, so a
-    reader never sees half an object and a failed write leaves nothing behind.
+    reader never sees half an object and a failed write leaves nothing behind. A symbolic link
+    is followed only while it stays under the root (the root itself may be a link). A key is a
+    file and a prefix is a folder, so unlike S3 a key cannot be both an object and the prefix of
+    another object's key: such a write raises ObjectStoreError naming both keys.
     """
 
     root: str
-
-    def _bucket_dir(self, uri: str, bucket: str) -> Path:
-        # split_uri leaves no '/' in the bucket, but '.' or '..' would still step out of the root.
-        if bucket in (".", ".."):
-            raise ValueError(f"not a bucket name: {bucket!r} in {uri!r}")
-        return Path(self.root, bucket)
 
     def link(self, uri: str) -> MetadataValue:
         bucket, key = split_uri(uri)
         return MetadataValue.path(str(Path(self.root, bucket, *[p for p in key.split("/") if p])))
 
     def path_for(self, uri: str) -> Path:
-        bucket, key = split_uri(uri)
-        parts = [p for p in key.split("/") if p]
-        if not parts or any(p in (".", "..") for p in parts) or key.endswith("/"):
-            raise ValueError(f"not an object key (empty, a folder, or with '.'/'..' parts): {uri!r}")
-        return self._bucket_dir(uri, bucket).joinpath(*parts)
+        bucket, key = object_key(uri)
+        return Path(self.root, bucket, *key.split("/"))
+
+    def _inside(self, uri: str, path: Path) -> Path:
+        """``path`` with its links resolved, refused if that leaves the root."""
+        root = Path(self.root).resolve()
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            raise ObjectStoreError(
+                f"{uri}: {path} leads through a symbolic link to {resolved}, outside the object store {root}; "
+                "the local store does not follow links out of it: remove the link, or copy the file in"
+            )
+        return resolved
 
     def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
         target = self.path_for(uri)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._inside(uri, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # The folders exist now: write into the resolved one, and replace `target` itself (a
+            # link in the last place is replaced, not written through).
+            target = self._inside(uri, target.parent) / target.name
+            digest = self._write(target, path)
+        except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
+            raise self._key_conflict(uri, exc) from exc
+        return ObjectInfo(uri=uri, size=target.stat().st_size, sha256=digest)
+
+    @staticmethod
+    def _write(target: Path, path: str | os.PathLike) -> str:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
         digest = hashlib.sha256()
         try:
@@ -128,12 +189,34 @@ class LocalObjectStore(ObjectStore):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return ObjectInfo(uri=uri, size=target.stat().st_size, sha256=digest.hexdigest())
+        return digest.hexdigest()
+
+    def _key_conflict(self, uri: str, exc: OSError) -> OSError | ObjectStoreError:
+        """The ObjectStoreError for a write that met a file where a folder goes, or the reverse."""
+        bucket, key = object_key(uri)
+        parts = key.split("/")
+        base = Path(self.root, bucket)
+        rule = (
+            "locally a key cannot be both an object and the prefix of another object's key (S3 allows "
+            "it; the local store keeps an object as a file and a prefix as a folder)"
+        )
+        for depth in range(1, len(parts)):
+            if base.joinpath(*parts[:depth]).is_file():
+                other = f"s3://{bucket}/{'/'.join(parts[:depth])}"
+                return ObjectStoreError(f"cannot write {uri}: {other} is an object, and {rule}: use another key")
+        folder = base.joinpath(*parts)
+        if folder.is_dir():
+            inside = sorted(p.relative_to(base).as_posix() for p in folder.rglob("*") if p.is_file())
+            example = f"s3://{bucket}/{inside[0]}" if inside else f"no object, only the empty folder {folder}"
+            return ObjectStoreError(
+                f"cannot write {uri}: it is the prefix of other objects ({example}), and {rule}: use another key"
+            )
+        return exc  # neither: not a key conflict, the original error stands
 
     def download(self, uri: str, path: str | os.PathLike) -> Path:
-        source = self.path_for(uri)
+        source = self._inside(uri, self.path_for(uri))
         if not source.is_file():
-            raise ObjectNotFound(f"no object at {uri} (looked for {source})")
+            raise ObjectNotFound(f"no object at {uri} (looked for {self.path_for(uri)})")
         dest = Path(path)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
@@ -148,26 +231,29 @@ class LocalObjectStore(ObjectStore):
         return dest
 
     def head(self, uri: str) -> ObjectInfo | None:
-        source = self.path_for(uri)
+        source = self._inside(uri, self.path_for(uri))
         if not source.is_file():
             return None
         return ObjectInfo(uri=uri, size=source.stat().st_size, sha256=sha256_file(source))
 
     def list(self, uri_prefix: str) -> list[str]:
-        bucket, key_prefix = split_uri(uri_prefix)
-        base = self._bucket_dir(uri_prefix, bucket)
-        if any(p in (".", "..") for p in key_prefix.split("/")[:-1]):
-            raise ValueError(f"not a key prefix (with '.'/'..' parts): {uri_prefix!r}")
-        if not base.is_dir():
+        bucket, prefix = key_prefix(uri_prefix)
+        base = Path(self.root, bucket)
+        # Walk only the deepest folder the prefix names, then filter by the full prefix.
+        start = base.joinpath(*prefix.split("/")[:-1])
+        if not start.is_dir():
             return []
-        # Walk only the deepest directory the prefix names, then filter by the full prefix.
-        start = base.joinpath(*key_prefix.split("/")[:-1]) if "/" in key_prefix else base
+        self._inside(uri_prefix, start)
         uris = []
+        # os.walk does not descend into linked folders; linked files are checked one by one.
         for dirpath, _dirs, files in os.walk(start):
             for name in files:
                 if name.startswith(".") and name.endswith(".part"):
                     continue
-                key = Path(dirpath, name).relative_to(base).as_posix()
-                if key.startswith(key_prefix):
+                path = Path(dirpath, name)
+                key = path.relative_to(base).as_posix()
+                if key.startswith(prefix):
+                    if path.is_symlink():
+                        self._inside(f"s3://{bucket}/{key}", path)
                     uris.append(f"s3://{bucket}/{key}")
         return sorted(uris)
