@@ -9,6 +9,8 @@ idempotency, the model registry) and detects executions whose worker died.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -17,21 +19,27 @@ import signal
 import sqlite3
 import string
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import psutil
 
 from .interpreter import DefinitionError, ExpressionError, Plan, parameter_string, resolve_parameters
 
+if TYPE_CHECKING:
+    from mlops_dagster.resources.object_store import ObjectStore
+
 HEARTBEAT_SECONDS = 2.0
-# A worker whose heartbeat is older than this is hung (or gone) even if its pid still exists.
+# A worker whose heartbeat is older than this is hung (or gone) even if its pid still exists; also
+# the grace an execution whose worker pid was never recorded gets before it is reaped.
 STALE_AFTER_SECONDS = 60.0
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 BUSY_TIMEOUT_SECONDS = 30.0
 
 ACTIVE_EXECUTION = ("Executing", "Stopping")
@@ -42,6 +50,9 @@ APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 PIPELINE_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
 PACKAGE_GROUP_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+# CustomerMetadataProperties key of a package's artifact hash: hosting refuses to unpickle without it.
+SHA256_PROPERTY = "mlops:model_sha256"
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # CreateModelPackage fields kept as given and returned by DescribeModelPackage.
 PACKAGE_FIELDS = (
@@ -231,6 +242,7 @@ class Execution(Record):
     worker_created: float | None
     heartbeat: float
     heartbeat_clock: float
+    heartbeat_boot: str | None  # boot_id() when heartbeat_clock was read (None: a row from before it was kept)
 
     def describe(self) -> dict:
         return _drop_none(
@@ -479,7 +491,8 @@ CREATE TABLE IF NOT EXISTS executions (
     display_name TEXT NOT NULL, description TEXT, status TEXT NOT NULL, failure_reason TEXT,
     parameters TEXT NOT NULL, definition TEXT NOT NULL, client_token TEXT,
     created REAL NOT NULL, modified REAL NOT NULL,
-    worker_pid INTEGER, worker_created REAL, heartbeat REAL NOT NULL, heartbeat_clock REAL NOT NULL
+    worker_pid INTEGER, worker_created REAL, heartbeat REAL NOT NULL, heartbeat_clock REAL NOT NULL,
+    heartbeat_boot TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_pipeline ON executions (pipeline_name, created);
 CREATE UNIQUE INDEX IF NOT EXISTS executions_by_token ON executions (pipeline_name, client_token);
@@ -559,10 +572,19 @@ class StateDB:
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
-    """Bring a state.db from an earlier version of this module up to SCHEMA."""
-    columns = {row["name"] for row in conn.execute("PRAGMA table_info(executions)")}
-    if "heartbeat_clock" not in columns:
-        conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_clock REAL NOT NULL DEFAULT 0")
+    """Bring a state.db from an earlier version of this module up to SCHEMA (in one write transaction,
+    so two processes opening an old file at once do not both add a column)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {row["name"] for row in conn.execute("PRAGMA table_info(executions)")}
+        if "heartbeat_clock" not in columns:
+            conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_clock REAL NOT NULL DEFAULT 0")
+        if "heartbeat_boot" not in columns:
+            conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_boot TEXT")  # NULL: boot unknown
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -656,7 +678,6 @@ class LocalSageMakerBackend:
     ) -> Pipeline:
         if definition is not None:
             _parse_definition(definition, name)
-        current = self.get_pipeline(name)
         changes = {
             "definition": definition,
             "role_arn": role_arn,
@@ -664,6 +685,7 @@ class LocalSageMakerBackend:
             "description": description,
         }
         with self.db.write() as conn:
+            current = self._pipeline(conn, name)
             for column, value in changes.items():
                 if value is not None:
                     conn.execute(f"UPDATE pipelines SET {column} = ? WHERE arn = ?", (value, current.arn))
@@ -754,8 +776,8 @@ class LocalSageMakerBackend:
             arn = f"{pipeline.arn}/execution/{execution_id}"
             conn.execute(
                 "INSERT INTO executions (arn, id, pipeline_name, pipeline_arn, display_name, description, status,"
-                " parameters, definition, client_token, created, modified, heartbeat, heartbeat_clock)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'Executing', ?, ?, ?, ?, ?, ?, ?)",
+                " parameters, definition, client_token, created, modified, heartbeat, heartbeat_clock, heartbeat_boot)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'Executing', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     arn,
                     execution_id,
@@ -770,6 +792,7 @@ class LocalSageMakerBackend:
                     now,
                     now,
                     time.monotonic(),
+                    boot_id(),
                 ),
             )
             conn.execute("UPDATE pipelines SET last_run = ? WHERE arn = ?", (now, pipeline.arn))
@@ -831,8 +854,9 @@ class LocalSageMakerBackend:
         """Refresh the worker's heartbeat; returns the execution status (Stopping asks it to stop)."""
         with self.db.write() as conn:
             conn.execute(
-                "UPDATE executions SET heartbeat = ?, heartbeat_clock = ? WHERE arn = ? AND status IN (?, ?)",
-                (time.time(), time.monotonic(), arn, *ACTIVE_EXECUTION),
+                "UPDATE executions SET heartbeat = ?, heartbeat_clock = ?, heartbeat_boot = ?"
+                " WHERE arn = ? AND status IN (?, ?)",
+                (time.time(), time.monotonic(), boot_id(), arn, *ACTIVE_EXECUTION),
             )
             return self._execution(conn, arn).status
 
@@ -983,12 +1007,20 @@ class LocalSageMakerBackend:
         approval_status: str | None,
         description: str | None,
         create_group: bool = False,
+        artifact_store: ObjectStore | None = None,
     ) -> Package:
-        """A new version in the group; ``create_group`` makes the group if missing (RegisterModel)."""
+        """A new version in the group; ``create_group`` makes the group if missing (RegisterModel).
+
+        With ``artifact_store`` (the RegisterModel step), the sha256 of the artifact it registers is
+        read from that store and recorded as CustomerMetadataProperties ``mlops:model_sha256``, so
+        every package a pipeline registers can be deployed: hosting refuses artifacts without one.
+        """
         approval_status = approval_status or "PendingManualApproval"
         _check_approval(approval_status)
-        now = time.time()
         body = {k: fields_[k] for k in PACKAGE_FIELDS if fields_.get(k) is not None}
+        if artifact_store is not None:
+            body = _with_artifact_sha256(body, artifact_store)  # before the transaction: it reads the file
+        now = time.time()
         with self.db.write() as conn:
             try:
                 group = self._group(conn, group_name)
@@ -1009,7 +1041,10 @@ class LocalSageMakerBackend:
 
     def get_package(self, arn: str) -> Package:
         with self.db.read() as conn:
-            row = conn.execute("SELECT * FROM packages WHERE arn = ?", (arn,)).fetchone()
+            return self._package(conn, arn)
+
+    def _package(self, conn: sqlite3.Connection, arn: str) -> Package:
+        row = conn.execute("SELECT * FROM packages WHERE arn = ?", (arn,)).fetchone()
         if row is None:
             raise ResourceNotFound(
                 f"model package {arn!r} does not exist in {self.region} (versioned packages are addressed by their ARN)"
@@ -1028,25 +1063,28 @@ class LocalSageMakerBackend:
         customer_metadata: dict | None = None,
         remove_metadata: list[str] | None = None,
     ) -> Package:
-        package = self.get_package(arn)
+        """Read, change and write the package in one write transaction: two updates at once (an approval
+        and the hash recording, say) both persist, neither writes back a body read before the other."""
         if approval_status is not None:
             _check_approval(approval_status)
-        body = dict(package.body)
-        if customer_metadata or remove_metadata:
-            merged = {**body.get("CustomerMetadataProperties", {}), **(customer_metadata or {})}
-            body["CustomerMetadataProperties"] = {k: v for k, v in merged.items() if k not in (remove_metadata or [])}
         with self.db.write() as conn:
+            package = self._package(conn, arn)
+            body = dict(package.body)
+            if customer_metadata or remove_metadata:
+                merged = {**body.get("CustomerMetadataProperties", {}), **(customer_metadata or {})}
+                body["CustomerMetadataProperties"] = {
+                    k: v for k, v in merged.items() if k not in (remove_metadata or [])
+                }
             conn.execute(
                 "UPDATE packages SET approval_status = COALESCE(?, approval_status),"
                 " approval_description = COALESCE(?, approval_description), body = ?, modified = ? WHERE arn = ?",
-                (approval_status, approval_description, json.dumps(body), time.time(), arn),
+                (approval_status, approval_description, json.dumps(body), time.time(), package.arn),
             )
         return self.get_package(arn)
 
     def delete_package(self, arn: str) -> None:
-        package = self.get_package(arn)
         with self.db.write() as conn:
-            conn.execute("DELETE FROM packages WHERE arn = ?", (package.arn,))
+            conn.execute("DELETE FROM packages WHERE arn = ?", (self._package(conn, arn).arn,))
 
     # dead workers
 
@@ -1066,26 +1104,41 @@ class LocalSageMakerBackend:
                 self._fail_dead_execution(execution, reason)
 
     def _dead_worker_reason(self, execution: Execution) -> str | None:
-        # Staleness on the system-wide monotonic clock, which stands still while a laptop sleeps:
-        # a worker is not "hung" for the time the machine was suspended.
-        stale = time.monotonic() - execution.heartbeat_clock > self.stale_after_seconds
-        pid = execution.worker_pid
+        """Why the execution's worker is dead or hung, or None while it may be alive.
+
+        Staleness is measured on the system-wide monotonic clock, which stands still while a laptop
+        sleeps: a worker is not "hung" for the time the machine was suspended. That clock restarts at
+        boot, so its readings are only compared within one boot (``heartbeat_boot``); a heartbeat
+        from an earlier boot means the worker died with the machine, whatever its pid says now (pids
+        are reused after a reboot). The trade-off is where no boot id can be read (not Linux): the
+        boot is then named by psutil's boot time, which moves if the wall clock is stepped; so a
+        worker whose pid and start time still match is never declared dead by its boot alone, only
+        by a wall-clock heartbeat older than the threshold (where sleep does count).
+        """
+        pid, since = execution.worker_pid, f"no heartbeat since {iso(execution.heartbeat)}"
+        same_boot = _same_boot(execution)
+        if pid is not None and not _process_matches(pid, execution.worker_created):
+            return f"local worker process {pid} died {self._current_step_text(execution.arn)} ({since})"
+        if not same_boot and (pid is None or execution.worker_created is None):
+            who = f"local worker process {pid}" if pid is not None else f"the local worker of {execution.arn}"
+            return (
+                f"{who} did not survive a restart of this machine ({since}, from an earlier boot); "
+                "start a new execution"
+            )
+        idle = time.monotonic() - execution.heartbeat_clock if same_boot else time.time() - execution.heartbeat
+        if idle <= self.stale_after_seconds:
+            return None
         if pid is None:
-            # The launcher records the pid right after the process starts; give it the same grace.
+            # The launcher records the pid right after the process starts: after this grace, with no
+            # heartbeat either, the launch was cut short (the launching process died in between).
             return (
-                f"the local worker of {execution.arn} never started (no heartbeat since {iso(execution.heartbeat)})"
-                if stale
-                else None
+                f"the local worker of {execution.arn} never started: no worker pid was recorded and {since} "
+                f"(over {self.stale_after_seconds:g} s)"
             )
-        where = self._current_step_text(execution.arn)
-        if not _process_matches(pid, execution.worker_created):
-            return f"local worker process {pid} died {where} (no heartbeat since {iso(execution.heartbeat)})"
-        if stale:
-            return (
-                f"local worker process {pid} hung {where} (no heartbeat since {iso(execution.heartbeat)}, "
-                f"over {self.stale_after_seconds:g} s) and was killed"
-            )
-        return None
+        return (
+            f"local worker process {pid} hung {self._current_step_text(execution.arn)} ({since}, "
+            f"over {self.stale_after_seconds:g} s) and was killed"
+        )
 
     def _current_step_text(self, arn: str) -> str:
         with self.db.read() as conn:
@@ -1103,8 +1156,9 @@ class LocalSageMakerBackend:
         now = time.time()
         with self.db.write() as conn:
             current = self._execution(conn, execution.arn)
-            if current.status not in ACTIVE_EXECUTION or current.heartbeat != execution.heartbeat:
-                return  # it ended or beat meanwhile: not dead after all
+            seen = (execution.heartbeat, execution.worker_pid)
+            if current.status not in ACTIVE_EXECUTION or (current.heartbeat, current.worker_pid) != seen:
+                return  # it ended, beat or got its pid recorded meanwhile: not dead after all
             conn.execute(
                 "UPDATE executions SET status = 'Failed', failure_reason = ?, modified = ? WHERE arn = ?",
                 (reason, now, execution.arn),
@@ -1134,9 +1188,71 @@ def _parse_definition(definition: str, name: str) -> Plan:
         raise ValidationError(f"pipeline {name}: {err}") from err
 
 
+def artifact_sha256(store: ObjectStore, uri: str) -> str:
+    """sha256 of the object at ``uri`` (the store's own digest when its ``head`` has one, else downloaded
+    to a private temporary folder and hashed in blocks)."""
+    try:
+        info = store.head(uri)
+        if info is None:
+            raise ValidationError(f"the model artifact {uri} does not exist")
+        if info.sha256:
+            return info.sha256.lower()
+        with tempfile.TemporaryDirectory(prefix="mlops-artifact-") as scratch:
+            digest = hashlib.sha256()
+            with open(store.download(uri, Path(scratch) / "model.tar.gz"), "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+            return digest.hexdigest()
+    except (ValueError, OSError, RuntimeError) as err:  # RuntimeError: the store's ObjectStoreError
+        raise ValidationError(f"cannot read the model artifact {uri}: {err}") from None
+
+
+def _with_artifact_sha256(body: dict, store: ObjectStore) -> dict:
+    """``body`` with the sha256 of InferenceSpecification.Containers[0].ModelDataUrl recorded as
+    ``mlops:model_sha256``; a different hash given by the caller is an error naming both."""
+    containers = (body.get("InferenceSpecification") or {}).get("Containers") or []
+    if not containers or not containers[0].get("ModelDataUrl"):
+        raise ValidationError(
+            "RegisterModel needs InferenceSpecification.Containers[0].ModelDataUrl: the local registry records "
+            "the sha256 of the artifact it registers"
+        )
+    if any(c.get("ModelDataUrl") for c in containers[1:]):
+        raise ValidationError("the local registry records one artifact hash per package: give one container")
+    url = containers[0]["ModelDataUrl"]
+    sha256 = artifact_sha256(store, url)
+    metadata = dict(body.get("CustomerMetadataProperties") or {})
+    given = metadata.get(SHA256_PROPERTY)
+    if given is not None and str(given).lower() != sha256:
+        raise ValidationError(
+            f"the model artifact {url} has sha256 {sha256}, but the request records {SHA256_PROPERTY} {given}: "
+            "it changed after training, or the request names the wrong artifact"
+        )
+    metadata[SHA256_PROPERTY] = sha256
+    return {**body, "CustomerMetadataProperties": metadata}
+
+
 def _check_approval(status: str) -> None:
     if status not in APPROVAL_STATUSES:
         raise ValidationError(f"ModelApprovalStatus {status!r} is not one of {', '.join(APPROVAL_STATUSES)}")
+
+
+@functools.cache
+def boot_id() -> str:
+    """This boot of the machine: Linux's random boot_id, else psutil's boot time to the second.
+    (Cached: no process outlives a boot.)"""
+    try:
+        return BOOT_ID_PATH.read_text().strip()
+    except OSError:
+        return f"boot-time-{psutil.boot_time():.0f}"
+
+
+def _same_boot(execution: Execution) -> bool:
+    """True if the execution's last heartbeat_clock reading was taken in this boot. A row from before
+    boot ids were kept (NULL) counts as this boot unless its clock is ahead of ours, which only a
+    monotonic clock from an earlier boot can be."""
+    if execution.heartbeat_boot is not None and execution.heartbeat_boot != boot_id():
+        return False
+    return execution.heartbeat_clock <= time.monotonic()
 
 
 def _process_created(pid: int) -> float | None:

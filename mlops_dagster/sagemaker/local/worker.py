@@ -306,6 +306,7 @@ class ExecutionRunner:
                 args.get("ModelApprovalStatus"),
                 args.get("ModelPackageDescription"),
                 create_group=True,
+                artifact_store=self.store,  # records the artifact's sha256, which hosting requires
             )
         except SageMakerError as err:  # e.g. a bad ModelApprovalStatus: the step fails with the registry's message
             self._fail(step, f"cannot register the model: {err}")
