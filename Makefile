@@ -40,11 +40,15 @@ endpoint-stop: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster job execute -m mlops_dagster -j stop_endpoints
 
 # Approve a registered model version for staging and prod: make approve VERSION=3 [COMMENT="why"]
+# What a user types is data: make neither expands it (`value`, and no export of the raw
+# variables, which would expand `$(shell ...)`) nor pastes it into the recipe's shell line;
+# mlops_dagster.approve reads it from the environment and builds the run config as a dict.
+unexport VERSION COMMENT STATUS
+approve: export APPROVE_VERSION := $(value VERSION)
+approve: export APPROVE_COMMENT := $(value COMMENT)
+approve: export APPROVE_STATUS := $(value STATUS)
 approve: install $(DAGSTER_HOME)/dagster.yaml
-	@test -n "$(VERSION)" || { echo "usage: make approve VERSION=<model package version> [COMMENT=...] [STATUS=Approved|Rejected]"; exit 2; }
-	@printf 'ops:\n  approve_model_package:\n    config: {model_package: "%s", status: "%s", comment: "%s"}\n' \
-	  '$(VERSION)' '$(or $(STATUS),Approved)' '$(COMMENT)' > $(MLOPS_HOME)/approve.yaml
-	$(BIN)/dagster job execute -m mlops_dagster -j approve_model -c $(MLOPS_HOME)/approve.yaml
+	$(BIN)/python -m mlops_dagster.approve
 
 # Deploy the latest Approved model to staging, then (smoke test passed) to prod; no retraining.
 promote: install $(DAGSTER_HOME)/dagster.yaml
