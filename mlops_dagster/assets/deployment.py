@@ -26,6 +26,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from .. import naming
+from ..naming import ENVIRONMENTS
 from ..resources.object_store import ObjectStore
 from ..resources.sagemaker import SageMaker
 from ..settings import Settings
@@ -45,7 +47,7 @@ class EndpointConfig(Config):
 
 
 def endpoint_name(settings: Settings, env: str) -> str:
-    return f"{settings.pipeline_name}-{env}"
+    return naming.endpoint_name(settings.pipeline_name, env)
 
 
 def _not_found(err: ClientError) -> bool:
@@ -145,9 +147,9 @@ def deploy(
 
 
 def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint) -> None:
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    stamp = time.strftime(naming.STAMP_FORMAT, time.gmtime())
     version = package_arn.rsplit("/", 1)[-1]
-    resource_name = f"{name}-v{version}-{stamp}"[:63]
+    resource_name = naming.deployment_name(name, version, stamp)
     client.create_model(
         ModelName=resource_name,
         PrimaryContainer={
@@ -259,9 +261,6 @@ def prod_endpoint(
         return
     rows = smoke_rows(store, registered_model)
     yield deploy(context, "prod", serving, rows, config, settings, sagemaker)
-
-
-ENVIRONMENTS = ("dev", "staging", "prod")
 
 
 @op(description="Delete the dev, staging and prod endpoints (locally: stop their server processes).")
