@@ -2,7 +2,7 @@
 
 Models are tiny random forests on the synthetic Boston data, packed as SageMaker packs a model
 directory (model.joblib and features.json at the archive root), put in the local ObjectStore and
-registered as model packages, with and without the "mlops:model_sha256" the registry asset records.
+registered as model packages, with and without the "mlops:model_sha256" that deployments require.
 Every server a test starts is stopped by the fixture, whatever the test does. Polling loops have
 deadlines; nothing asserts on timings.
 """
@@ -104,7 +104,8 @@ class World:
     a: Artifact
     b: Artifact
     corrupt: Artifact
-    packages: dict[str, str]  # a (sha recorded), b (none recorded), corrupt, mismatch (records a's hash, holds b)
+    # a, b (sha recorded), unrecorded (b's artifact, no sha), corrupt, mismatch (records a's hash, holds b)
+    packages: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,8 @@ def world(tmp_path_factory) -> Iterator[World]:
     sm.create_model_package_group(ModelPackageGroupName=GROUP)
     packages = {
         "a": register(sm, a, a.sha256),
-        "b": register(sm, b, None),
+        "b": register(sm, b, b.sha256),
+        "unrecorded": register(sm, b, None),
         "corrupt": register(sm, corrupt, corrupt.sha256),
         "mismatch": register(sm, b, a.sha256),  # the registry says a's bytes; the URI holds b's
     }
@@ -218,7 +220,7 @@ def test_model_packages_keep_customer_metadata(world):
     assert sm.describe_model_package(ModelPackageName=arn)["CustomerMetadataProperties"] == {
         "mlops:model_sha256": world.a.sha256
     }
-    plain = world.packages["b"]
+    plain = world.packages["unrecorded"]
     assert "CustomerMetadataProperties" not in sm.describe_model_package(ModelPackageName=plain)
     sm.update_model_package(ModelPackageArn=plain, CustomerMetadataProperties={"team": "ml", "x": "1"})
     sm.update_model_package(ModelPackageArn=plain, CustomerMetadataPropertiesToRemove=["x"])
@@ -268,7 +270,7 @@ def test_create_update_roll_back_and_delete(world):
         runtime.invoke_endpoint(EndpointName=name, Body=b"0" * (6 * 1024 * 1024 + 1), ContentType="text/csv")
     assert error(err)[0] == "413"
 
-    # Blue/green to a package without a recorded hash; smoke rows from the container Environment (records).
+    # Blue/green to another package; smoke rows from the container Environment (records).
     smoke = json.dumps(ROWS.head(2).to_dict(orient="records"))
     deployable(sm, "model-b", world.packages["b"], Environment={"MLOPS_SMOKE_ROWS": smoke})
     blue_green = {
@@ -419,6 +421,99 @@ def test_a_deploy_whose_process_died_is_not_left_in_progress(world):
         f"the process (pid {dead_pid}) creating endpoint orphan exited before it finished" in described["FailureReason"]
     )
     sm.delete_endpoint(EndpointName="orphan")
+
+
+# --- nothing is unpickled whose hash is not recorded ------------------------------------------
+
+
+def test_a_package_whose_hash_is_not_recorded_is_refused_and_the_old_model_keeps_serving(world):
+    sm, runtime, home = world.sm, world.runtime, world.home
+    name = "unverified"
+    deployable(sm, "unverified-a", world.packages["a"])
+    sm.create_endpoint(EndpointName=name, EndpointConfigName="unverified-a")
+    try:
+        pid = server_pid(home, name)
+        # A package that recorded its hash when it was created, and has it removed before the deploy.
+        removed = register(sm, world.b, world.b.sha256)
+        deployable(sm, "unverified-removed", removed)
+        deployable(sm, "unverified-never", world.packages["unrecorded"])  # created without one
+        sm.update_model_package(ModelPackageArn=removed, CustomerMetadataPropertiesToRemove=["mlops:model_sha256"])
+        for config, package in (("unverified-removed", removed), ("unverified-never", world.packages["unrecorded"])):
+            sm.update_endpoint(EndpointName=name, EndpointConfigName=config)
+            described = sm.describe_endpoint(EndpointName=name)
+            assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "unverified-a")
+            reason = described["FailureReason"]
+            assert reason.startswith(
+                f"update rolled back: model package {package} records no mlops:model_sha256 in its "
+                f"CustomerMetadataProperties, so its artifact {world.b.uri} is not loaded"
+            )
+            assert "UpdateModelPackage(" in reason and "materialize trained_model and registered_model" in reason
+            assert predict_csv(runtime, name) == pytest.approx(world.a.predict(), rel=1e-12)
+            assert server_pid(home, name) == pid
+            assert process.read_endpoint(home, name).sha256 == world.a.sha256
+
+        # Recording the hash is what makes it deployable.
+        sm.update_model_package(
+            ModelPackageArn=removed, CustomerMetadataProperties={"mlops:model_sha256": world.b.sha256}
+        )
+        sm.update_endpoint(EndpointName=name, EndpointConfigName="unverified-removed")
+        assert sm.describe_endpoint(EndpointName=name)["EndpointConfigName"] == "unverified-removed"
+        assert predict_csv(runtime, name) == pytest.approx(world.b.predict(), rel=1e-12)
+    finally:
+        sm.delete_endpoint(EndpointName=name)
+
+    # A new endpoint of an unrecorded package fails, and leaves no server.
+    deployable(sm, "unverified-create", world.packages["unrecorded"])
+    sm.create_endpoint(EndpointName="unverified-create", EndpointConfigName="unverified-create")
+    described = sm.describe_endpoint(EndpointName="unverified-create")
+    assert described["EndpointStatus"] == "Failed"
+    assert described["FailureReason"].startswith(
+        f"deploy failed: model package {world.packages['unrecorded']} records no"
+    )
+    assert process.read_endpoint(home, "unverified-create") is None
+    sm.delete_endpoint(EndpointName="unverified-create")
+
+
+def test_a_model_with_a_direct_model_data_url_needs_its_hash_as_a_tag(world):
+    sm, runtime = world.sm, world.runtime
+    container = {"Image": IMAGE, "ModelDataUrl": world.a.uri}
+
+    def tagged(sha256: str) -> list[dict]:
+        return [{"Key": "mlops:model_sha256", "Value": sha256}]
+
+    code, message = client_error(sm.create_model, ModelName="direct-untagged", PrimaryContainer=container)
+    assert code == "ValidationException"
+    assert message.startswith(
+        f"model direct-untagged gives ModelDataUrl {world.a.uri} without a mlops:model_sha256 tag, so the artifact "
+        "is not loaded"
+    )
+    assert "Tags=[{'Key': 'mlops:model_sha256'" in message and "ModelPackageName" in message
+    message = client_error(sm.create_model, ModelName="direct-bad", PrimaryContainer=container, Tags=tagged("abc"))[1]
+    assert message == "model direct-bad: tag mlops:model_sha256 'abc' is not a sha256 (64 hex digits)"
+    for refused in ("direct-untagged", "direct-bad"):
+        assert client_error(sm.describe_model, ModelName=refused)[1].startswith("Could not find model")
+
+    sm.create_model(ModelName="direct-a", PrimaryContainer=container, Tags=tagged(world.a.sha256.upper()))
+    sm.create_model(ModelName="direct-wrong", PrimaryContainer={**container, "ModelDataUrl": world.b.uri},
+                    Tags=tagged(world.a.sha256))  # fmt: skip
+    for model in ("direct-a", "direct-wrong"):
+        sm.create_endpoint_config(
+            EndpointConfigName=model, ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": model}]
+        )
+    sm.create_endpoint(EndpointName="direct", EndpointConfigName="direct-a")
+    try:
+        assert sm.describe_endpoint(EndpointName="direct")["EndpointStatus"] == "InService"
+        assert predict_csv(runtime, "direct") == pytest.approx(world.a.predict(), rel=1e-12)
+        sm.update_endpoint(EndpointName="direct", EndpointConfigName="direct-wrong")
+        described = sm.describe_endpoint(EndpointName="direct")
+        assert (described["EndpointStatus"], described["EndpointConfigName"]) == ("InService", "direct-a")
+        assert described["FailureReason"] == (
+            f"update rolled back: the artifact {world.b.uri} has sha256 {world.b.sha256}, but model direct-wrong's "
+            f"tag mlops:model_sha256 records {world.a.sha256}: refusing to deploy it"
+        )
+        assert predict_csv(runtime, "direct") == pytest.approx(world.a.predict(), rel=1e-12)
+    finally:
+        sm.delete_endpoint(EndpointName="direct")
 
 
 # --- errors, as SageMaker gives them -----------------------------------------------------------

@@ -17,8 +17,12 @@ Where this differs from SageMaker, on purpose:
 - UpdateEndpoint also accepts a ``Failed`` endpoint (SageMaker wants delete and create): it starts
   a new server (the old one died, or the create was refused) and deploys the new config.
 - A model artifact must be an ``s3://`` object in the local ObjectStore, a ``model.tar.gz`` of
-  training/inference.py's format; a model package that records ``mlops:model_sha256`` in its
-  CustomerMetadataProperties is only deployed if the downloaded artifact has that hash.
+  training/inference.py's format, whose sha256 is recorded and matches before it is unpickled
+  (a pickle runs code when it is loaded): a model created from a package (``ModelPackageName``)
+  uses the package's CustomerMetadataProperties ``mlops:model_sha256`` (the pipeline's
+  RegisterModel step records it); a model created with a direct ``ModelDataUrl`` must carry a
+  tag ``mlops:model_sha256`` (CreateModel refuses it otherwise). An artifact without a recorded
+  hash, or with another one, is refused and the model that serves keeps serving.
 - Constructs the local server cannot honour (async inference, shadow variants, data capture,
   multi-model containers) are refused with a ValidationException, not silently ignored.
 
@@ -45,6 +49,8 @@ from typing import TYPE_CHECKING, Any
 from mlops_dagster.serving import process
 
 from .models import (
+    SHA256,
+    SHA256_PROPERTY,
     Record,
     RecordT,
     ResourceNotFound,
@@ -61,7 +67,7 @@ if TYPE_CHECKING:
     from .models import LocalSageMakerBackend
 
 ENVIRONMENT_TAG = "mlops:environment"
-SHA256_PROPERTY = "mlops:model_sha256"  # in a model package's CustomerMetadataProperties
+# SHA256_PROPERTY ("mlops:model_sha256"): in a package's CustomerMetadataProperties, or a model's tag
 SMOKE_ROWS_VARIABLE = "MLOPS_SMOKE_ROWS"  # in a container's Environment
 FEATURES_JSON_LIMIT = 1 << 20  # features.json is a list of names; anything larger is not one
 IN_PROGRESS = ("Creating", "Updating")
@@ -245,6 +251,15 @@ class Target:
         via = f"model package {self.package_arn}, " if self.package_arn else ""
         return f"model {self.model_name} ({via}{self.model_data_url})"
 
+    def hash_holder(self) -> str:
+        """Where the expected sha256 is recorded: the package, else the model's tag."""
+        if self.package_arn:
+            return f"model package {self.package_arn} records {SHA256_PROPERTY}"
+        return f"model {self.model_name}'s tag {SHA256_PROPERTY} records"
+
+    def unrecorded(self) -> str:
+        return unrecorded_reason(self.model_name, self.package_arn, self.model_data_url)
+
     def live(self, sha256: str) -> dict:
         return {
             "config_name": self.config_name,
@@ -310,11 +325,11 @@ class HostingBackend:
         name = params["ModelName"]
         _check_name(name, "ModelName")
         container = _single_container(params)
-        self._check_container(container, name)
+        self._check_container(container, name, params.get("Tags") or [])
         self._insert_request("hosting_models", name, self.arn("model", name), params, what="model")
         return self.get_model(name)
 
-    def _check_container(self, container: dict, model: str) -> None:
+    def _check_container(self, container: dict, model: str, tags: list[dict]) -> None:
         """Refuse at CreateModel what a deploy could never serve (SageMaker checks these up front too)."""
         if container.get("Mode") == "MultiModel" or container.get("MultiModelConfig"):
             raise ValidationError(f"model {model}: multi-model containers are not supported by the local service")
@@ -334,6 +349,8 @@ class HostingBackend:
             raise ValidationError(
                 f"model {model}: the local service serves model artifacts only; give ModelDataUrl (s3://...model.tar.gz)"
             )
+        elif _tagged_sha256(tags, model) is None:
+            raise ValidationError(unrecorded_reason(model, None, container["ModelDataUrl"]))
         try:
             _smoke_rows_from(container.get("Environment") or {})
         except ValueError as err:
@@ -568,7 +585,11 @@ class HostingBackend:
         except ValidationError as err:
             raise Refused(err.message) from None  # deleted since the call began
         container = model.container()
-        image, url, expected, environment = container.get("Image"), container.get("ModelDataUrl"), None, {}
+        image, url, environment = container.get("Image"), container.get("ModelDataUrl"), {}
+        try:
+            expected = _tagged_sha256(model.request.get("Tags") or [], model.name)
+        except ValidationError as err:
+            raise Refused(err.message) from None
         package_arn = container.get("ModelPackageName")
         if package_arn:
             package_container, expected = self._package_container(package_arn)
@@ -587,15 +608,19 @@ class HostingBackend:
         if not containers or not containers[0].get("ModelDataUrl"):
             raise Refused(f"model package {package.arn} has no InferenceSpecification.Containers[0].ModelDataUrl")
         expected = (package.body.get("CustomerMetadataProperties") or {}).get(SHA256_PROPERTY)
-        return containers[0], expected.lower() if expected else None
+        if expected is not None and not SHA256.match(str(expected).lower()):
+            raise Refused(f"model package {package.arn} records {SHA256_PROPERTY} {expected!r}, which is not a sha256")
+        return containers[0], str(expected).lower() if expected else None
 
     def _fetch(self, target: Target) -> tuple[Path, str]:
-        """Download the artifact to models/<sha256>/model.tar.gz and check it against the registry's hash.
+        """Download the artifact to models/<sha256>/model.tar.gz and check it against the recorded hash.
 
-        Always downloaded (no cache by expected hash): an object replaced behind the registry's back
-        must be refused, not masked by an earlier good copy."""
+        Nothing is downloaded without a recorded hash. Always downloaded (no cache by expected hash):
+        an object replaced behind the registry's back must be refused, not masked by an earlier good copy."""
         if self.store is None:
             raise RuntimeError("this hosting backend has no ObjectStore to download model artifacts from")
+        if target.expected_sha256 is None:
+            raise Refused(target.unrecorded())
         self.models_dir.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=self.models_dir))
         try:
@@ -604,10 +629,10 @@ class HostingBackend:
             except (FileNotFoundError, ValueError) as err:
                 raise Refused(f"cannot fetch the artifact of {target.source()}: {err}") from None
             sha256 = _sha256_file(downloaded)
-            if target.expected_sha256 and sha256 != target.expected_sha256:
+            if sha256 != target.expected_sha256:
                 raise Refused(
-                    f"the artifact {target.model_data_url} has sha256 {sha256}, but model package "
-                    f"{target.package_arn} records {SHA256_PROPERTY} {target.expected_sha256}: refusing to deploy it"
+                    f"the artifact {target.model_data_url} has sha256 {sha256}, but {target.hash_holder()} "
+                    f"{target.expected_sha256}: refusing to deploy it"
                 )
             final = self.models_dir / sha256 / "model.tar.gz"
             final.parent.mkdir(exist_ok=True)
@@ -723,6 +748,34 @@ def _check_name(name: str, member: str) -> None:
         raise ValidationError(
             f"{member} {name!r} must be 1 to 63 letters, digits and hyphens, starting and ending with a letter or digit"
         )
+
+
+def unrecorded_reason(model: str, package_arn: str | None, model_data_url: str) -> str:
+    """Why an artifact without a recorded sha256 is not loaded, and how to record one."""
+    if package_arn:
+        return (
+            f"model package {package_arn} records no {SHA256_PROPERTY} in its CustomerMetadataProperties, "
+            f"so its artifact {model_data_url} is not loaded (a pickle runs code when it is loaded): "
+            "record the sha256 of the model.tar.gz you trust with UpdateModelPackage("
+            f"ModelPackageArn=..., CustomerMetadataProperties={{'{SHA256_PROPERTY}': '<sha256>'}}), "
+            "or materialize trained_model and registered_model for the execution that registered it"
+        )
+    return (
+        f"model {model} gives ModelDataUrl {model_data_url} without a {SHA256_PROPERTY} tag, so the "
+        "artifact is not loaded (a pickle runs code when it is loaded): create the model with "
+        f"Tags=[{{'Key': '{SHA256_PROPERTY}', 'Value': '<sha256 of the model.tar.gz>'}}], or from a "
+        "registered model package (ModelPackageName)"
+    )
+
+
+def _tagged_sha256(tags: list[dict], model: str) -> str | None:
+    """The ``mlops:model_sha256`` tag of a model (lower case), None without one; not a sha256: an error."""
+    value = next((t.get("Value") for t in tags if t.get("Key") == SHA256_PROPERTY), None)
+    if value is None:
+        return None
+    if not SHA256.match(value.lower()):
+        raise ValidationError(f"model {model}: tag {SHA256_PROPERTY} {value!r} is not a sha256 (64 hex digits)")
+    return value.lower()
 
 
 def _single_container(params: dict) -> dict:
