@@ -5,15 +5,18 @@ Also the deterministic train/validation split and the CSV encoding that ``s3_dat
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
 
+from .quality import clip, show_names
 from .resources.object_store import ObjectNotFound, ObjectStore
 
 # The recipe's schema (Boston Housing): 13 features, target `medv`.
@@ -23,6 +26,8 @@ BOSTON_FEATURES = [
 ]  # fmt: skip
 BOSTON_TARGET = "medv"
 PARQUET_MAGIC = b"PAR1"
+CHUNK = 1 << 20  # bytes read at a time when a source file is scanned
+MAX_NAME = 500  # characters of a source name quoted in an error
 
 
 class DataSourceError(ValueError):
@@ -87,61 +92,110 @@ def load_source(source: str, store: ObjectStore, rows: int = 1000, seed: int = 4
                 store.download(source, local)
             except ObjectNotFound as err:
                 raise DataSourceError(
-                    f"data source {source} does not exist in the object store ({err}); "
+                    f"data source {clip(source, MAX_NAME)} does not exist in the object store ({err}); "
                     "upload it first or point MLOPS_DATA_SOURCE / the `source` config elsewhere"
                 ) from err
-            data = local.read_bytes()
-        return LoadedSource(parse_table(data, source), source, hashlib.sha256(data).hexdigest())
+            with local.open("rb") as handle:
+                frame, sha256 = read_table(handle, source)
+        return LoadedSource(frame, source, sha256)
     path = Path(source).expanduser()
     if not path.exists():
         raise DataSourceError(
-            f"data source file not found: {str(path)!r}; set MLOPS_DATA_SOURCE or the `source` "
-            "run config to an existing CSV or Parquet file, an s3:// URI, or 'synthetic'"
+            f"data source file not found: {clip(repr(str(path)), MAX_NAME)}; set MLOPS_DATA_SOURCE or the "
+            "`source` run config to an existing CSV or Parquet file, an s3:// URI, or 'synthetic'"
         )
     if not path.is_file():
-        raise DataSourceError(f"data source {str(path)!r} is not a file")
-    data = path.read_bytes()
-    return LoadedSource(parse_table(data, str(path)), str(path.resolve()), hashlib.sha256(data).hexdigest())
+        raise DataSourceError(f"data source {clip(repr(str(path)), MAX_NAME)} is not a file")
+    # One open handle for hashing and parsing: the hash is of exactly the bytes parsed.
+    with path.open("rb") as handle:
+        frame, sha256 = read_table(handle, str(path))
+    return LoadedSource(frame, str(path.resolve()), sha256)
 
 
 def parse_table(data: bytes, name: str) -> pd.DataFrame:
     """Parse CSV or Parquet bytes (by content, then by name); every error names the source."""
-    if not data.strip():
-        raise DataSourceError(f"data source {name} is empty ({len(data)} bytes): it needs a header and rows")
-    lowered = name.lower()
-    if data[:4] == PARQUET_MAGIC or lowered.endswith((".parquet", ".pq")):
+    return read_table(io.BytesIO(data), name)[0]
+
+
+@dataclass
+class _Scan:
+    """What one pass over the bytes learns, without keeping them or their decoded text."""
+
+    sha256: str = ""
+    size: int = 0
+    head: bytes = b""
+    blank: bool = True  # only ASCII whitespace so far
+    bad_utf8_at: int | None = None  # offset of the first byte that is not UTF-8
+    has_nul: bool = False
+
+
+def _scan(handle: BinaryIO) -> _Scan:
+    scan, digest = _Scan(), hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    while chunk := handle.read(CHUNK):
+        digest.update(chunk)
+        scan.head = scan.head or chunk[:4]
+        scan.blank = scan.blank and not chunk.strip()
+        scan.has_nul = scan.has_nul or b"\x00" in chunk
+        if scan.bad_utf8_at is None:
+            pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+            try:
+                decoder.decode(chunk)  # validated, then dropped: the text is never held whole
+            except UnicodeDecodeError as err:
+                scan.bad_utf8_at = scan.size - pending + err.start
+        scan.size += len(chunk)
+    if scan.bad_utf8_at is None:
         try:
-            frame = pd.read_parquet(io.BytesIO(data))
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:  # the file ends inside a character
+            scan.bad_utf8_at = scan.size - len(decoder.getstate()[0]) + err.start
+    scan.sha256 = digest.hexdigest()
+    return scan
+
+
+def read_table(handle: BinaryIO, name: str) -> tuple[pd.DataFrame, str]:
+    """Parse a seekable binary file as CSV or Parquet; returns the table and the sha256 of its bytes.
+
+    The bytes are read twice (a scan, then the parser) rather than held in memory next to their
+    decoded text and the table. Every error names the source.
+    """
+    label = clip(name, MAX_NAME)
+    scan = _scan(handle)
+    handle.seek(0)
+    if scan.blank:
+        raise DataSourceError(f"data source {label} is empty ({scan.size} bytes): it needs a header and rows")
+    if scan.head == PARQUET_MAGIC or name.lower().endswith((".parquet", ".pq")):
+        try:
+            frame = pd.read_parquet(handle)
         except Exception as err:  # pyarrow raises several types; all mean "not Parquet"
-            raise DataSourceError(f"data source {name} is not a readable Parquet file: {err}") from err
+            raise DataSourceError(f"data source {label} is not a readable Parquet file: {clip(str(err))}") from err
         # Rows are numbered by position: drop a stored index (keep it as columns when it is named).
-        return frame.reset_index(drop=all(n is None for n in frame.index.names))
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
+        return frame.reset_index(drop=all(n is None for n in frame.index.names)), scan.sha256
+    if scan.bad_utf8_at is not None:
         raise DataSourceError(
-            f"data source {name} is neither CSV nor Parquet: byte {err.start} is not UTF-8 text "
+            f"data source {label} is neither CSV nor Parquet: byte {scan.bad_utf8_at} is not UTF-8 text "
             "and the file does not start with Parquet's 'PAR1' magic"
-        ) from err
-    if "\x00" in text:
-        raise DataSourceError(f"data source {name} is neither CSV nor Parquet: it contains NUL bytes")
+        )
+    if scan.has_nul:
+        raise DataSourceError(f"data source {label} is neither CSV nor Parquet: it contains NUL bytes")
     try:
-        frame = pd.read_csv(io.StringIO(text), skipinitialspace=True)
+        # compression=None: the format was decided by content, not by a ".gz" in the name.
+        frame = pd.read_csv(handle, skipinitialspace=True, encoding="utf-8-sig", compression=None)
     except pd.errors.ParserError as err:
-        raise DataSourceError(f"data source {name} is not valid CSV: {err}") from err
+        raise DataSourceError(f"data source {label} is not valid CSV: {clip(str(err))}") from err
     if not (isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1):
         # pandas takes the first column(s) as the index when rows have more fields than the header,
         # which would shift every value one column to the left.
         raise DataSourceError(
-            f"data source {name} is not valid CSV: its rows have more fields than the header's "
+            f"data source {label} is not valid CSV: its rows have more fields than the header's "
             f"{frame.shape[1]} names (a header name missing, or a delimiter at the end of each row?)"
         )
     if frame.shape[1] < 2:
         raise DataSourceError(
-            f"data source {name} is not a CSV table: found {frame.shape[1]} column "
-            f"({list(frame.columns)!r}); expected a header with the feature and target columns"
+            f"data source {label} is not a CSV table: found {frame.shape[1]} column "
+            f"({show_names(frame.columns)}); expected a header with the feature and target columns"
         )
-    return frame
+    return frame, scan.sha256
 
 
 def numeric_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:

@@ -1,18 +1,69 @@
 """Data-quality rules for ``raw_data``, as plain functions over a DataFrame.
 
-The asset checks in ``assets/data.py`` report them; ``s3_dataset`` runs the blocking ones again
-before it writes, so bad data never reaches the store even when ``s3_dataset`` is materialized
-on its own. Rows are numbered from 1, header excluded (row 1 is the CSV's line 2).
+The asset checks in ``assets/data.py`` report them. They run once per table: ``raw_data`` hands
+``s3_dataset`` a ``Verdict`` bound to the checked table by a fingerprint, so ``s3_dataset``
+refuses bad data (even when materialized on its own) without running the rules again.
+Rows are numbered from 1, header excluded (row 1 is the CSV's line 2).
+
+Every message is bounded: a value, a name or a whole message that is too long is cut, and the
+text says how much was cut, so one huge cell cannot turn into a huge message or metadata entry.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 MAX_LISTED = 5  # rows named in a message before "…"
+MAX_MESSAGE = 2000  # characters of one check message
+MAX_VALUE = 80  # characters of one cell value or column name quoted in a message
+MAX_NAMES = 30  # column names listed in a message or metadata entry before "… N more"
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to at most ``limit`` characters, ending with a note of how much was cut."""
+    if len(text) <= limit:
+        return text
+    kept = max(limit - 48, 0)  # room for the note, whatever the count
+    return text[:kept] + f"… ({len(text) - kept:,} more characters cut)"
+
+
+def show(value: object, limit: int = MAX_VALUE) -> str:
+    """``repr(value)`` for a message; a long string is cut before it is quoted (no huge copy)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}… ({len(value) - limit:,} more characters cut)"
+    return clip(repr(value), limit + 40)
+
+
+def show_names(names: Iterable[object]) -> str:
+    """A list of names as ``repr(list)`` would print it, bounded in count and in length."""
+    names = list(names)
+    shown = ", ".join(show(n) for n in names[:MAX_NAMES])
+    more = f", … {len(names) - MAX_NAMES:,} more" if len(names) > MAX_NAMES else ""
+    return f"[{shown}{more}]"
+
+
+def bounded_names(names: Iterable[object]) -> list[str]:
+    """Names for a metadata entry: at most ``MAX_NAMES``, each cut to ``MAX_VALUE`` characters."""
+    names = list(names)
+    listed = [clip(str(n), MAX_VALUE) for n in names[:MAX_NAMES]]
+    if len(names) > MAX_NAMES:
+        listed.append(f"… ({len(names) - MAX_NAMES:,} more cut)")
+    return listed
+
+
+def bounded_mapping(mapping: Mapping[object, object]) -> dict[str, object]:
+    """A name -> value mapping for a metadata entry, bounded like ``bounded_names``."""
+    items = list(mapping.items())
+    out: dict[str, object] = {clip(str(k), MAX_VALUE): v for k, v in items[:MAX_NAMES]}
+    if len(items) > MAX_NAMES:
+        out["…"] = f"{len(items) - MAX_NAMES:,} more cut"
+    return out
 
 
 @dataclass(frozen=True)
@@ -36,6 +87,10 @@ class QualityResult:
     blocking: bool = True
     metadata: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The last guard on size: whatever a rule put in its message, the stored text is bounded.
+        object.__setattr__(self, "message", clip(self.message))
+
 
 def _rows(index: pd.Index | np.ndarray) -> str:
     numbers = [str(int(i) + 1) for i in list(index)[:MAX_LISTED]]
@@ -49,8 +104,8 @@ def required_columns(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     if missing:
         return QualityResult(
             "required_columns", False,
-            f"missing required column(s) {missing}; found columns {list(frame.columns)}",
-            metadata={"missing": missing},
+            f"missing required column(s) {show_names(missing)}; found columns {show_names(frame.columns)}",
+            metadata={"missing": bounded_names(missing)},
         )  # fmt: skip
     return QualityResult("required_columns", True, f"all {len(required)} required columns present")
 
@@ -59,9 +114,9 @@ def header_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     """Rows that repeat the header (files concatenated with their headers)."""
     if frame.empty or frame.shape[1] == 0:
         return QualityResult("no_header_rows", True, "no rows to check")
-    as_text = frame.astype("string").apply(lambda col: col.str.strip().str.lower())
-    names = pd.Series([str(c).strip().lower() for c in frame.columns], index=frame.columns)
-    matches = as_text.eq(names, axis=1).sum(axis=1)
+    matches = np.zeros(len(frame), dtype=np.int32)
+    for position, name in enumerate(frame.columns):
+        matches += _header_matches(frame.iloc[:, position], str(name).strip().lower())
     bad = frame.index[matches >= max(2, (frame.shape[1] + 1) // 2)]
     if len(bad):
         return QualityResult(
@@ -70,6 +125,34 @@ def header_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
             metadata={"rows": [int(i) + 1 for i in bad[:MAX_LISTED]]},
         )  # fmt: skip
     return QualityResult("no_header_rows", True, "no repeated header rows")
+
+
+def _header_matches(values: pd.Series, name: str) -> np.ndarray:
+    """Which cells of one column read as its (stripped, lower-cased) header name.
+
+    One column at a time, and only text that could match is compared: a typed column (numbers,
+    booleans) matches only a name that reads as such a value, and a shorter cell never matches.
+    """
+    if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
+        if not (_looks_numeric(name) or name in ("true", "false")):
+            return np.zeros(len(values), dtype=bool)
+        return values.astype("string").str.strip().str.lower().eq(name).fillna(False).to_numpy(dtype=bool)
+    if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
+        values = values.astype("string")  # mixed objects (Parquet): compare their text, as a CSV would
+    lengths = values.str.len()
+    candidates = (lengths >= len(name)).fillna(False).to_numpy(dtype=bool)
+    out = np.zeros(len(values), dtype=bool)
+    if candidates.any():
+        out[candidates] = values[candidates].str.strip().str.lower().eq(name).fillna(False).to_numpy(dtype=bool)
+    return out
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def numeric_columns(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
@@ -81,7 +164,7 @@ def numeric_columns(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
         if len(bad):
             first = bad[0]
             problems.append(
-                f"column {column!r} has non-numeric value {str(values[first])!r} at row {int(first) + 1}"
+                f"column {show(column)} has non-numeric value {show(str(values[first]))} at row {int(first) + 1}"
                 + (f" ({len(bad)} rows in all: {_rows(bad)})" if len(bad) > 1 else "")
             )
     if problems:
@@ -91,7 +174,7 @@ def numeric_columns(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
 
 def target_finite(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     if rule.target not in frame.columns:
-        return QualityResult("target_finite", False, f"target column {rule.target!r} is missing")
+        return QualityResult("target_finite", False, f"target column {show(rule.target)} is missing")
     target = pd.to_numeric(frame[rule.target], errors="coerce").astype("float64")
     nan_rows = frame.index[target.isna() & frame[rule.target].isna()]
     inf_rows = frame.index[np.isinf(target.to_numpy())]
@@ -101,8 +184,8 @@ def target_finite(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     if len(inf_rows):
         parts.append(f"infinite value at row(s) {_rows(inf_rows)}")
     if parts:
-        return QualityResult("target_finite", False, f"target {rule.target!r} has " + " and ".join(parts))
-    return QualityResult("target_finite", True, f"target {rule.target!r} has no NaN or infinite values")
+        return QualityResult("target_finite", False, f"target {show(rule.target)} has " + " and ".join(parts))
+    return QualityResult("target_finite", True, f"target {show(rule.target)} has no NaN or infinite values")
 
 
 def features_missing(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
@@ -110,11 +193,13 @@ def features_missing(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     fractions = {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in rule.features if c in frame.columns}
     over = {c: f for c, f in fractions.items() if f > rule.max_missing_fraction}
     if over:
-        listed = ", ".join(f"{c!r} {f:.1%}" for c, f in sorted(over.items()))
+        listed = ", ".join(f"{show(c)} {f:.1%}" for c, f in sorted(over.items())[:MAX_NAMES])
+        if len(over) > MAX_NAMES:
+            listed += f", … {len(over) - MAX_NAMES:,} more"
         return QualityResult(
             "features_missing", False,
             f"feature(s) missing more than {rule.max_missing_fraction:.1%} of values: {listed}",
-            metadata={"missing_fraction": over},
+            metadata={"missing_fraction": bounded_mapping(dict(sorted(over.items())))},
         )  # fmt: skip
     worst = max(fractions.values(), default=0.0)
     return QualityResult("features_missing", True, f"at most {worst:.1%} missing in any feature")
@@ -131,18 +216,18 @@ def min_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
 
 def target_range(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     if rule.target not in frame.columns:
-        return QualityResult("target_range", False, f"target column {rule.target!r} is missing")
+        return QualityResult("target_range", False, f"target column {show(rule.target)} is missing")
     target = pd.to_numeric(frame[rule.target], errors="coerce").astype("float64")
     outside = frame.index[(target < rule.target_min) | (target > rule.target_max)]
     if len(outside):
         first = outside[0]
         return QualityResult(
             "target_range", False,
-            f"target {rule.target!r} outside [{rule.target_min}, {rule.target_max}] at row(s) "
+            f"target {show(rule.target)} outside [{rule.target_min}, {rule.target_max}] at row(s) "
             f"{_rows(outside)} (first value {target[first]})",
         )  # fmt: skip
     return QualityResult(
-        "target_range", True, f"target {rule.target!r} within [{rule.target_min}, {rule.target_max}]"
+        "target_range", True, f"target {show(rule.target)} within [{rule.target_min}, {rule.target_max}]"
     )
 
 
@@ -167,3 +252,40 @@ BLOCKING_RULES = (required_columns, header_rows, numeric_columns, target_finite,
 
 def run_blocking(frame: pd.DataFrame, rule: QualityRule) -> list[QualityResult]:
     return [check(frame, rule) for check in BLOCKING_RULES]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The blocking rules' outcome on one table, tied to that table by its fingerprint."""
+
+    fingerprint: str
+    failed: tuple[QualityResult, ...]
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, results: Iterable[QualityResult]) -> Verdict:
+        return cls(fingerprint(frame), tuple(r for r in results if r.blocking and not r.passed))
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def covers(self, frame: pd.DataFrame) -> bool:
+        """Whether this verdict was reached on exactly ``frame`` (same names, types and values)."""
+        return fingerprint(frame) == self.fingerprint
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 over the column names, dtypes and a vectorized hash of every column's values."""
+    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    digest.update(len(frame).to_bytes(8, "big"))
+    for position in range(frame.shape[1]):
+        digest.update(_column_hash(frame.iloc[:, position]).tobytes())
+    return digest.hexdigest()
+
+
+def _column_hash(values: pd.Series) -> np.ndarray:
+    try:
+        return pd.util.hash_pandas_object(values, index=False, categorize=False).to_numpy()
+    except (TypeError, ValueError):
+        # Cells pandas cannot hash (lists or dicts from Parquet): hash their repr instead.
+        return pd.util.hash_pandas_object(values.map(repr), index=False, categorize=False).to_numpy()

@@ -1,9 +1,15 @@
-"""The recipe's step 3 as assets: ``raw_data`` (behind blocking quality checks) and ``s3_dataset``."""
+"""The recipe's step 3 as assets: ``raw_data`` (behind blocking quality checks) and ``s3_dataset``.
 
+The checks run once, in ``raw_data``; their verdict travels with the table to ``s3_dataset``.
+Every metadata entry is bounded (``MAX_TEXT`` characters, a few columns and rows), so an odd
+input (one huge cell, a huge header name, thousands of columns) cannot blow up the event log.
+"""
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import pandas as pd
 from dagster import (
@@ -14,14 +20,16 @@ from dagster import (
     Config,
     DataVersion,
     Failure,
+    MarkdownMetadataValue,
     MetadataValue,
     Output,
     TableColumn,
     TableRecord,
     TableSchema,
+    TextMetadataValue,
     asset,
 )
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .. import quality
 from ..datasets import BOSTON_FEATURES, BOSTON_TARGET, load_source, numeric_frame, split_frame, to_csv_bytes
@@ -38,15 +46,60 @@ CHECKS = {
     "target_range": "The target lies within the configured plausible range.",
 }
 
+MAX_TEXT = 4000  # characters of one text metadata entry (markdown, JSON, text)
+MAX_SUMMARY_COLUMNS = 24  # columns described in a column_summary table
+MAX_PREVIEW_COLUMNS = 16  # columns and ...
+MAX_PREVIEW_CELL = 40  # ... characters per cell shown in the preview
+MAX_SYNTHETIC_ROWS = 10_000_000  # about 1.1 GB as a table; more does not fit a laptop's memory
+MAX_SEED = 2**63 - 1
+
 
 @dataclass
 class RawTable:
-    """What ``raw_data`` hands downstream: the table as read, and the rule it was checked with."""
+    """What ``raw_data`` hands downstream: the table as read, the rule, and the rule's verdict on it."""
 
     frame: pd.DataFrame
     source: str
     source_sha256: "str | None"
     rule: quality.QualityRule
+    verdict: "quality.Verdict | None" = None  # None only in a table stored by an older version
+
+
+def _check_range(name: str, value: float, low: float | None, high: float | None, open_: bool = False) -> None:
+    """Raise a ValueError naming the field and its allowed range when ``value`` is outside it."""
+    inside = math.isfinite(value) and (
+        (low is None or (value > low if open_ else value >= low))
+        and (high is None or (value < high if open_ else value <= high))
+    )
+    if inside:
+        return
+    if low is None and high is None:
+        allowed = "a finite number"
+    elif high is None:
+        allowed = f"an integer >= {low:,}"
+    elif open_:
+        allowed = f"a number strictly between {low} and {high}"
+    elif isinstance(value, int):
+        allowed = f"an integer from {low:,} to {high:,}"
+    else:
+        allowed = f"a number from {low} to {high}"
+    raise ValueError(f"{name} must be {allowed}; got {value!r}")
+
+
+# field -> (low, high, bounds excluded); checked when the config is built, before any data is read.
+RAW_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "rows": (1, MAX_SYNTHETIC_ROWS, False),
+    "seed": (0, MAX_SEED, False),
+    "min_rows": (2, None, False),  # one train row and one validation row at least
+    "max_missing_fraction": (0, 1, False),
+    "target_min": (None, None, False),
+    "target_max": (None, None, False),
+    "max_row_drop_fraction": (0, 1, False),
+}
+S3_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "train_fraction": (0, 1, True),
+    "seed": (0, MAX_SEED, False),
+}
 
 
 class RawDataConfig(Config):
@@ -54,27 +107,67 @@ class RawDataConfig(Config):
         default=None,
         description="CSV/Parquet path, s3:// URI, or 'synthetic'; defaults to MLOPS_DATA_SOURCE",
     )
-    rows: int = Field(default=1000, description="rows of the synthetic source")
-    seed: int = Field(default=42, description="seed of the synthetic source")
+    rows: int = Field(default=1000, description=f"rows of the synthetic source, 1 to {MAX_SYNTHETIC_ROWS:,}")
+    seed: int = Field(default=42, description="seed of the synthetic source, 0 to 2^63-1")
     target: str = Field(default=BOSTON_TARGET, description="target column")
     features: list[str] | None = Field(
         default=None,
         description="feature columns; default: the Boston features when the target is medv, "
         "else every column but the target",
     )
-    min_rows: int = 20
-    max_missing_fraction: float = Field(default=0.05, ge=0, le=1)
-    target_min: float = 0.0
-    target_max: float = 100.0
-    max_row_drop_fraction: float = Field(default=0.5, ge=0, le=1)
+    min_rows: int = Field(default=20, description="blocking: at least this many rows (>= 2)")
+    max_missing_fraction: float = Field(default=0.05, description="blocking: largest share of missing values in a feature, 0 to 1")
+    target_min: float = Field(default=0.0, description="blocking: smallest plausible target (finite, <= target_max)")
+    target_max: float = Field(default=100.0, description="blocking: largest plausible target (finite)")
+    max_row_drop_fraction: float = Field(default=0.5, description="warning: largest share of rows lost since the last run, 0 to 1")
+
+    @field_validator(*RAW_RANGES)
+    @classmethod
+    def _in_range(cls, value: float, info: ValidationInfo) -> float:
+        _check_range(info.field_name, value, *RAW_RANGES[info.field_name])
+        return value
+
+    @model_validator(mode="after")
+    def _target_bounds_ordered(self) -> "RawDataConfig":
+        if self.target_min > self.target_max:
+            raise ValueError(
+                f"target_min ({self.target_min}) must be <= target_max ({self.target_max}): "
+                "no target value could pass the target_range check"
+            )
+        return self
 
 
 class S3DatasetConfig(Config):
-    train_fraction: float = Field(default=0.8, gt=0, lt=1, description="share of rows in train.csv")
-    seed: int = Field(default=42, description="seed of the train/validation shuffle")
+    train_fraction: float = Field(default=0.8, description="share of rows in train.csv, strictly between 0 and 1")
+    seed: int = Field(default=42, description="seed of the train/validation shuffle, 0 to 2^63-1")
+
+    @field_validator(*S3_RANGES)
+    @classmethod
+    def _in_range(cls, value: float, info: ValidationInfo) -> float:
+        _check_range(info.field_name, value, *S3_RANGES[info.field_name])
+        return value
+
+
+def _bounded(value: Any) -> Any:
+    """One metadata entry, cut to a few KB; the cut text says how much was dropped."""
+    if isinstance(value, str):
+        return quality.clip(value, MAX_TEXT)
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, default=str)
+        return MetadataValue.json(value) if len(text) <= MAX_TEXT else MetadataValue.text(quality.clip(text, MAX_TEXT))
+    if isinstance(value, MarkdownMetadataValue):
+        return MetadataValue.md(quality.clip(value.value, MAX_TEXT))
+    if isinstance(value, TextMetadataValue):
+        return MetadataValue.text(quality.clip(value.value, MAX_TEXT))
+    return value  # numbers, booleans, and tables built bounded
+
+
+def bounded_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {key: _bounded(value) for key, value in metadata.items()}
 
 
 def _column_summary(frame: pd.DataFrame) -> MetadataValue:
+    """dtype, missing count and min/mean/max of the first ``MAX_SUMMARY_COLUMNS`` columns."""
     schema = TableSchema(
         columns=[
             TableColumn("column", "string"),
@@ -86,20 +179,36 @@ def _column_summary(frame: pd.DataFrame) -> MetadataValue:
         ]
     )
     records = []
-    for name in frame.columns:
-        values = pd.to_numeric(frame[name], errors="coerce")
+    for position in range(min(frame.shape[1], MAX_SUMMARY_COLUMNS)):
+        column = frame.iloc[:, position]
+        values = pd.to_numeric(column, errors="coerce")
         stats = [float(v) if pd.notna(v) else None for v in (values.min(), values.mean(), values.max())]
         records.append(
             TableRecord(
                 {
-                    "column": str(name),
-                    "dtype": str(frame[name].dtype),
-                    "missing": int(frame[name].isna().sum()),
+                    "column": quality.clip(str(frame.columns[position]), MAX_PREVIEW_CELL),
+                    "dtype": str(column.dtype),
+                    "missing": int(column.isna().sum()),
                     **({k: round(v, 4) for k, v in zip(("min", "mean", "max"), stats, strict=True) if v is not None}),
                 }
             )
         )
+    if frame.shape[1] > MAX_SUMMARY_COLUMNS:
+        records.append(TableRecord({"column": f"… ({frame.shape[1] - MAX_SUMMARY_COLUMNS:,} more columns cut)"}))
     return MetadataValue.table(records=records, schema=schema)
+
+
+def _preview(frame: pd.DataFrame) -> MetadataValue:
+    """The first 5 rows as markdown, with few columns and short cells (said when cut)."""
+    if not len(frame):
+        return MetadataValue.md("(no rows)")
+    head = frame.iloc[:5, :MAX_PREVIEW_COLUMNS].copy()
+    head.columns = [quality.clip(str(c), MAX_PREVIEW_CELL) for c in head.columns]
+    head = head.map(lambda v: quality.clip(v, MAX_PREVIEW_CELL) if isinstance(v, str) else v)
+    text = head.to_markdown(index=False)
+    if frame.shape[1] > MAX_PREVIEW_COLUMNS:
+        text += f"\n\n… ({frame.shape[1] - MAX_PREVIEW_COLUMNS:,} more columns cut)"
+    return MetadataValue.md(quality.clip(text, MAX_TEXT))
 
 
 def _previous_rows(context: AssetExecutionContext) -> int | None:
@@ -138,20 +247,24 @@ def raw_data(context: AssetExecutionContext, config: RawDataConfig, settings: Se
         target_max=config.target_max,
         max_row_drop_fraction=config.max_row_drop_fraction,
     )
-    results = [*quality.run_blocking(frame, rule), quality.row_count_drop(len(frame), _previous_rows(context), rule)]
-    context.log.info(f"read {len(frame)} rows x {frame.shape[1]} columns from {loaded.description}")
-    yield Output(
-        RawTable(frame, loaded.description, loaded.sha256, rule),
-        metadata={
-            "rows": len(frame),
-            "columns": MetadataValue.json([str(c) for c in frame.columns]),
-            "source": loaded.description,
-            "source_sha256": loaded.sha256 or "",
-            "target": config.target,
-            "column_summary": _column_summary(frame),
-            "preview": MetadataValue.md(frame.head(5).to_markdown(index=False) if len(frame) else "(no rows)"),
-        },
+    blocking = quality.run_blocking(frame, rule)  # the only run of the rules for this table
+    verdict = quality.Verdict.of(frame, blocking)
+    results = [*blocking, quality.row_count_drop(len(frame), _previous_rows(context), rule)]
+    context.log.info(
+        f"read {len(frame)} rows x {frame.shape[1]} columns from {quality.clip(loaded.description, MAX_TEXT)}"
     )
+    metadata = {
+        "rows": len(frame),
+        "columns": quality.bounded_names(frame.columns),
+        "source": loaded.description,
+        "source_sha256": loaded.sha256 or "",
+        "target": config.target,
+        "column_summary": _column_summary(frame),
+        "checks_passed": verdict.passed,
+    }
+    if verdict.passed:  # no preview of data that failed its checks
+        metadata["preview"] = _preview(frame)
+    yield Output(RawTable(frame, loaded.description, loaded.sha256, rule, verdict), metadata=bounded_metadata(metadata))
     for result in results:
         if not result.passed:
             context.log.error(f"quality check {result.name} failed: {result.message}")
@@ -160,7 +273,32 @@ def raw_data(context: AssetExecutionContext, config: RawDataConfig, settings: Se
             passed=result.passed,
             severity=AssetCheckSeverity.ERROR if result.blocking else AssetCheckSeverity.WARN,
             description=result.message,
-            metadata={"message": result.message, **{k: MetadataValue.json(v) if isinstance(v, (dict, list)) else v for k, v in result.metadata.items()}},
+            metadata=bounded_metadata({"message": result.message, **result.metadata}),
+        )
+
+
+def _require_passed(raw_data: RawTable) -> None:
+    """Refuse a table whose checks failed, or that is not the table the verdict was reached on."""
+    verdict = getattr(raw_data, "verdict", None)
+    if verdict is None:
+        raise Failure(
+            "raw_data's stored table carries no quality verdict (it was stored by an older version); "
+            "materialize raw_data again, then s3_dataset"
+        )
+    if not verdict.passed:
+        # raw_data's blocking checks stop this asset in the same run; this covers a run of
+        # s3_dataset alone on top of a raw_data that failed them.
+        raise Failure(
+            quality.clip(
+                "raw_data failed its quality checks; nothing was written: "
+                + "; ".join(f"{r.name}: {r.message}" for r in verdict.failed),
+                MAX_TEXT,
+            )
+        )
+    if not verdict.covers(raw_data.frame):
+        raise Failure(
+            "raw_data's stored table is not the table its quality checks ran on (fingerprints differ); "
+            "nothing was written: materialize raw_data again, then s3_dataset"
         )
 
 
@@ -172,14 +310,7 @@ def raw_data(context: AssetExecutionContext, config: RawDataConfig, settings: Se
 def s3_dataset(
     context: AssetExecutionContext, config: S3DatasetConfig, raw_data: RawTable, settings: Settings, store: ObjectStore
 ) -> Output[dict]:
-    failed = [r for r in quality.run_blocking(raw_data.frame, raw_data.rule) if not r.passed]
-    if failed:
-        # raw_data's blocking checks stop this asset in the same run; this covers a run of
-        # s3_dataset alone on top of a raw_data that failed them.
-        raise Failure(
-            "raw_data failed its quality checks; nothing was written: "
-            + "; ".join(f"{r.name}: {r.message}" for r in failed)
-        )
+    _require_passed(raw_data)
     rule = raw_data.rule
     table = numeric_frame(raw_data.frame, [*rule.features, rule.target])
     train, validation = split_frame(table, config.train_fraction, config.seed)
@@ -221,7 +352,7 @@ def s3_dataset(
         "validation_uri": value["validation_uri"],
         "train_rows": len(train),
         "validation_rows": len(validation),
-        "columns": MetadataValue.json(list(table.columns)),
+        "columns": quality.bounded_names(table.columns),
         "train_sha256": digests["train.csv"],
         "validation_sha256": digests["validation.csv"],
         "dataset_sha256": dataset_sha,
@@ -232,4 +363,4 @@ def s3_dataset(
     }
     for name, version in value["version_ids"].items():
         metadata[f"{name.split('.')[0]}_version_id"] = version
-    return Output(value, metadata=metadata, data_version=DataVersion(dataset_sha))
+    return Output(value, metadata=bounded_metadata(metadata), data_version=DataVersion(dataset_sha))
