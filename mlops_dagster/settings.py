@@ -7,24 +7,34 @@ allowed, so a typo fails at load time instead of half-way through a run.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource
 from dagster._utils.schedules import is_valid_cron_string
 
+from .naming import default_repository_name, default_role_name, derived_name_problems, max_pipeline_name_length
+
 BACKENDS = ("local", "aws")
 # S3's bucket naming rules (general purpose buckets), minus the legacy dotted forms.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Reserved by S3 for access point aliases, directory and table buckets, demos and IDNs.
+_BUCKET_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_BUCKET_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+# Parts of a key prefix: plain characters only (an IAM policy reads '*' and '?' as wildcards).
+_PREFIX_PART_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+PREFIX_MAX = 200  # S3 keys end at 1024 bytes; the pipeline's own keys need the rest
 _REGION_RE = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
 _ROLE_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _TEAM_RE = re.compile(r"^team:[\w.-]+$")
 _IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
 _REPO_RE = re.compile(r"^[\w.-]{1,100}$")
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
+_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
 
 
 class SettingsError(ValueError):
@@ -39,10 +49,10 @@ class Settings(ConfigurableResource):
     | MLOPS_BACKEND | local | `local` (no AWS, everything under MLOPS_HOME) or `aws` |
     | MLOPS_HOME | ./.mlops | local object store, SQLite state, logs, Dagster storage |
     | MLOPS_BUCKET | mlops-local (local); required on aws | the S3 bucket for data and artifacts |
-    | MLOPS_PREFIX | mlops | key prefix inside the bucket |
+    | MLOPS_PREFIX | mlops | key prefix inside the bucket: parts of letters, digits, '.', '_', '-' joined by '/' (at most 200 characters) |
     | MLOPS_REGION | AWS_REGION, AWS_DEFAULT_REGION, else us-east-1 (local only) | AWS region |
     | MLOPS_DATA_SOURCE | synthetic | default source of `raw_data`: a path, an s3:// URI or `synthetic` |
-    | MLOPS_PIPELINE_NAME | mlops-pipeline | the SageMaker pipeline's name |
+    | MLOPS_PIPELINE_NAME | mlops-pipeline | the SageMaker pipeline's name (at most 32 characters: endpoint, model and group names derive from it) |
     | MLOPS_ROLE_ARN | (local: a placeholder) | aws: the SageMaker execution role (setup_infrastructure creates one) |
     | MLOPS_RETRAIN_CRON | 0 3 * * 1 | when retraining_schedule materializes the graph (weekly, Monday 03:00 UTC) |
     | MLOPS_ROLE_NAME | SageMakerExecutionRole-<pipeline name> | the role setup_infrastructure creates (aws) |
@@ -100,25 +110,11 @@ class Settings(ConfigurableResource):
                     "for data and artifacts (e.g. sagemaker-mlops-abc123)"
                 )
             bucket = "mlops-local"
-        if not _BUCKET_RE.match(bucket) or ".." in bucket:
-            raise SettingsError(
-                f"MLOPS_BUCKET={bucket!r} is not a valid S3 bucket name: use 3-63 lowercase "
-                "letters, digits, dots or hyphens, starting and ending with a letter or digit"
-            )
-
+        _check_bucket(bucket)
         prefix = env.get("MLOPS_PREFIX", "mlops")
-        if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix or ".." in prefix.split("/"):
-            raise SettingsError(
-                f"MLOPS_PREFIX={prefix!r} is not a valid key prefix: no leading or trailing '/', "
-                "no empty or '..' parts (e.g. 'mlops' or 'teams/ml')"
-            )
-
+        _check_prefix(prefix)
         pipeline_name = env.get("MLOPS_PIPELINE_NAME") or "mlops-pipeline"
-        if not _NAME_RE.match(pipeline_name):
-            raise SettingsError(
-                f"MLOPS_PIPELINE_NAME={pipeline_name!r} is not a valid SageMaker pipeline name: "
-                "letters, digits and single hyphens, starting with a letter or digit"
-            )
+        _check_pipeline_name(pipeline_name)
 
         role_arn = env.get("MLOPS_ROLE_ARN") or None
         if role_arn and not _ROLE_RE.match(role_arn):
@@ -133,20 +129,20 @@ class Settings(ConfigurableResource):
                 "(minute hour day-of-month month day-of-week)"
             )
 
-        role_name = env.get("MLOPS_ROLE_NAME") or f"SageMakerExecutionRole-{pipeline_name}"[:64]
+        role_name = env.get("MLOPS_ROLE_NAME") or default_role_name(pipeline_name)
         if not _IAM_NAME_RE.match(role_name):
             raise SettingsError(
                 f"MLOPS_ROLE_NAME={role_name!r} is not a valid IAM role name: 1-64 letters, digits or +=,.@_-"
             )
-        repository_name = env.get("MLOPS_REPOSITORY_NAME") or f"{pipeline_name}-code"
-        if not _REPO_RE.match(repository_name):
+        repository_name = env.get("MLOPS_REPOSITORY_NAME") or default_repository_name(pipeline_name)
+        if not _REPO_RE.match(repository_name) or repository_name.endswith(".git"):
             raise SettingsError(
                 f"MLOPS_REPOSITORY_NAME={repository_name!r} is not a valid repository name: "
-                "1-100 letters, digits, '.', '_' or '-'"
+                "1-100 letters, digits, '.', '_' or '-', not ending in '.git' (CodeCommit's rule)"
             )
         full_access = _choice(env, "MLOPS_SAGEMAKER_FULL_ACCESS", "false", ("true", "false", "1", "0", "yes", "no"))
         endpoint_url = env.get("MLOPS_AWS_ENDPOINT_URL") or None
-        if endpoint_url and not endpoint_url.startswith(("http://", "https://")):
+        if endpoint_url and not (endpoint_url.startswith(("http://", "https://")) and _host_of(endpoint_url)):
             raise SettingsError(
                 f"MLOPS_AWS_ENDPOINT_URL={endpoint_url!r} is not an http(s) URL such as 'http://127.0.0.1:5000'"
             )
@@ -200,3 +196,60 @@ def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str,
             + ", ".join(repr(a) for a in allowed)
         )
     return value
+
+
+def _check_bucket(bucket: str) -> None:
+    """S3's rules for general purpose bucket names (minus the legacy dotted forms)."""
+    problem = None
+    if not _BUCKET_RE.match(bucket) or ".." in bucket:
+        problem = "use 3-63 lowercase letters, digits, dots or hyphens, starting and ending with a letter or digit"
+    elif _is_ip_address(bucket):
+        problem = "it must not be formatted as an IP address"
+    elif bucket.startswith(_BUCKET_RESERVED_PREFIXES) or bucket.endswith(_BUCKET_RESERVED_SUFFIXES):
+        problem = (
+            "S3 reserves names starting with " + ", ".join(repr(p) for p in _BUCKET_RESERVED_PREFIXES)
+            + " and ending with " + ", ".join(repr(p) for p in _BUCKET_RESERVED_SUFFIXES)
+        )  # fmt: skip
+    if problem:
+        raise SettingsError(f"MLOPS_BUCKET={bucket!r} is not a valid S3 bucket name: {problem}")
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_prefix(prefix: str) -> None:
+    """An S3 key prefix every store (S3 and the local folder tree) reads the same way."""
+    parts = prefix.split("/")
+    if prefix and (len(prefix) > PREFIX_MAX or any(p in (".", "..") or not _PREFIX_PART_RE.match(p) for p in parts)):
+        raise SettingsError(
+            f"MLOPS_PREFIX={prefix!r} is not a valid key prefix: use at most {PREFIX_MAX} characters in parts "
+            "separated by single '/', each part made of letters, digits, '.', '_' or '-' and not '.' or '..', "
+            "with no leading or trailing '/' (e.g. 'mlops' or 'teams/ml'; empty for the bucket's root)"
+        )
+
+
+def _check_pipeline_name(name: str) -> None:
+    """A valid SageMaker name whose derived names (endpoints, models, ...) are valid and whole too."""
+    if not _NAME_RE.match(name):
+        raise SettingsError(
+            f"MLOPS_PIPELINE_NAME={name!r} is not a valid SageMaker pipeline name: "
+            "letters, digits and single hyphens, starting and ending with a letter or digit"
+        )
+    problems = derived_name_problems(name)
+    if problems:
+        raise SettingsError(
+            f"MLOPS_PIPELINE_NAME={name!r} has {len(name)} characters; at most {max_pipeline_name_length()} "
+            "are allowed, because names are derived from it: " + "; ".join(problems)
+        )
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:
+        return None

@@ -156,3 +156,100 @@ def test_home_that_is_a_file_is_named(tmp_path: Path):
 def test_relative_home_is_resolved(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert Settings.from_env({"MLOPS_HOME": "rel-home"}).home == str(tmp_path.resolve() / "rel-home")
+
+
+# Issue 9 item 6: values that passed settings and then broke every store call or deployment.
+
+
+@pytest.mark.parametrize(
+    "prefix", [".", "a/./b", "./a", "a/.", "a/..", "a//b", "/a", "a/", "a b", "a/*", "te?m", "x" * 201]
+)
+def test_prefix_that_would_break_store_calls_is_refused(tmp_path: Path, prefix: str):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env_for(tmp_path, prefix=prefix))
+    message = str(err.value)
+    assert f"MLOPS_PREFIX={prefix!r} is not a valid key prefix" in message
+    assert "at most 200 characters" in message and "letters, digits, '.', '_' or '-'" in message
+    assert "not '.' or '..'" in message
+
+
+@pytest.mark.parametrize("prefix", ["mlops", "teams/ml", "a.b/c_d-e", "", "v1.2", "x" * 200])
+def test_plain_prefixes_pass(tmp_path: Path, prefix: str):
+    assert Settings.from_env(env_for(tmp_path, prefix=prefix)).prefix == prefix
+
+
+def test_longest_pipeline_name_passes_and_its_names_fit(tmp_path: Path):
+    from mlops_dagster import naming
+
+    name = "p" * 32
+    s = Settings.from_env(env_for(tmp_path, pipeline_name=name))
+    version, stamp = "9" * naming.VERSION_DIGITS, "20260101000000"
+    names = [naming.model_package_group(name)]
+    for env in naming.ENVIRONMENTS:
+        endpoint = naming.endpoint_name(name, env)
+        names += [endpoint, naming.deployment_name(endpoint, version, stamp)]
+    assert all(len(n) <= 63 for n in names)
+    # Nothing was cut: each deployment's name keeps its version and stamp, so two never collide.
+    assert naming.deployment_name(naming.endpoint_name(name, "staging"), version, stamp).endswith(
+        f"-v{version}-{stamp}"
+    )
+    assert s.pipeline_name == name
+
+
+@pytest.mark.parametrize("length", [33, 56, 200, 256])
+def test_long_pipeline_name_is_refused_naming_the_derived_name(tmp_path: Path, length: int):
+    name = "p" * length
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env_for(tmp_path, pipeline_name=name))
+    message = str(err.value)
+    assert f"MLOPS_PIPELINE_NAME={name!r} has {length} characters; at most 32 are allowed" in message
+    assert f"the staging model and endpoint config (for version 999999) name '{name}-staging-v999999-" in message
+    assert "(SageMaker allows 63)" in message
+    if length > 56:  # <name>-models passes 63 too
+        assert f"the model package group name '{name}-models'" in message
+
+
+@pytest.mark.parametrize("name", ["ends-with-hyphen-", "double--hyphen-ok-but-not-this-", "-lead"])
+def test_pipeline_name_pattern_is_checked(tmp_path: Path, name: str):
+    with pytest.raises(SettingsError, match=rf"MLOPS_PIPELINE_NAME={name!r} is not a valid SageMaker pipeline name"):
+        Settings.from_env(env_for(tmp_path, pipeline_name=name))
+
+
+@pytest.mark.parametrize(
+    ("bucket", "rule"),
+    [
+        ("192.168.5.4", "must not be formatted as an IP address"),
+        ("xn--bucket", "S3 reserves names starting with 'xn--'"),
+        ("sthree-data", "S3 reserves names starting with"),
+        ("amzn-s3-demo-bucket", "S3 reserves names starting with"),
+        ("data-s3alias", "and ending with '-s3alias'"),
+        ("data--ol-s3", "and ending with"),
+        ("data.mrap", "and ending with"),
+        ("data--x-s3", "and ending with"),
+        ("data--table-s3", "and ending with"),
+    ],
+)
+def test_reserved_bucket_names_are_refused(tmp_path: Path, bucket: str, rule: str):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env_for(tmp_path, backend="aws", region="us-east-1", bucket=bucket))
+    assert f"MLOPS_BUCKET={bucket!r} is not a valid S3 bucket name: " in str(err.value)
+    assert rule in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["models.git", "x" * 101, "a b"])
+def test_invalid_repository_name_is_named(tmp_path: Path, name: str):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env_for(tmp_path, repository_name=name))
+    assert f"MLOPS_REPOSITORY_NAME={name!r} is not a valid repository name" in str(err.value)
+    assert "1-100 letters" in str(err.value) and "not ending in '.git'" in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://", "https://:5000", "http://[bad"])
+def test_endpoint_url_without_a_host_is_refused(tmp_path: Path, url: str):
+    with pytest.raises(SettingsError, match=r"MLOPS_AWS_ENDPOINT_URL=.* is not an http\(s\) URL"):
+        Settings.from_env(env_for(tmp_path, aws_endpoint_url=url))
+
+
+def test_endpoint_url_with_a_host_passes(tmp_path: Path):
+    url = "http://127.0.0.1:5000"
+    assert Settings.from_env(env_for(tmp_path, aws_endpoint_url=url)).aws_endpoint_url == url
