@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from dagster import ConfigurableResource
 from dagster._utils.schedules import is_valid_cron_string
+from pydantic import field_validator
 
 from .naming import default_repository_name, default_role_name, derived_name_problems, max_pipeline_name_length
 
@@ -82,6 +83,26 @@ class Settings(ConfigurableResource):
     aws_retry_mode: str = "standard"
     aws_max_attempts: int = 8
     owners: list[str] = []
+
+    # The same checks when a run's config overrides the resource (the launchpad can): a value
+    # that from_env refuses must not reach the store or SageMaker that way either.
+    @field_validator("bucket")
+    @classmethod
+    def _valid_bucket(cls, value: str) -> str:
+        _check_bucket(value)
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _valid_prefix(cls, value: str) -> str:
+        _check_prefix(value)
+        return value
+
+    @field_validator("pipeline_name")
+    @classmethod
+    def _valid_pipeline_name(cls, value: str) -> str:
+        _check_pipeline_name(value)
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -253,3 +253,25 @@ def test_endpoint_url_without_a_host_is_refused(tmp_path: Path, url: str):
 def test_endpoint_url_with_a_host_passes(tmp_path: Path):
     url = "http://127.0.0.1:5000"
     assert Settings.from_env(env_for(tmp_path, aws_endpoint_url=url)).aws_endpoint_url == url
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "variable"),
+    [("prefix", "a/./b", "MLOPS_PREFIX"), ("pipeline_name", "p" * 40, "MLOPS_PIPELINE_NAME"),
+     ("bucket", "xn--b", "MLOPS_BUCKET")],
+)  # fmt: skip
+def test_run_config_cannot_pass_what_from_env_refuses(settings, field: str, value: str, variable: str):
+    from dagster import DagsterInstance, asset, materialize
+
+    @asset
+    def probe(settings: Settings) -> str:
+        return getattr(settings, field)
+
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [probe], resources={"settings": settings}, instance=instance, raise_on_error=False,
+            run_config={"resources": {"settings": {"config": {field: value}}}},
+        )  # fmt: skip
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "RESOURCE_INIT_FAILURE"]
+    assert f"{variable}={value!r}" in failure.event_specific_data.error.to_string()
