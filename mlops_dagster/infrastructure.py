@@ -4,7 +4,9 @@
   and the code repository with the training code committed to it (step 2). Idempotent.
 - ``verify_infrastructure``: the recipe's "Validation & Testing" list as a pass/fail report.
 - ``teardown_infrastructure``: the recipe's "Cleanup" list, only when the run config repeats the
-  bucket's name.
+  bucket's name, and only of what the project created (see ``resources/infrastructure.py``:
+  ownership): the endpoints, endpoint configs and models deployment made, the pipeline, and the
+  bucket, repository and role setup made; in a bucket setup did not create, only ``MLOPS_PREFIX/``.
 
 The ops never ask which backend they run on: the ``infrastructure`` resource (local or aws) does
 the backend's work, the ``sagemaker`` resource speaks boto3 for both.
@@ -38,7 +40,30 @@ _CHECK_ERRORS = (Failure, ClientError, BotoCoreError, GitError, OSError)
 # setup_infrastructure
 
 
+ADOPT_DESCRIPTION = (
+    "use a {what} of the configured name that exists but was not created by setup_infrastructure (it has "
+    "no managed-by=mlops-dagster tag). Without this, setup refuses it and changes nothing. An adopted {what} "
+    "is marked mlops:adopted-by=<pipeline> and teardown_infrastructure never deletes it"
+)
+
+
+class BucketConfig(Config):
+    adopt_existing: bool = Field(
+        default=False,
+        description=ADOPT_DESCRIPTION.format(what="bucket")
+        + " (teardown deletes only the object versions under MLOPS_PREFIX/)",
+    )
+
+
+class RoleConfig(Config):
+    adopt_existing: bool = Field(
+        default=False,
+        description=ADOPT_DESCRIPTION.format(what="role") + " (teardown deletes only setup's inline policy)",
+    )
+
+
 class CodeRepositoryConfig(Config):
+    adopt_existing: bool = Field(default=False, description=ADOPT_DESCRIPTION.format(what="repository"))
     training_dir: str = Field(default=str(TRAINING_DIR), description="folder whose *.py files are committed")
     branch: str = Field(default="main", description="branch that holds the training code")
     author_name: str = Field(default="mlops-dagster", description="author and committer of the commit")
@@ -65,8 +90,8 @@ def _log_ensured(context: OpExecutionContext, result: Ensured) -> None:
 @op(
     description="Create S3 bucket for data and artifacts, with versioning for data lineage, encryption, public access block, TLS only (Preparation)."
 )
-def ensure_bucket(context: OpExecutionContext, infrastructure: Infrastructure) -> Output[str]:
-    result = infrastructure.ensure_bucket()
+def ensure_bucket(context: OpExecutionContext, config: BucketConfig, infrastructure: Infrastructure) -> Output[str]:
+    result = infrastructure.ensure_bucket(adopt=config.adopt_existing)
     _log_ensured(context, result)
     return Output(result.name, metadata=_ensured_metadata(result))
 
@@ -74,9 +99,11 @@ def ensure_bucket(context: OpExecutionContext, infrastructure: Infrastructure) -
 @op(
     description="Create IAM execution role for SageMaker: trust policy, least-privilege policy; outputs its ARN (step 1)."
 )
-def ensure_execution_role(context: OpExecutionContext, bucket: str, infrastructure: Infrastructure) -> Output[str]:
+def ensure_execution_role(
+    context: OpExecutionContext, config: RoleConfig, bucket: str, infrastructure: Infrastructure
+) -> Output[str]:
     # `bucket` orders this after the bucket its policy is scoped to.
-    result = infrastructure.ensure_execution_role()
+    result = infrastructure.ensure_execution_role(adopt=config.adopt_existing)
     _log_ensured(context, result)
     return Output(result.name, metadata={**_ensured_metadata(result), "bucket": bucket})
 
@@ -124,7 +151,9 @@ def ensure_code_repository(
         message=f"Training code {code_sha[:12]} (mlops-dagster setup_infrastructure)",
     )
     try:
-        result: CommitResult = infrastructure.ensure_code_repository(CODE_FOLDER, files, request)
+        result: CommitResult = infrastructure.ensure_code_repository(
+            CODE_FOLDER, files, request, adopt=config.adopt_existing
+        )
     except GitError as err:
         raise Failure(str(err)) from err
     context.log.info(f"code repository {result.repository}: {result.status} ({result.location})")
@@ -290,8 +319,9 @@ def verify_infrastructure():
 class TeardownConfig(Config):
     confirm_bucket: str = Field(
         default="",
-        description="type the bucket's name (MLOPS_BUCKET) to confirm deleting the pipeline, the bucket with "
-        "every object version, the repository and the role",
+        description="type the bucket's name (MLOPS_BUCKET) to confirm deleting what the project created: the "
+        "endpoints, endpoint configs and models, the pipeline, the bucket with every object version (in a bucket "
+        "setup did not create: only the versions under MLOPS_PREFIX/), the repository and the role",
     )
 
 
@@ -313,11 +343,23 @@ def confirm_teardown(config: TeardownConfig, infrastructure: Infrastructure) -> 
     if config.confirm_bucket != infrastructure.bucket:
         given = repr(config.confirm_bucket) if config.confirm_bucket else "nothing"
         raise Failure(
-            f"teardown refused, nothing was deleted: to delete the pipeline, bucket {infrastructure.bucket} "
-            f"(every object version), repository and role, set "
+            f"teardown refused, nothing was deleted: to delete the endpoints, endpoint configs and models "
+            f"deployment created, the pipeline, bucket {infrastructure.bucket} (every object version; only those "
+            f"under {infrastructure.prefix}/ if setup did not create the bucket), repository and role, set "
             f"ops.confirm_teardown.config.confirm_bucket to {infrastructure.bucket!r} (got {given})"
         )
     return []
+
+
+@op(
+    description="Delete the endpoints (they bill by the hour), endpoint configs and models deployment created for "
+    "this pipeline (tagged managed-by=mlops-dagster and mlops:pipeline)."
+)
+def delete_endpoints_and_models(
+    context: OpExecutionContext, removals: list, infrastructure: Infrastructure, sagemaker: SageMaker
+) -> Output[list]:
+    client = infrastructure.guard(sagemaker.get_client(), "sagemaker")
+    return _removal_output(context, removals, infrastructure.delete_hosting(client))
 
 
 @op(description="Delete SageMaker pipeline (Cleanup 1).")
@@ -340,12 +382,15 @@ def delete_pipeline(
     return _removal_output(context, removals, removal)
 
 
-@op(description="Remove S3 bucket and contents (Cleanup 2): every object version and delete marker, then the bucket.")
+@op(
+    description="Remove S3 bucket and contents (Cleanup 2): every object version and delete marker, then the "
+    "bucket; in a bucket setup did not create, only the versions under MLOPS_PREFIX/."
+)
 def delete_bucket(context: OpExecutionContext, removals: list, infrastructure: Infrastructure) -> Output[list]:
     return _removal_output(context, removals, infrastructure.delete_bucket())
 
 
-@op(description="Delete CodeCommit repository (Cleanup 3).")
+@op(description="Delete CodeCommit repository (Cleanup 3), if setup created it.")
 def delete_code_repository(
     context: OpExecutionContext, removals: list, infrastructure: Infrastructure, settings: Settings
 ) -> Output[list]:
@@ -358,24 +403,38 @@ def delete_code_repository(
     return _removal_output(context, removals, removal)
 
 
-@op(description="Remove IAM role and policies (Cleanup 4): inline and attached policies, then the role.")
+@op(
+    description="Remove IAM role and policies (Cleanup 4): inline and attached policies, then the role, if setup "
+    "created it; of an adopted role only setup's inline policy."
+)
 def delete_execution_role(context: OpExecutionContext, removals: list, infrastructure: Infrastructure) -> Output[list]:
     return _removal_output(context, removals, infrastructure.delete_role())
 
 
-@op(description="Report what the cleanup deleted and what was already gone.")
+def _removed(removal: dict) -> str:
+    deleted = ", ".join(removal["deleted"])
+    if deleted and removal["note"]:
+        return f"{deleted} ({removal['note']})"
+    return deleted or removal["note"] or "nothing"
+
+
+@op(description="Report what the cleanup deleted, what it kept and what was already gone.")
 def report_teardown(context: OpExecutionContext, removals: list) -> Output[list]:
     table = _markdown_table(
         ("resource", "deleted"),
-        [(f"{r['kind']} {r['name']}", ", ".join(r["deleted"]) or r["note"] or "nothing") for r in removals],
+        [(f"{r['kind']} {r['name']}", _removed(r)) for r in removals],
     )
     context.log.info("teardown:\n" + table)
     return Output(removals, metadata={"report": MetadataValue.md(table)})
 
 
-@job(description="The recipe's Cleanup list: pipeline, bucket (all versions), repository, role. Needs confirm_bucket.")
+@job(
+    description="The recipe's Cleanup list, of what the project created: endpoints, endpoint configs and models, "
+    "pipeline, bucket (all versions), repository, role. Needs confirm_bucket."
+)
 def teardown_infrastructure():
-    report_teardown(delete_execution_role(delete_code_repository(delete_bucket(delete_pipeline(confirm_teardown())))))
+    removed = delete_pipeline(delete_endpoints_and_models(confirm_teardown()))
+    report_teardown(delete_execution_role(delete_code_repository(delete_bucket(removed))))
 
 
 INFRASTRUCTURE_JOBS = [setup_infrastructure, verify_infrastructure, teardown_infrastructure]

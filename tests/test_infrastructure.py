@@ -133,7 +133,7 @@ def test_verify_fails_naming_what_is_missing_then_passes_and_teardown_needs_the_
     # What is already gone is tolerated.
     again = run(defs, instance, "teardown_infrastructure", CONFIRM)
     assert again.success, failure(again)
-    assert [r["deleted"] for r in again.output_for_node("report_teardown")] == [()] * 4
+    assert [r["deleted"] for r in again.output_for_node("report_teardown")] == [()] * 5
 
 
 def test_changed_code_makes_one_commit_on_top_and_keeps_other_files(tmp_path):

@@ -28,6 +28,8 @@ from mlops_dagster.resources.aws_infrastructure import INLINE_POLICY_NAME
 from mlops_dagster.settings import Settings, SettingsError
 
 ACCOUNT = "123456789012"  # moto's default account
+MANAGED = {"managed-by": "mlops-dagster", "mlops:pipeline": "mlops-pipeline"}  # what setup and deployment tag
+ADOPTED = {"mlops:adopted-by": "mlops-pipeline"}
 REGION = "eu-west-1"
 BUCKET = "mlops-infra-test"
 ROLE_NAME = "SageMakerExecutionRole-mlops-pipeline"
@@ -55,25 +57,50 @@ def _error(code: str, message: str) -> tuple[AWSResponse, dict]:
 
 
 class FakeCommits:
-    """CodeCommit's GetBranch, GetFolder and CreateCommit, which moto 5.2.5 lacks (NotImplemented).
+    """CodeCommit's GetBranch, GetFolder, CreateCommit and its tagging calls, which moto 5.2.5
+    lacks (NotImplemented).
 
-    ``before-call.codecommit.<Operation>`` handlers answer just these three from this object's
-    state without sending them; repositories themselves (create/get/delete) are moto's.
+    ``before-call.codecommit.<Operation>`` handlers answer just these from this object's state
+    without sending them; repositories themselves (create/get/delete) are moto's, and the tags
+    a CreateRepository carries are recorded on the way to moto (which drops them).
     """
 
-    OPERATIONS = ("GetBranch", "GetFolder", "CreateCommit")
+    OPERATIONS = ("GetBranch", "GetFolder", "CreateCommit", "ListTagsForResource", "TagResource", "UntagResource")
+    OBSERVED = ("CreateRepository", "DeleteRepository")
 
     def __init__(self) -> None:
         self.heads: dict[tuple[str, str], str] = {}  # (repository, branch) -> commit id
         self.trees: dict[str, dict[str, str]] = {}  # commit id -> {path: blob id}
         self.commits: list[dict] = []  # every CreateCommit request, decoded
+        self.tags: dict[str, dict[str, str]] = {}  # repository name -> its tags
 
     def install(self, session: boto3.Session) -> None:
-        for operation in self.OPERATIONS:
+        for operation in self.OPERATIONS + self.OBSERVED:
             session.events.register(f"before-call.codecommit.{operation}", self)
 
-    def __call__(self, model: Any, params: dict, **_: Any) -> tuple[AWSResponse, dict]:
+    def __call__(self, model: Any, params: dict, **_: Any) -> tuple[AWSResponse, dict] | None:
         return getattr(self, model.name)(json.loads(params["body"] or b"{}"))
+
+    def CreateRepository(self, body: dict) -> None:
+        self.tags[body["repositoryName"]] = dict(body.get("tags") or {})
+
+    def DeleteRepository(self, body: dict) -> None:
+        self.tags.pop(body["repositoryName"], None)
+
+    def _named(self, arn: str) -> dict[str, str]:
+        return self.tags.setdefault(arn.rsplit(":", 1)[-1], {})
+
+    def ListTagsForResource(self, body: dict):
+        return _answer(200, {"tags": dict(self._named(body["resourceArn"]))})
+
+    def TagResource(self, body: dict):
+        self._named(body["resourceArn"]).update(body["tags"])
+        return _answer(200, {})
+
+    def UntagResource(self, body: dict):
+        for key in body["tagKeys"]:
+            self._named(body["resourceArn"]).pop(key, None)
+        return _answer(200, {})
 
     def GetBranch(self, body: dict):
         head = self.heads.get((body["repositoryName"], body["branchName"]))
@@ -164,11 +191,29 @@ def iam():
     return boto3.client("iam", region_name=REGION)
 
 
+def codecommit():
+    # A new session, so that this test's FakeCommits (installed on new sessions) answers its tag calls.
+    return boto3.session.Session().client("codecommit", region_name=REGION)
+
+
+def bucket_tags() -> dict[str, str]:
+    try:
+        return {t["Key"]: t["Value"] for t in s3().get_bucket_tagging(Bucket=BUCKET)["TagSet"]}
+    except ClientError as err:
+        assert err.response["Error"]["Code"] == "NoSuchTagSet"
+        return {}
+
+
+def role_tags() -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in iam().get_role(RoleName=ROLE_NAME)["Role"].get("Tags", [])}
+
+
 # --- setup_infrastructure ------------------------------------------------------------------------
 
 
 def _assert_guarded_bucket_in_its_region() -> None:
     assert s3().get_bucket_location(Bucket=BUCKET)["LocationConstraint"] == REGION
+    assert bucket_tags() == MANAGED
     assert s3().get_bucket_versioning(Bucket=BUCKET)["Status"] == "Enabled"
     rules = s3().get_bucket_encryption(Bucket=BUCKET)["ServerSideEncryptionConfiguration"]["Rules"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
@@ -189,6 +234,7 @@ def _assert_guarded_bucket_in_its_region() -> None:
 
 def _assert_least_privilege_role() -> None:
     role = iam().get_role(RoleName=ROLE_NAME)["Role"]
+    assert role_tags() == MANAGED
     [trust] = role["AssumeRolePolicyDocument"]["Statement"]
     assert trust["Principal"] == {"Service": "sagemaker.amazonaws.com"} and trust["Action"] == "sts:AssumeRole"
     assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
@@ -200,7 +246,10 @@ def _assert_least_privilege_role() -> None:
         resources = [s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]
         if any(a.startswith("s3:") for a in actions):
             assert "*" not in resources and all(BUCKET in r for r in resources), s
-    assert statements["ListDataPrefix"]["Condition"] == {"StringLike": {"s3:prefix": ["mlops", "mlops/*"]}}
+    assert statements["ListDataPrefix"]["Condition"] == {
+        "StringLike": {"s3:prefix": ["mlops", "mlops/*"]},
+        "StringEquals": {"s3:ResourceAccount": ACCOUNT},
+    }
     assert statements["ReadWriteDataPrefix"]["Resource"] == f"arn:aws:s3:::{BUCKET}/mlops/*"
     assert statements["PassThisRoleToSageMaker"]["Resource"] == ROLE_ARN
     assert statements["PassThisRoleToSageMaker"]["Condition"] == {
@@ -215,8 +264,9 @@ def _assert_least_privilege_role() -> None:
 
 
 def _assert_code_committed_and_recorded(commits: FakeCommits, home: Path, result) -> None:
-    repo = boto3.client("codecommit", region_name=REGION).get_repository(repositoryName=REPOSITORY)
+    repo = codecommit().get_repository(repositoryName=REPOSITORY)
     assert repo["repositoryMetadata"]["repositoryDescription"] == "MLOps pipeline code repository"
+    assert commits.tags[REPOSITORY] == MANAGED
     [commit] = commits.commits
     assert sorted(f["filePath"] for f in commit["putFiles"]) == [f"training/{n}" for n in TRAINING_FILES]
     assert (commit["authorName"], commit["email"]) == ("mlops-dagster", "mlops-dagster@localhost")
@@ -296,6 +346,284 @@ def test_full_access_is_attached_only_when_opted_in_and_detached_when_not(mlops_
         assert opted_out.success, failure(opted_out)
         assert iam().list_attached_role_policies(RoleName=ROLE_NAME)["AttachedPolicies"] == []
         assert "AmazonSageMakerFullAccess detached" in meta(opted_out, "ensure_execution_role")["changes"][0]
+
+
+# --- what setup did not create (issue 9, item 11) --------------------------------------------------
+
+THEIR_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+}
+ADOPT_ALL = {
+    "ops": {
+        op: {"config": {"adopt_existing": True}}
+        for op in ("ensure_bucket", "ensure_execution_role", "ensure_code_repository")
+    }
+}
+THEIR_KEYS = ["mlopsx/keep.csv", "theirs/keep.csv"]  # outside s3://<bucket>/mlops/ ("mlopsx/" is not "mlops/")
+
+
+def _their_role() -> str:
+    """A role with the configured name that setup did not create: its own trust and a policy attached."""
+    iam().create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(THEIR_TRUST))
+    document = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "s3:ListAllMyBuckets", "Resource": "*"}],
+    }
+    arn = iam().create_policy(PolicyName="theirs", PolicyDocument=json.dumps(document))["Policy"]["Arn"]
+    iam().attach_role_policy(RoleName=ROLE_NAME, PolicyArn=arn)
+    return arn
+
+
+def _their_bucket(versioned: bool = True) -> None:
+    s3().create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    if versioned:
+        s3().put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for key in THEIR_KEYS:
+        s3().put_object(Bucket=BUCKET, Key=key, Body=b"not the project's")
+
+
+def _remaining_keys() -> list[str]:
+    listing = s3().list_object_versions(Bucket=BUCKET)
+    return sorted(v["Key"] for v in listing.get("Versions", []) + listing.get("DeleteMarkers", []))
+
+
+def _trust_principals() -> list[dict]:
+    return [s["Principal"] for s in iam().get_role(RoleName=ROLE_NAME)["Role"]["AssumeRolePolicyDocument"]["Statement"]]
+
+
+@pytest.mark.parametrize("resource", ["bucket", "role", "repository"])
+def test_setup_refuses_what_it_did_not_create_naming_it_and_the_opt_in_and_changes_nothing(defs, commits, resource):
+    if resource == "bucket":
+        _their_bucket(versioned=False)
+        name, op = f"bucket s3://{BUCKET}", "ensure_bucket"
+    elif resource == "role":
+        theirs = _their_role()
+        name, op = f"execution role {ROLE_ARN}", "ensure_execution_role"
+    else:
+        codecommit().create_repository(repositoryName=REPOSITORY, tags={"team": "data"})
+        name, op = f"code repository arn:aws:codecommit:{REGION}:{ACCOUNT}:{REPOSITORY}", "ensure_code_repository"
+
+    result = run(defs, "setup_infrastructure")
+    assert not result.success
+    text = failure(result)
+    assert f"{name} already exists and was not created by setup_infrastructure for pipeline mlops-pipeline" in text
+    assert "setup changed nothing" in text and f"ops.{op}.config.adopt_existing: true" in text
+
+    if resource == "bucket":  # not versioned, tagged, encrypted by setup or given a policy
+        assert "Status" not in s3().get_bucket_versioning(Bucket=BUCKET) and bucket_tags() == {}
+        with pytest.raises(ClientError, match="NoSuchBucketPolicy"):
+            s3().get_bucket_policy(Bucket=BUCKET)
+    elif resource == "role":  # trust policy, policies and tags as they were
+        assert _trust_principals() == [{"Service": "ec2.amazonaws.com"}] and role_tags() == {}
+        assert iam().list_role_policies(RoleName=ROLE_NAME)["PolicyNames"] == []
+        assert [p["PolicyArn"] for p in iam().list_attached_role_policies(RoleName=ROLE_NAME)["AttachedPolicies"]] == [
+            theirs
+        ]
+    else:  # nothing committed, tags as they were
+        assert commits.commits == [] and commits.tags[REPOSITORY] == {"team": "data"}
+
+
+def test_adopted_resources_are_used_and_teardown_keeps_them_deleting_only_the_projects_share(defs, commits):
+    theirs = _their_role()
+    _their_bucket()
+    s3().put_bucket_tagging(Bucket=BUCKET, Tagging={"TagSet": [{"Key": "team", "Value": "data"}]})
+    codecommit().create_repository(repositoryName=REPOSITORY, tags={"team": "data"})
+
+    adopted = run(defs, "setup_infrastructure", ADOPT_ALL)
+    assert adopted.success, failure(adopted)
+    ops = ("ensure_bucket", "ensure_execution_role", "ensure_code_repository")
+    assert [meta(adopted, op)["status"] for op in ops] == ["adopted"] * 3
+    assert bucket_tags() == {"team": "data", **ADOPTED} and role_tags() == ADOPTED
+    assert commits.tags[REPOSITORY] == {"team": "data", **ADOPTED} and len(commits.commits) == 1
+    # the role keeps its own trust statement and attached policy; SageMaker's statement is added
+    assert _trust_principals() == [{"Service": "ec2.amazonaws.com"}, {"Service": "sagemaker.amazonaws.com"}]
+    attached = iam().list_attached_role_policies(RoleName=ROLE_NAME)["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [theirs]
+    assert iam().list_role_policies(RoleName=ROLE_NAME)["PolicyNames"] == [INLINE_POLICY_NAME]
+
+    again = run(defs, "setup_infrastructure")  # adopted once: no opt-in needed, nothing changes
+    assert again.success, failure(again)
+    for op in ("ensure_bucket", "ensure_execution_role"):
+        assert meta(again, op)["status"] == "already exists" and meta(again, op)["changes"] == []
+
+    s3().delete_bucket_policy(Bucket=BUCKET)  # moto ignores the TLS Deny's condition (see _seed_pipeline_data_and_job)
+    _versions_and_a_delete_marker()
+    result = run(defs, "teardown_infrastructure", CONFIRM)
+    assert result.success, failure(result)
+    removed = {r["kind"]: r for r in result.output_for_node("report_teardown")}
+    assert removed["bucket"]["deleted"] == (
+        f"2 object versions under s3://{BUCKET}/mlops/", "1 delete markers", "tag mlops:adopted-by"
+    )  # fmt: skip
+    assert removed["bucket"]["note"] == "kept the bucket: adopted"
+    assert _remaining_keys() == THEIR_KEYS and bucket_tags() == {"team": "data"}
+    assert removed["execution role"]["deleted"] == (f"inline policy {INLINE_POLICY_NAME}", "tag mlops:adopted-by")
+    assert iam().list_role_policies(RoleName=ROLE_NAME)["PolicyNames"] == [] and role_tags() == {}
+    attached = iam().list_attached_role_policies(RoleName=ROLE_NAME)["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [theirs]
+    assert removed["code repository"]["note"] == "kept: adopted"
+    assert codecommit().get_repository(repositoryName=REPOSITORY)["repositoryMetadata"]["repositoryName"] == REPOSITORY
+    assert commits.tags[REPOSITORY] == {"team": "data"}
+
+
+def test_teardown_deletes_only_the_prefix_of_a_bucket_setup_did_not_create_and_keeps_what_it_did_not_create(
+    defs, commits
+):
+    # MLOPS_BUCKET names the team's bucket and setup never ran: the project wrote only under mlops/.
+    theirs = _their_role()
+    _their_bucket()
+    _versions_and_a_delete_marker()
+    codecommit().create_repository(repositoryName=REPOSITORY)
+
+    result = run(defs, "teardown_infrastructure", CONFIRM)
+    assert result.success, failure(result)
+    removed = {r["kind"]: r for r in result.output_for_node("report_teardown")}
+    assert removed["bucket"]["deleted"] == (f"2 object versions under s3://{BUCKET}/mlops/", "1 delete markers")
+    assert removed["bucket"]["note"] == "kept the bucket: not created by setup_infrastructure"
+    assert _remaining_keys() == THEIR_KEYS
+    assert (
+        f"| bucket s3://{BUCKET} | 2 object versions under s3://{BUCKET}/mlops/, 1 delete markers "
+        "(kept the bucket: not created by setup_infrastructure) |" in result.log_text
+    )
+    assert removed["execution role"] == {
+        "kind": "execution role", "name": ROLE_ARN, "deleted": (),
+        "note": "kept, policies untouched: not created by setup_infrastructure",
+    }  # fmt: skip
+    assert _trust_principals() == [{"Service": "ec2.amazonaws.com"}]
+    attached = iam().list_attached_role_policies(RoleName=ROLE_NAME)["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [theirs]
+    assert removed["code repository"]["note"] == "kept: not created by setup_infrastructure"
+    codecommit().get_repository(repositoryName=REPOSITORY)
+
+
+def _deploy_dev_endpoint(mlops_home: Path):
+    """The dev_endpoint asset against moto, as test_deployment_aws.py runs it: one model package."""
+    from dagster import build_asset_context
+    from moto.sagemakerruntime.models import sagemakerruntime_backends
+
+    from mlops_dagster.assets.deployment import EndpointConfig, dev_endpoint
+    from mlops_dagster.datasets import synthetic_boston, to_csv_bytes
+
+    defs = build_definitions(settings_for(mlops_home, MLOPS_ROLE_ARN=ROLE_ARN))
+    s3().create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3().put_object(Bucket=BUCKET, Key="mlops/data/abc/validation.csv", Body=to_csv_bytes(synthetic_boston(20, 3)))
+    sm = boto3.client("sagemaker", region_name=REGION)
+    sm.create_model_package_group(ModelPackageGroupName="mlops-pipeline-models")
+    image = f"141502667606.dkr.ecr.{REGION}.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+    package = sm.create_model_package(
+        ModelPackageGroupName="mlops-pipeline-models",
+        ModelApprovalStatus="PendingManualApproval",
+        InferenceSpecification={
+            "Containers": [{"Image": image, "ModelDataUrl": f"s3://{BUCKET}/mlops/model.tar.gz"}],
+            "SupportedContentTypes": ["text/csv"],
+            "SupportedResponseMIMETypes": ["application/json"],
+        },
+    )["ModelPackageArn"]
+    body = json.dumps({"predictions": [21.5] * 5})  # moto's InvokeEndpoint answers from this queue
+    sagemakerruntime_backends[ACCOUNT][REGION].results_queue.append((body, "application/json", "AllTraffic", ""))
+    registered = {
+        "model_package_arn": package, "model_package_group": "mlops-pipeline-models", "version": 1,
+        "approval_status": "PendingManualApproval", "target": "medv",
+        "lineage": {"dataset_uri": f"s3://{BUCKET}/mlops/data/abc/"},
+    }  # fmt: skip
+    resources = {k: defs.resources[k] for k in ("settings", "sagemaker", "store")}
+    with build_asset_context(resources=resources) as context:
+        config = EndpointConfig(wait_delay_seconds=1, wait_max_attempts=5)
+        [output] = list(dev_endpoint(context, config=config, registered_model=registered))
+    assert output.value["smoke_test"] == "passed"
+    return defs, sm
+
+
+def test_deployment_tags_what_it_creates_and_teardown_deletes_exactly_that(mlops_home, commits):
+    defs, sm = _deploy_dev_endpoint(mlops_home)
+    endpoint = sm.describe_endpoint(EndpointName="mlops-pipeline-dev")
+    config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+    model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+
+    def tags(arn: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=arn)["Tags"]}
+
+    assert tags(model["ModelArn"]) == MANAGED and tags(config["EndpointConfigArn"]) == MANAGED
+    assert tags(endpoint["EndpointArn"]) == {**MANAGED, "mlops:environment": "dev"}
+    # Not deployment's: an untagged model with the pipeline's prefix, one tagged for another pipeline.
+    container = {"Image": "sklearn", "ModelDataUrl": f"s3://{BUCKET}/m.tar.gz"}
+    sm.create_model(ModelName="mlops-pipeline-handmade", PrimaryContainer=container, ExecutionRoleArn=ROLE_ARN)
+    other = [{"Key": "managed-by", "Value": "mlops-dagster"}, {"Key": "mlops:pipeline", "Value": "mlops-pipeline-x"}]
+    sm.create_model(
+        ModelName="mlops-pipeline-x-dev-v1", PrimaryContainer=container, ExecutionRoleArn=ROLE_ARN, Tags=other
+    )
+
+    result = run(defs, "teardown_infrastructure", CONFIRM)
+    assert result.success, failure(result)
+    [hosting] = [r for r in result.output_for_node("report_teardown") if r["kind"].startswith("endpoints")]
+    assert hosting["deleted"] == (
+        "endpoint mlops-pipeline-dev",
+        f"endpoint config {config['EndpointConfigName']}",
+        f"model {model['ModelName']}",
+    )
+    assert sm.list_endpoints()["Endpoints"] == [] and sm.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sorted(m["ModelName"] for m in sm.list_models()["Models"]) == [
+        "mlops-pipeline-handmade",
+        "mlops-pipeline-x-dev-v1",
+    ]
+
+
+# --- least privilege (issue 9, item 12) -----------------------------------------------------------
+
+
+class S3Requests:
+    """The parameters of every S3 call the resources' clients make (before botocore builds the request)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict]] = []
+
+    def install(self, session: boto3.Session) -> None:
+        session.events.register("before-parameter-build.s3", self)
+
+    def __call__(self, params: dict, model: Any, **_: Any) -> None:
+        self.calls.append((model.name, dict(params)))
+
+
+def _actions(statement: dict) -> list[str]:
+    return [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+
+
+def test_the_role_may_not_delete_runs_only_pipeline_jobs_and_reaches_only_this_accounts_bucket(defs, monkeypatch):
+    requests = S3Requests()
+    on_new_sessions(monkeypatch, requests.install)
+    assert run(defs, "setup_infrastructure").success
+    policy = iam().get_role_policy(RoleName=ROLE_NAME, PolicyName=INLINE_POLICY_NAME)["PolicyDocument"]
+    statements = {s["Sid"]: s for s in policy["Statement"]}
+
+    # no statement lets the jobs delete objects
+    assert not [a for s in policy["Statement"] for a in _actions(s) if a.startswith("s3:Delete") or a == "s3:*"]
+    assert statements["ReadWriteDataPrefix"] == {
+        "Sid": "ReadWriteDataPrefix",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject", "s3:PutObject"],
+        "Resource": f"arn:aws:s3:::{BUCKET}/mlops/*",
+        "Condition": {"StringEquals": {"s3:ResourceAccount": ACCOUNT}},
+    }
+    # every S3 grant holds only while the bucket belongs to this account
+    for s in policy["Statement"]:
+        if any(a.startswith("s3:") for a in _actions(s)):
+            assert s["Condition"]["StringEquals"]["s3:ResourceAccount"] == ACCOUNT, s
+    # processing and training jobs: the ones SageMaker Pipelines starts (pipelines-<execution>-<step>-...)
+    sm = f"arn:aws:sagemaker:{REGION}:{ACCOUNT}"
+    assert statements["PipelineJobs"]["Resource"] == [
+        f"{sm}:processing-job/pipelines-*",
+        f"{sm}:training-job/pipelines-*",
+    ]
+    for s in policy["Statement"]:
+        if any(a.endswith(("ProcessingJob", "TrainingJob")) for a in _actions(s)):
+            assert all(r.endswith("-job/pipelines-*") for r in s["Resource"]), s
+
+    # every call on the bucket names its expected owner (CreateBucket has no such parameter)
+    assert run(defs, "verify_infrastructure").output_for_node("check_infrastructure")
+    assert run(defs, "teardown_infrastructure", CONFIRM).success
+    on_bucket = [(op, p) for op, p in requests.calls if "Bucket" in p and op != "CreateBucket"]
+    assert {op for op, _ in on_bucket} >= {"HeadBucket", "PutBucketTagging", "ListObjectsV2", "DeleteBucket"}
+    assert [op for op, p in on_bucket if p.get("ExpectedBucketOwner") != ACCOUNT] == []
 
 
 # --- bad input -----------------------------------------------------------------------------------
@@ -476,4 +804,4 @@ def test_teardown_refuses_a_wrong_name_then_deletes_every_version_policy_role_re
 def test_teardown_tolerates_what_is_already_gone(defs):
     result = run(defs, "teardown_infrastructure", CONFIRM)
     assert result.success, failure(result)
-    assert [r["note"] for r in result.output_for_node("report_teardown")] == ["already gone"] * 4
+    assert [r["note"] for r in result.output_for_node("report_teardown")] == ["none deployed"] + ["already gone"] * 4

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from .. import naming
 from ..naming import ENVIRONMENTS
+from ..resources.infrastructure import managed_tags, tag_list
 from ..resources.object_store import ObjectStore
 from ..resources.sagemaker import SageMaker
 from ..settings import Settings
@@ -118,7 +119,8 @@ def deploy(
     current, endpoint = serving_package(client, name)
     changed = not (endpoint and endpoint["EndpointStatus"] == "InService" and current == package_arn)
     if changed:
-        _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint)
+        tags = tag_list(managed_tags(settings.pipeline_name))  # teardown_infrastructure deletes what carries them
+        _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint, tags)
         current_after, endpoint = serving_package(client, name)
         if current_after != package_arn:
             raise Failure(
@@ -146,7 +148,7 @@ def deploy(
     )
 
 
-def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint) -> None:
+def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint, tags) -> None:
     stamp = time.strftime(naming.STAMP_FORMAT, time.gmtime())
     version = package_arn.rsplit("/", 1)[-1]
     resource_name = naming.deployment_name(name, version, stamp)
@@ -159,6 +161,7 @@ def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, 
             "Environment": {"SAGEMAKER_PROGRAM": "inference.py", "MLOPS_SMOKE_ROWS": json.dumps(rows[:2])},
         },
         ExecutionRoleArn=sagemaker.execution_role_arn(),
+        Tags=tags,
     )
     client.create_endpoint_config(
         EndpointConfigName=resource_name,
@@ -166,6 +169,7 @@ def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, 
             {"VariantName": VARIANT, "ModelName": resource_name, "InitialInstanceCount": config.instance_count,
              "InstanceType": config.instance_type}  # fmt: skip
         ],
+        Tags=tags,
     )
     if endpoint is not None and endpoint["EndpointStatus"] == "Failed":
         # A failed endpoint cannot be updated; SageMaker's way out is delete and create.
@@ -175,7 +179,9 @@ def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, 
     if endpoint is None:
         context.log.info(f"creating endpoint {name} with {package_arn}")
         client.create_endpoint(
-            EndpointName=name, EndpointConfigName=resource_name, Tags=[{"Key": "mlops:environment", "Value": env}]
+            EndpointName=name,
+            EndpointConfigName=resource_name,
+            Tags=[*tags, {"Key": "mlops:environment", "Value": env}],
         )
     else:
         context.log.info(f"blue/green update of {name} to {package_arn}")

@@ -7,6 +7,13 @@ permission. Only ``definitions.py`` imports this module, and only for ``MLOPS_BA
 
 An existing resource is read and compared first; a setting is written only when it differs, so a
 second run makes no changes and says "already exists".
+
+Ownership is tags (``managed_tags``): setup tags what it creates, refuses a bucket, role or
+repository of the configured name that it did not create unless the user opts in with
+``adopt_existing`` (then it marks it adopted and never deletes it), and teardown deletes only what
+carries its tags; in a bucket it did not create, only the objects under ``MLOPS_PREFIX/``. Every S3
+call names the bucket's expected owner (this account), so a bucket of the same name in another
+account is refused rather than written to.
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ from pydantic import PrivateAttr
 
 from .aws import AwsSession
 from .infrastructure import (
+    ADOPTED,
+    ADOPTED_TAG,
+    CREATED,
+    FOREIGN,
     AccessDeniedFailure,
     CommitResult,
     Ensured,
@@ -32,6 +43,11 @@ from .infrastructure import (
     Removal,
     error_code,
     git_blob_id,
+    managed_tags,
+    not_created_by_setup,
+    ownership,
+    tag_dict,
+    tag_list,
 )
 from .local_git import CommitRequest
 
@@ -52,6 +68,7 @@ PUBLIC_ACCESS_BLOCK = {
 # the bucket to SSE-KMS: setup keeps an existing KMS default (it never downgrades it).
 SSE_S3 = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
 _ENCRYPTED = ("AES256", "aws:kms", "aws:kms:dsse")
+PIPELINE_JOB_PREFIX = "pipelines-"  # how SageMaker Pipelines names the jobs of a step
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,12 @@ def _canonical(document: Any) -> str:
     if isinstance(document, str):
         document = json.loads(document)
     return json.dumps(document, sort_keys=True)
+
+
+def _statements(policy: dict) -> list[dict]:
+    """A policy's statements as a list (a single statement may be written as an object)."""
+    statements = policy.get("Statement", [])
+    return [statements] if isinstance(statements, dict) else list(statements)
 
 
 def tls_only_statement(partition: str, bucket: str) -> dict:
@@ -108,24 +131,33 @@ def execution_policy(
     model_package_group: str,
     image_repository_arns: list[str],
 ) -> dict:
-    """What the pipeline's jobs need, and no more: the bucket's prefix, the framework image,
-    their own log groups and metrics, the pipeline's SageMaker jobs and model package group,
-    and passing this role (only) to SageMaker."""
+    """What the pipeline's jobs need, and no more: the bucket's prefix (read and write, no delete; in
+    this account only), the framework image, their own log groups and metrics, the jobs SageMaker
+    Pipelines starts (``pipelines-*``) and the model package group, and passing this role (only) to
+    SageMaker."""
     bucket_arn = f"arn:{partition}:s3:::{bucket}"
     sm = f"arn:{partition}:sagemaker:{region}:{account}"
     group = model_package_group.lower()  # SageMaker lower-cases names in ARNs
-    list_bucket: dict = {"Sid": "ListDataPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn}
+    # s3:ResourceAccount: if the bucket is deleted and its name claimed by another account, the
+    # jobs' reads and writes are refused instead of landing in that account's bucket.
+    this_account = {"StringEquals": {"s3:ResourceAccount": account}}
+    list_bucket: dict = {
+        "Sid": "ListDataPrefix", "Effect": "Allow", "Action": "s3:ListBucket", "Resource": bucket_arn,
+        "Condition": dict(this_account),
+    }  # fmt: skip
     if prefix:
-        list_bucket["Condition"] = {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}
+        list_bucket["Condition"]["StringLike"] = {"s3:prefix": [prefix, f"{prefix}/*"]}
     return {
         "Version": "2012-10-17",
         "Statement": [
             list_bucket,
             {
+                # The jobs read their inputs and write outputs and model.tar.gz; nothing deletes objects.
                 "Sid": "ReadWriteDataPrefix",
                 "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+                "Action": ["s3:GetObject", "s3:PutObject"],
                 "Resource": f"{bucket_arn}/{prefix}/*" if prefix else f"{bucket_arn}/*",
+                "Condition": this_account,
             },
             # GetAuthorizationToken has no resource-level permissions: "*" is the only form IAM accepts.
             {"Sid": "EcrAuthorization", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
@@ -155,6 +187,8 @@ def execution_policy(
                 "Condition": {"StringLike": {"cloudwatch:namespace": "/aws/sagemaker/*"}},
             },
             {
+                # SageMaker Pipelines names the jobs it starts pipelines-<execution id>-<step>-<suffix>
+                # (the SDK leaves the job name out of the definition): those, not every job in the account.
                 "Sid": "PipelineJobs",
                 "Effect": "Allow",
                 "Action": [
@@ -167,7 +201,10 @@ def execution_policy(
                     "sagemaker:AddTags",
                     "sagemaker:ListTags",
                 ],
-                "Resource": [f"{sm}:processing-job/*", f"{sm}:training-job/*"],
+                "Resource": [
+                    f"{sm}:processing-job/{PIPELINE_JOB_PREFIX}*",
+                    f"{sm}:training-job/{PIPELINE_JOB_PREFIX}*",
+                ],
             },
             {
                 "Sid": "ModelRegistry",
@@ -252,17 +289,23 @@ class AwsInfrastructure(Infrastructure):
 
     # bucket
 
-    def ensure_bucket(self) -> Ensured:
+    def _bucket(self, identity: Identity) -> dict[str, str]:
+        """The parameters of every call on the bucket: a bucket of this name that another account
+        owns answers 403 (ExpectedBucketOwner) instead of receiving or serving our objects."""
+        return {"Bucket": self.bucket, "ExpectedBucketOwner": identity.account}
+
+    def ensure_bucket(self, adopt: bool = False) -> Ensured:
         identity = self._identity()
         s3 = self._client("s3", identity)
-        status = self._create_bucket_if_missing(s3, identity)
+        bucket = self._bucket(identity)
+        status, owner = self._claim_bucket(s3, bucket, self._create_bucket_if_missing(s3, identity), adopt)
         changes = [
             change
             for change in (
-                self._ensure_versioning(s3),
-                self._ensure_encryption(s3),
-                self._ensure_public_access_block(s3),
-                self._ensure_tls_policy(s3, identity),
+                self._ensure_versioning(s3, bucket),
+                self._ensure_encryption(s3, bucket),
+                self._ensure_public_access_block(s3, bucket),
+                self._ensure_tls_policy(s3, bucket, identity),
             )
             if change
         ]
@@ -273,17 +316,56 @@ class AwsInfrastructure(Infrastructure):
             tuple(changes),
             details={
                 "region": self.region,
+                "owner": owner
+                if owner == CREATED
+                else f"{owner}: teardown deletes only s3://{self.bucket}/{self.prefix}/",
                 "versioning": "Enabled",
-                "default encryption": self._encryption_algorithm(s3),
+                "default encryption": self._encryption_algorithm(s3, bucket),
                 "public access block": "all four settings on",
                 "bucket policy": f"{TLS_STATEMENT_ID}: denies s3:* when aws:SecureTransport is false",
             },
         )
 
+    def _claim_bucket(self, s3: GuardedClient, bucket: dict, status: str, adopt: bool) -> tuple[str, str]:
+        """(status, owner): a bucket setup just created is tagged; an existing one is used only if
+        setup created or adopted it, or the user opts in to adopting it now."""
+        if status == "created":
+            self._put_bucket_tags(s3, bucket, managed_tags(self.pipeline_name))
+            return status, CREATED
+        tags = self._bucket_tags(s3, bucket)
+        owner = ownership(tags, self.pipeline_name)
+        if owner != FOREIGN:
+            return status, owner
+        if not adopt:
+            raise not_created_by_setup(
+                "bucket", f"s3://{self.bucket}", "ensure_bucket", self.pipeline_name,
+                adopting="turns on versioning, default encryption (if none), the public access block and a TLS-only "
+                "bucket policy statement",
+                teardown=f"deletes only the object versions under s3://{self.bucket}/{self.prefix}/ and keeps the bucket",
+                instead="set MLOPS_BUCKET to a bucket name that does not exist yet",
+            )  # fmt: skip
+        self._put_bucket_tags(s3, bucket, {**tags, ADOPTED_TAG: self.pipeline_name})
+        return "adopted", ADOPTED
+
+    def _bucket_tags(self, s3: GuardedClient, bucket: dict) -> dict[str, str]:
+        try:
+            return tag_dict(s3.get_bucket_tagging(**bucket)["TagSet"])
+        except ClientError as err:
+            if error_code(err) != "NoSuchTagSet":  # S3's answer for a bucket without tags
+                raise
+            return {}
+
+    def _put_bucket_tags(self, s3: GuardedClient, bucket: dict, tags: Mapping[str, str]) -> None:
+        """PutBucketTagging replaces the whole set: callers pass the tags to keep as well."""
+        if tags:
+            s3.put_bucket_tagging(**bucket, Tagging={"TagSet": tag_list(tags)})
+        else:
+            s3.delete_bucket_tagging(**bucket)
+
     def _create_bucket_if_missing(self, s3: GuardedClient, identity: Identity) -> str:
         try:
             # ExpectedBucketOwner: a bucket of the same name in another account answers 403, not 200.
-            head = s3.head_bucket(Bucket=self.bucket, ExpectedBucketOwner=identity.account)
+            head = s3.head_bucket(**self._bucket(identity))
         except AccessDeniedFailure:
             # Someone else's bucket, or ours without s3:ListBucket: CreateBucket tells which.
             return self._create_bucket(s3, identity, head_denied=True)
@@ -327,15 +409,15 @@ class AwsInfrastructure(Infrastructure):
             return "already exists"  # created by a concurrent run between head and create
         return "created"
 
-    def _ensure_versioning(self, s3: GuardedClient) -> str | None:
-        if s3.get_bucket_versioning(Bucket=self.bucket).get("Status") == "Enabled":
+    def _ensure_versioning(self, s3: GuardedClient, bucket: dict) -> str | None:
+        if s3.get_bucket_versioning(**bucket).get("Status") == "Enabled":
             return None
-        s3.put_bucket_versioning(Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_versioning(**bucket, VersioningConfiguration={"Status": "Enabled"})
         return "versioning enabled"
 
-    def _encryption_algorithm(self, s3: GuardedClient) -> str:
+    def _encryption_algorithm(self, s3: GuardedClient, bucket: dict) -> str:
         try:
-            rules = s3.get_bucket_encryption(Bucket=self.bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+            rules = s3.get_bucket_encryption(**bucket)["ServerSideEncryptionConfiguration"]["Rules"]
         except ClientError as err:
             if error_code(err) != "ServerSideEncryptionConfigurationNotFoundError":
                 raise
@@ -343,82 +425,117 @@ class AwsInfrastructure(Infrastructure):
         algorithms = [r.get("ApplyServerSideEncryptionByDefault", {}).get("SSEAlgorithm") for r in rules]
         return next((a for a in algorithms if a in _ENCRYPTED), "none")
 
-    def _ensure_encryption(self, s3: GuardedClient) -> str | None:
-        if self._encryption_algorithm(s3) != "none":
+    def _ensure_encryption(self, s3: GuardedClient, bucket: dict) -> str | None:
+        if self._encryption_algorithm(s3, bucket) != "none":
             return None  # SSE-S3 already, or a KMS key someone chose: never downgrade it
-        s3.put_bucket_encryption(Bucket=self.bucket, ServerSideEncryptionConfiguration=SSE_S3)
+        s3.put_bucket_encryption(**bucket, ServerSideEncryptionConfiguration=SSE_S3)
         return "default encryption set to SSE-S3 (AES256)"
 
-    def _ensure_public_access_block(self, s3: GuardedClient) -> str | None:
+    def _ensure_public_access_block(self, s3: GuardedClient, bucket: dict) -> str | None:
         try:
-            current = s3.get_public_access_block(Bucket=self.bucket)["PublicAccessBlockConfiguration"]
+            current = s3.get_public_access_block(**bucket)["PublicAccessBlockConfiguration"]
         except ClientError as err:
             if error_code(err) != "NoSuchPublicAccessBlockConfiguration":
                 raise
             current = {}
         if all(current.get(k) is True for k in PUBLIC_ACCESS_BLOCK):
             return None
-        s3.put_public_access_block(Bucket=self.bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
+        s3.put_public_access_block(**bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCK)
         return "public access block turned on (all four settings)"
 
-    def _ensure_tls_policy(self, s3: GuardedClient, identity: Identity) -> str | None:
+    def _ensure_tls_policy(self, s3: GuardedClient, bucket: dict, identity: Identity) -> str | None:
         statement = tls_only_statement(identity.partition, self.bucket)
         try:
-            policy = json.loads(s3.get_bucket_policy(Bucket=self.bucket)["Policy"])
+            policy = json.loads(s3.get_bucket_policy(**bucket)["Policy"])
         except ClientError as err:
             if error_code(err) != "NoSuchBucketPolicy":
                 raise
             policy = {"Version": "2012-10-17", "Statement": []}
-        statements = policy.get("Statement", [])
-        statements = [statements] if isinstance(statements, dict) else list(statements)
+        statements = _statements(policy)
         if any(_canonical(s) == _canonical(statement) for s in statements):
             return None
         # Keep statements someone else added; replace only ours.
         policy["Statement"] = [s for s in statements if s.get("Sid") != TLS_STATEMENT_ID] + [statement]
-        s3.put_bucket_policy(Bucket=self.bucket, Policy=json.dumps(policy))
+        s3.put_bucket_policy(**bucket, Policy=json.dumps(policy))
         return "bucket policy denies requests without TLS"
 
     # execution role
 
-    def ensure_execution_role(self) -> Ensured:
+    def ensure_execution_role(self, adopt: bool = False) -> Ensured:
         identity = self._identity()
         iam = self._client("iam", identity)
-        trust = trust_policy(identity.account)
-        changes: list[str] = []
-        try:
-            role = iam.get_role(RoleName=self.role_name)["Role"]
-            status = "already exists"
-            if _canonical(role["AssumeRolePolicyDocument"]) != _canonical(trust):
-                iam.update_assume_role_policy(RoleName=self.role_name, PolicyDocument=json.dumps(trust))
-                changes.append("trust policy updated")
-        except ClientError as err:
-            if error_code(err) != "NoSuchEntity":
-                raise
-            role = iam.create_role(
-                RoleName=self.role_name,
-                AssumeRolePolicyDocument=json.dumps(trust),
-                Description=f"SageMaker execution role of the {self.pipeline_name} pipeline (mlops-dagster)",
-                Tags=[{"Key": "managed-by", "Value": "mlops-dagster"}],
-            )["Role"]
-            status = "created"
+        status, owner, role = self._claim_role(iam, identity, adopt)
         arn = role["Arn"]
-        changes += filter(
-            None, [self._ensure_inline_policy(iam, identity, arn), self._ensure_full_access(iam, identity)]
-        )
+        changes = [
+            change
+            for change in (
+                self._ensure_trust(iam, identity, role, owner),
+                self._ensure_inline_policy(iam, identity, arn),
+                self._ensure_full_access(iam, identity, owner),
+            )
+            if change
+        ]
         return Ensured(
             "execution role",
             arn,
             status,
             tuple(changes),
             details={
+                "owner": owner if owner == CREATED else f"{owner}: teardown deletes only {INLINE_POLICY_NAME}",
                 "trust": f"sagemaker.amazonaws.com, aws:SourceAccount = {identity.account}",
                 "inline policy": INLINE_POLICY_NAME,
                 FULL_ACCESS_POLICY: "attached"
                 if self.sagemaker_full_access
-                else "not attached (opt in: MLOPS_SAGEMAKER_FULL_ACCESS=true)",
+                else "not attached by setup (opt in: MLOPS_SAGEMAKER_FULL_ACCESS=true)",
             },
             hint=f"set MLOPS_ROLE_ARN={arn}",
         )
+
+    def _claim_role(self, iam: GuardedClient, identity: Identity, adopt: bool) -> tuple[str, str, dict]:
+        """(status, owner, role): created and tagged, or existing and created or adopted by setup."""
+        try:
+            role = iam.get_role(RoleName=self.role_name)["Role"]
+        except ClientError as err:
+            if error_code(err) != "NoSuchEntity":
+                raise
+            role = iam.create_role(
+                RoleName=self.role_name,
+                AssumeRolePolicyDocument=json.dumps(trust_policy(identity.account)),
+                Description=f"SageMaker execution role of the {self.pipeline_name} pipeline (mlops-dagster)",
+                Tags=tag_list(managed_tags(self.pipeline_name)),
+            )["Role"]
+            return "created", CREATED, role
+        owner = ownership(tag_dict(role.get("Tags")), self.pipeline_name)  # GetRole returns the tags
+        if owner != FOREIGN:
+            return "already exists", owner, role
+        if not adopt:
+            full = f", attaches {FULL_ACCESS_POLICY}" if self.sagemaker_full_access else ""
+            raise not_created_by_setup(
+                "execution role", role["Arn"], "ensure_execution_role", self.pipeline_name,
+                adopting="adds a statement trusting sagemaker.amazonaws.com to its trust policy (keeping the "
+                f"others), writes the inline policy {INLINE_POLICY_NAME}{full}, never detaches a policy",
+                teardown=f"deletes only the inline policy {INLINE_POLICY_NAME} and keeps the role",
+                instead="set MLOPS_ROLE_NAME to a role name that does not exist yet",
+            )  # fmt: skip
+        iam.tag_role(RoleName=self.role_name, Tags=tag_list({ADOPTED_TAG: self.pipeline_name}))
+        return "adopted", ADOPTED, role
+
+    def _ensure_trust(self, iam: GuardedClient, identity: Identity, role: dict, owner: str) -> str | None:
+        wanted = trust_policy(identity.account)
+        current = role["AssumeRolePolicyDocument"]
+        if owner == CREATED:
+            if _canonical(current) == _canonical(wanted):
+                return None
+            iam.update_assume_role_policy(RoleName=self.role_name, PolicyDocument=json.dumps(wanted))
+            return "trust policy updated"
+        # An adopted role keeps what its owner wrote; SageMaker's statement is added if it is missing.
+        document = json.loads(current) if isinstance(current, str) else dict(current)
+        statements, ours = _statements(document), wanted["Statement"][0]
+        if any(_canonical(s) == _canonical(ours) for s in statements):
+            return None
+        document["Statement"] = [*statements, ours]
+        iam.update_assume_role_policy(RoleName=self.role_name, PolicyDocument=json.dumps(document))
+        return "trust policy: statement for sagemaker.amazonaws.com added, the role's other statements kept"
 
     def _ensure_inline_policy(self, iam: GuardedClient, identity: Identity, role_arn: str) -> str | None:
         wanted = execution_policy(
@@ -442,7 +559,7 @@ class AwsInfrastructure(Infrastructure):
         iam.put_role_policy(RoleName=self.role_name, PolicyName=INLINE_POLICY_NAME, PolicyDocument=json.dumps(wanted))
         return f"inline policy {INLINE_POLICY_NAME} {'written' if current is None else 'updated'}"
 
-    def _ensure_full_access(self, iam: GuardedClient, identity: Identity) -> str | None:
+    def _ensure_full_access(self, iam: GuardedClient, identity: Identity, owner: str) -> str | None:
         policy_arn = f"arn:{identity.partition}:iam::aws:policy/{FULL_ACCESS_POLICY}"
         attached = {
             p["PolicyArn"] for p in iam.list_attached_role_policies(RoleName=self.role_name)["AttachedPolicies"]
@@ -450,29 +567,21 @@ class AwsInfrastructure(Infrastructure):
         if self.sagemaker_full_access and policy_arn not in attached:
             iam.attach_role_policy(RoleName=self.role_name, PolicyArn=policy_arn)
             return f"{FULL_ACCESS_POLICY} attached (MLOPS_SAGEMAKER_FULL_ACCESS=true)"
-        if not self.sagemaker_full_access and policy_arn in attached:
-            # The setting is the declaration: a role that should be least-privilege loses the broad grant.
+        if not self.sagemaker_full_access and policy_arn in attached and owner == CREATED:
+            # The setting is the declaration for a role setup created: it loses the broad grant. An
+            # adopted role keeps what its owner attached.
             iam.detach_role_policy(RoleName=self.role_name, PolicyArn=policy_arn)
             return f"{FULL_ACCESS_POLICY} detached (MLOPS_SAGEMAKER_FULL_ACCESS is false)"
         return None
 
     # code repository
 
-    def ensure_code_repository(self, folder: str, files: Mapping[str, bytes], request: CommitRequest) -> CommitResult:
+    def ensure_code_repository(
+        self, folder: str, files: Mapping[str, bytes], request: CommitRequest, adopt: bool = False
+    ) -> CommitResult:
         identity = self._identity()
         cc = self._client("codecommit", identity)
-        try:
-            metadata = cc.get_repository(repositoryName=self.repository_name)["repositoryMetadata"]
-            status = "already exists"
-        except ClientError as err:
-            if error_code(err) != "RepositoryDoesNotExistException":
-                raise
-            metadata = cc.create_repository(
-                repositoryName=self.repository_name,
-                repositoryDescription=REPOSITORY_DESCRIPTION,
-                tags={"managed-by": "mlops-dagster"},
-            )["repositoryMetadata"]
-            status = "created"
+        status, metadata = self._claim_repository(cc, request.branch, adopt)
         head = self._branch_head(cc, request.branch)
         remote = self._folder_blobs(cc, head, folder) if head else {}
         local = {f"{folder}/{name}": data for name, data in sorted(files.items())}
@@ -502,6 +611,46 @@ class AwsInfrastructure(Infrastructure):
             files=tuple(local),
         )
 
+    def _claim_repository(self, cc: GuardedClient, branch: str, adopt: bool) -> tuple[str, dict]:
+        """(status, metadata): created and tagged, or existing and created or adopted by setup."""
+        metadata = self._repository_metadata(cc)
+        if metadata is None:
+            metadata = cc.create_repository(
+                repositoryName=self.repository_name,
+                repositoryDescription=REPOSITORY_DESCRIPTION,
+                tags=managed_tags(self.pipeline_name),
+            )["repositoryMetadata"]
+            return "created", metadata
+        tags = self._repository_tags(cc, metadata["Arn"])
+        if ownership(tags, self.pipeline_name) != FOREIGN:
+            return "already exists", metadata
+        if not adopt:
+            raise not_created_by_setup(
+                "code repository", metadata["Arn"], "ensure_code_repository", self.pipeline_name,
+                adopting=f"commits the training code to its {branch} branch", teardown="keeps it",
+                instead="set MLOPS_REPOSITORY_NAME to a repository that does not exist yet",
+            )  # fmt: skip
+        cc.tag_resource(resourceArn=metadata["Arn"], tags={ADOPTED_TAG: self.pipeline_name})
+        return "adopted", metadata
+
+    def _repository_metadata(self, cc: GuardedClient) -> dict | None:
+        try:
+            return cc.get_repository(repositoryName=self.repository_name)["repositoryMetadata"]
+        except ClientError as err:
+            if error_code(err) != "RepositoryDoesNotExistException":
+                raise
+            return None
+
+    def _repository_tags(self, cc: GuardedClient, arn: str) -> dict[str, str]:
+        tags: dict[str, str] = {}
+        params = {"resourceArn": arn}
+        while True:  # GetRepository does not return tags
+            page = cc.list_tags_for_resource(**params)
+            tags.update(page.get("tags", {}))
+            if not page.get("nextToken"):
+                return tags
+            params["nextToken"] = page["nextToken"]
+
     def _branch_head(self, cc: GuardedClient, branch: str) -> str | None:
         try:
             return cc.get_branch(repositoryName=self.repository_name, branchName=branch)["branch"]["commitId"]
@@ -524,9 +673,10 @@ class AwsInfrastructure(Infrastructure):
 
     def list_objects(self, uri_prefix: str) -> list[str]:
         bucket, _, prefix = uri_prefix.removeprefix("s3://").partition("/")
-        s3 = self._client("s3", self._identity())
+        identity = self._identity()
+        s3 = self._client("s3", identity)
         uris: list[str] = []
-        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+        params: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "ExpectedBucketOwner": identity.account}
         while True:  # paged by hand: paginators would bypass the AccessDenied wrapper
             page = s3.list_objects_v2(**params)
             uris += [f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", [])]
@@ -547,15 +697,19 @@ class AwsInfrastructure(Infrastructure):
 
     def _probe_trust(self, identity: Identity, arn: str) -> Probe:
         """The trust policy admits only SageMaker, so a person's AssumeRole is refused by design;
-        the role is then usable when that policy still trusts sagemaker.amazonaws.com."""
+        the role is then usable when its trust policy has the statement setup writes for SageMaker."""
         document = self._client("iam", identity).get_role(RoleName=self.role_name)["Role"]["AssumeRolePolicyDocument"]
-        if _canonical(document) == _canonical(trust_policy(identity.account)):
+        ours = trust_policy(identity.account)["Statement"][0]
+        document = json.loads(document) if isinstance(document, str) else document
+        if any(_canonical(s) == _canonical(ours) for s in _statements(document)):
             return Probe(
                 True,
                 f"sts:AssumeRole on {arn} was refused to this caller, as its trust policy intends; that "
                 f"policy lets sagemaker.amazonaws.com assume it for account {identity.account}",
             )
-        return Probe(False, f"sts:AssumeRole on {arn} was refused and its trust policy is not the one setup writes")
+        return Probe(
+            False, f"sts:AssumeRole on {arn} was refused and its trust policy lacks the statement setup writes"
+        )
 
     def probe_repository(self) -> Probe:
         cc = self._client("codecommit", self._identity())
@@ -572,28 +726,53 @@ class AwsInfrastructure(Infrastructure):
     # teardown_infrastructure
 
     def delete_bucket(self) -> Removal:
-        s3 = self._client("s3", self._identity())
-        name = f"s3://{self.bucket}"
+        identity = self._identity()
+        s3 = self._client("s3", identity)
+        bucket, name = self._bucket(identity), f"s3://{self.bucket}"
         try:
-            versions, markers = self._delete_all_versions(s3)
-            s3.delete_bucket(Bucket=self.bucket)
+            owner = ownership(self._bucket_tags(s3, bucket), self.pipeline_name)
+            if owner != CREATED:
+                return self._delete_prefix(s3, bucket, owner)
+            versions, markers = self._delete_versions(s3, bucket)
+            s3.delete_bucket(**bucket)
+        except AccessDeniedFailure as err:
+            raise Failure(
+                f"teardown of s3://{self.bucket} stopped: {err.description} Or the bucket belongs to another "
+                f"account than {identity.account} (every call names that owner, so S3 refuses it)."
+            ) from err
         except ClientError as err:
             if error_code(err) in ("NoSuchBucket", "404", "NotFound"):
                 return Removal("bucket", name, note="already gone")
             raise
         return Removal("bucket", name, (f"{versions} object versions", f"{markers} delete markers", f"bucket {name}"))
 
-    def _delete_all_versions(self, s3: GuardedClient) -> tuple[int, int]:
-        """Delete every object version and delete marker, a page (at most 1000) at a time."""
+    def _delete_prefix(self, s3: GuardedClient, bucket: dict, owner: str) -> Removal:
+        """In a bucket setup did not create: the versions under ``prefix/`` only; the bucket stays."""
+        name, kept = f"s3://{self.bucket}", f"kept the bucket: {owner}"
+        if not self.prefix:
+            return Removal(
+                "bucket", name, note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's"
+            )
+        versions, markers = self._delete_versions(s3, bucket, f"{self.prefix}/")
+        deleted = [f"{versions} object versions under {name}/{self.prefix}/", f"{markers} delete markers"]
+        if owner == ADOPTED:
+            tags = self._bucket_tags(s3, bucket)
+            tags.pop(ADOPTED_TAG, None)
+            self._put_bucket_tags(s3, bucket, tags)
+            deleted.append(f"tag {ADOPTED_TAG}")
+        return Removal("bucket", name, tuple(deleted), note=kept)
+
+    def _delete_versions(self, s3: GuardedClient, bucket: dict, prefix: str = "") -> tuple[int, int]:
+        """Delete every object version and delete marker under ``prefix``, a page (at most 1000) at a time."""
         versions = markers = 0
         while True:
             # Always from the start: each page deleted leaves the next one first.
-            page = s3.list_object_versions(Bucket=self.bucket)
+            page = s3.list_object_versions(**bucket, Prefix=prefix)
             batch = [{"Key": v["Key"], "VersionId": v["VersionId"]} for v in page.get("Versions", [])]
             marker_batch = [{"Key": m["Key"], "VersionId": m["VersionId"]} for m in page.get("DeleteMarkers", [])]
             if not batch and not marker_batch:
                 return versions, markers
-            response = s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch + marker_batch, "Quiet": True})
+            response = s3.delete_objects(**bucket, Delete={"Objects": batch + marker_batch, "Quiet": True})
             if response.get("Errors"):
                 first = response["Errors"][0]
                 raise Failure(
@@ -604,6 +783,15 @@ class AwsInfrastructure(Infrastructure):
 
     def delete_repository(self) -> Removal:
         cc = self._client("codecommit", self._identity())
+        metadata = self._repository_metadata(cc)
+        if metadata is None:
+            return Removal("code repository", self.repository_name, note="already gone")
+        owner = ownership(self._repository_tags(cc, metadata["Arn"]), self.pipeline_name)
+        if owner == ADOPTED:
+            cc.untag_resource(resourceArn=metadata["Arn"], tagKeys=[ADOPTED_TAG])
+            return Removal("code repository", self.repository_name, (f"tag {ADOPTED_TAG}",), note=f"kept: {owner}")
+        if owner == FOREIGN:
+            return Removal("code repository", self.repository_name, note=f"kept: {owner}")
         # DeleteRepository answers without a repositoryId (and no error) when there was nothing to delete.
         deleted = cc.delete_repository(repositoryName=self.repository_name).get("repositoryId")
         if not deleted:
@@ -616,6 +804,11 @@ class AwsInfrastructure(Infrastructure):
         arn = self._role_arn(identity)
         deleted: list[str] = []
         try:
+            owner = ownership(tag_dict(iam.get_role(RoleName=self.role_name)["Role"].get("Tags")), self.pipeline_name)
+            if owner == FOREIGN:
+                return Removal("execution role", arn, note=f"kept, policies untouched: {owner}")
+            if owner == ADOPTED:
+                return self._release_role(iam, arn)
             for name in iam.list_role_policies(RoleName=self.role_name)["PolicyNames"]:
                 iam.delete_role_policy(RoleName=self.role_name, PolicyName=name)
                 deleted.append(f"inline policy {name}")
@@ -628,3 +821,23 @@ class AwsInfrastructure(Infrastructure):
                 return Removal("execution role", arn, tuple(deleted), note="already gone")
             raise
         return Removal("execution role", arn, (*deleted, f"role {arn}"))
+
+    def _release_role(self, iam: GuardedClient, arn: str) -> Removal:
+        """An adopted role: setup's inline policy and adoption tag go; the role, its trust policy and
+        its attached policies stay."""
+        deleted = []
+        if INLINE_POLICY_NAME in iam.list_role_policies(RoleName=self.role_name)["PolicyNames"]:
+            iam.delete_role_policy(RoleName=self.role_name, PolicyName=INLINE_POLICY_NAME)
+            deleted.append(f"inline policy {INLINE_POLICY_NAME}")
+        iam.untag_role(RoleName=self.role_name, TagKeys=[ADOPTED_TAG])
+        return Removal("execution role", arn, (*deleted, f"tag {ADOPTED_TAG}"), note=f"kept the role: {ADOPTED}")
+
+    def owns_hosting(self, client: Any, arn: str) -> bool:
+        tags: list[dict] = []
+        params = {"ResourceArn": arn}
+        while True:
+            page = client.list_tags(**params)
+            tags += page.get("Tags", [])
+            if not page.get("NextToken"):
+                return ownership(tag_dict(tags), self.pipeline_name) == CREATED
+            params["NextToken"] = page["NextToken"]

@@ -13,9 +13,12 @@ permission to add.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import shutil
+import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,20 @@ from .local_git import BareRepository, CommitRequest
 from .object_store import LocalObjectStore
 from .sagemaker import LOCAL_ACCOUNT_ID
 
+# Ownership. What setup (or deployment) creates carries MANAGED_TAGS; what exists already is
+# used only with the user's opt-in (``adopt_existing``) and is then marked ADOPTED_TAG. Teardown
+# deletes only what carries the managed tags; it never deletes an adopted or foreign resource.
+PROJECT = "mlops-dagster"
+MANAGED_BY_TAG = "managed-by"
+PIPELINE_TAG = "mlops:pipeline"
+ADOPTED_TAG = "mlops:adopted-by"  # value: the pipeline whose setup adopted the resource
+CREATED, ADOPTED, FOREIGN = "created by setup_infrastructure", "adopted", "not created by setup_infrastructure"
+
 # The placeholder LocalSageMaker.execution_role_arn() returns (a test keeps the two equal).
 LOCAL_ROLE_ARN = f"arn:aws:iam::{LOCAL_ACCOUNT_ID}:role/mlops-local-execution-role"
 ACCESS_DENIED_CODES = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
 NOT_APPLICABLE = "not applicable locally"
+OWNERSHIP_FILE = "infrastructure.json"  # the local backend's stand-in for tags (LocalInfrastructure)
 
 # API operation -> IAM action where the two differ (S3 mostly); every other action is
 # "<service>:<Operation>". Source: the Service Authorization Reference for Amazon S3.
@@ -44,7 +57,25 @@ _IAM_ACTIONS = {
     ("s3", "PutBucketEncryption"): "s3:PutEncryptionConfiguration",
     ("s3", "GetPublicAccessBlock"): "s3:GetBucketPublicAccessBlock",
     ("s3", "PutPublicAccessBlock"): "s3:PutBucketPublicAccessBlock",
+    ("s3", "DeleteBucketTagging"): "s3:PutBucketTagging",
 }
+
+
+# Request member -> SageMaker resource type in its ARN (pipeline, and what deployment creates).
+_SAGEMAKER_NAMES = {
+    "PipelineName": "pipeline",
+    "EndpointName": "endpoint",
+    "EndpointConfigName": "endpoint-config",
+    "ModelName": "model",
+}
+# What deployment creates, in the order teardown deletes it: list call, its result key, the
+# name and ARN members of a summary, and the delete call (whose argument is the name member).
+_HOSTING = (
+    ("endpoint", "list_endpoints", "Endpoints", "EndpointName", "EndpointArn", "delete_endpoint"),
+    ("endpoint config", "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName", "EndpointConfigArn",
+     "delete_endpoint_config"),
+    ("model", "list_models", "Models", "ModelName", "ModelArn", "delete_model"),
+)  # fmt: skip
 
 
 class AccessDeniedFailure(Failure):
@@ -61,6 +92,44 @@ class AccessDeniedFailure(Failure):
             ),
             metadata={"action": action, "resource": resource, "error_code": code},
         )
+
+
+def managed_tags(pipeline_name: str) -> dict[str, str]:
+    """The tags on everything the project creates for ``pipeline_name``: teardown deletes only those."""
+    return {MANAGED_BY_TAG: PROJECT, PIPELINE_TAG: pipeline_name}
+
+
+def tag_list(tags: Mapping[str, str]) -> list[dict[str, str]]:
+    """``{"k": "v"}`` as the ``[{"Key": "k", "Value": "v"}]`` list S3, IAM and SageMaker take."""
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def tag_dict(tags: list[dict] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or []}
+
+
+def ownership(tags: Mapping[str, str], pipeline_name: str) -> str:
+    """CREATED (managed tags of this pipeline), ADOPTED (this pipeline's setup adopted it) or FOREIGN.
+
+    A resource tagged managed-by=mlops-dagster without a pipeline tag was created by an earlier
+    version of setup (which tagged only managed-by), so it counts as created."""
+    if tags.get(MANAGED_BY_TAG) == PROJECT and tags.get(PIPELINE_TAG, pipeline_name) == pipeline_name:
+        return CREATED
+    if tags.get(ADOPTED_TAG) == pipeline_name:
+        return ADOPTED
+    return FOREIGN
+
+
+def not_created_by_setup(
+    kind: str, name: str, op_name: str, pipeline_name: str, *, adopting: str, teardown: str, instead: str
+) -> Failure:
+    """Setup met an existing resource it did not create: it changes nothing unless the user opts in."""
+    return Failure(
+        f"{kind} {name} already exists and was not created by setup_infrastructure for pipeline "
+        f"{pipeline_name} (it has no {MANAGED_BY_TAG}={PROJECT} tag): setup changed nothing. To let setup use "
+        f"it, run setup_infrastructure with ops.{op_name}.config.adopt_existing: true; setup then {adopting} "
+        f"and marks it {ADOPTED_TAG}={pipeline_name}, and teardown_infrastructure {teardown}. Or {instead}."
+    )
 
 
 def iam_action(service: str, operation: str) -> str:
@@ -118,9 +187,12 @@ class GuardedClient:
             return f"{arn} (policy {params['PolicyArn']})" if "PolicyArn" in params else arn
         if "repositoryName" in params:
             return f"arn:{p}:codecommit:{region}:{account}:{params['repositoryName']}"
-        if "PipelineName" in params:
-            # SageMaker lower-cases resource names in its ARNs.
-            return f"arn:{p}:sagemaker:{region}:{account}:pipeline/{str(params['PipelineName']).lower()}"
+        if "resourceArn" in params or "ResourceArn" in params:
+            return str(params.get("resourceArn") or params["ResourceArn"])
+        # SageMaker lower-cases resource names in its ARNs.
+        for member, kind in _SAGEMAKER_NAMES.items():
+            if member in params:
+                return f"arn:{p}:sagemaker:{region}:{account}:{kind}/{str(params[member]).lower()}"
         return "*"
 
 
@@ -185,18 +257,21 @@ class Infrastructure(ConfigurableResource, ABC):
         default=False, description="also attach AmazonSageMakerFullAccess (MLOPS_SAGEMAKER_FULL_ACCESS)"
     )
 
-    # setup_infrastructure
+    # setup_infrastructure. ``adopt``: the user opted in to using a resource of that name that
+    # setup did not create (ops.<op>.config.adopt_existing); without it such a resource is refused.
 
     @abstractmethod
-    def ensure_bucket(self) -> Ensured:
+    def ensure_bucket(self, adopt: bool = False) -> Ensured:
         """The bucket exists with versioning, default encryption, public access block, TLS-only policy."""
 
     @abstractmethod
-    def ensure_execution_role(self) -> Ensured:
+    def ensure_execution_role(self, adopt: bool = False) -> Ensured:
         """The SageMaker execution role exists with its trust and least-privilege policies."""
 
     @abstractmethod
-    def ensure_code_repository(self, folder: str, files: Mapping[str, bytes], request: CommitRequest) -> CommitResult:
+    def ensure_code_repository(
+        self, folder: str, files: Mapping[str, bytes], request: CommitRequest, adopt: bool = False
+    ) -> CommitResult:
         """The repository exists and ``folder`` on ``request.branch`` holds exactly ``files`` (name -> bytes)."""
 
     # verify_infrastructure
@@ -217,19 +292,52 @@ class Infrastructure(ConfigurableResource, ABC):
     def guard(self, client: Any, service: str) -> GuardedClient:
         """``client`` with AccessDenied errors turned into clear failures (for the sagemaker client)."""
 
-    # teardown_infrastructure
+    # teardown_infrastructure: only what setup (or deployment) created is deleted
 
     @abstractmethod
     def delete_bucket(self) -> Removal:
-        """Every object version and delete marker, then the bucket."""
+        """A bucket setup created: every object version and delete marker, then the bucket. Any other
+        bucket: only the versions under ``prefix/``; the bucket stays."""
 
     @abstractmethod
     def delete_repository(self) -> Removal:
-        """The code repository."""
+        """The code repository, if setup created it."""
 
     @abstractmethod
     def delete_role(self) -> Removal:
-        """The role's inline and attached policies, then the role."""
+        """The role's inline and attached policies, then the role, if setup created it."""
+
+    @abstractmethod
+    def owns_hosting(self, client: Any, arn: str) -> bool:
+        """Did deployment create this endpoint, endpoint config or model for this pipeline?"""
+
+    def delete_hosting(self, client: Any) -> Removal:
+        """The endpoints (they bill by the hour), endpoint configs and models deployment created for
+        this pipeline: names start with ``<pipeline>-`` and ``owns_hosting`` says they are ours."""
+        deleted: list[str] = []
+        for kind, lister, key, name_member, arn_member, delete in _HOSTING:
+            # Listed whole before deleting, so a deletion cannot shift the pages under the listing.
+            for summary in list(_listed(client, lister, key, NameContains=self.pipeline_name[:63])):
+                name = summary[name_member]
+                if not name.startswith(f"{self.pipeline_name}-") or summary.get("EndpointStatus") == "Deleting":
+                    continue
+                if self.owns_hosting(client, summary[arn_member]):
+                    getattr(client, delete)(**{name_member: name})
+                    deleted.append(f"{kind} {name}")
+        return Removal(
+            "endpoints, endpoint configs and models", f"{self.pipeline_name}-*", tuple(deleted),
+            note="" if deleted else "none deployed",
+        )  # fmt: skip
+
+
+def _listed(client: Any, method: str, key: str, **params: Any) -> Iterator[dict]:
+    """Every summary of a paged SageMaker List* call (paged by hand: ``client`` may be guarded)."""
+    while True:
+        page = getattr(client, method)(**params)
+        yield from page.get(key, [])
+        if not page.get("NextToken"):
+            return
+        params["NextToken"] = page["NextToken"]
 
 
 def infrastructure_fields(settings: Any) -> dict[str, Any]:
@@ -251,6 +359,9 @@ class LocalInfrastructure(Infrastructure):
     bucket: the directory ``$MLOPS_HOME/s3/<bucket>`` that the local object store writes to;
     role: the placeholder ARN the local SageMaker service runs jobs as (nothing to create);
     repository: a bare git repository ``$MLOPS_HOME/repositories/<name>.git``.
+
+    A directory has no tags: what setup created or adopted is recorded in
+    ``$MLOPS_HOME/infrastructure.json`` instead, and teardown reads it the way the aws backend reads tags.
     """
 
     home: str = Field(description="MLOPS_HOME")
@@ -263,21 +374,55 @@ class LocalInfrastructure(Infrastructure):
     def _repository(self) -> BareRepository:
         return BareRepository(Path(self.home, "repositories", f"{self.repository_name}.git"))
 
-    def ensure_bucket(self) -> Ensured:
-        status = "already exists" if self._bucket_dir.is_dir() else "created"
-        self._bucket_dir.mkdir(parents=True, exist_ok=True)
-        # The S3 bucket settings protect data on a network service; a directory has no such surface.
+    # the ownership record
+
+    @property
+    def _record_path(self) -> Path:
+        return Path(self.home, OWNERSHIP_FILE)
+
+    def _owner(self, kind: str, name: str) -> str:
+        record = json.loads(self._record_path.read_text()) if self._record_path.is_file() else {}
+        return record.get(kind, {}).get(name, FOREIGN)
+
+    def _record(self, kind: str, name: str, owner: str | None) -> None:
+        """Record (or with None forget) who owns ``kind`` ``name``, written whole or not at all."""
+        record = json.loads(self._record_path.read_text()) if self._record_path.is_file() else {}
+        entries = record.setdefault(kind, {})
+        if owner is None:
+            entries.pop(name, None)
+        else:
+            entries[name] = owner
+        fd, tmp = tempfile.mkstemp(prefix=f".{OWNERSHIP_FILE}.", dir=self.home)
+        with os.fdopen(fd, "w") as out:
+            json.dump(record, out, indent=2, sort_keys=True)
+        os.replace(tmp, self._record_path)
+
+    # setup
+
+    def ensure_bucket(self, adopt: bool = False) -> Ensured:
+        if self._bucket_dir.is_dir():
+            status, owner = "already exists", self._owner("bucket", self.bucket)
+            if owner == FOREIGN and adopt:
+                self._record("bucket", self.bucket, ADOPTED)
+                status, owner = "adopted", ADOPTED
+        else:
+            self._bucket_dir.mkdir(parents=True, exist_ok=True)
+            self._record("bucket", self.bucket, CREATED)
+            status, owner = "created", CREATED
+        # The S3 bucket settings protect data on a network service; a directory has no such surface,
+        # so setup writes nothing into a directory it did not create and needs no opt-in to use it.
         return Ensured(
             "bucket",
             f"s3://{self.bucket}",
             status,
             details={
                 "path": str(self._bucket_dir),
+                "owner": owner if owner == CREATED else f"{owner}: teardown deletes only {self._prefix_dir()}",
                 "versioning, encryption, public access block, TLS-only policy": NOT_APPLICABLE,
             },
         )
 
-    def ensure_execution_role(self) -> Ensured:
+    def ensure_execution_role(self, adopt: bool = False) -> Ensured:
         return Ensured(
             "execution role",
             LOCAL_ROLE_ARN,
@@ -286,11 +431,25 @@ class LocalInfrastructure(Infrastructure):
             hint="nothing to set locally: MLOPS_ROLE_ARN is only needed with MLOPS_BACKEND=aws",
         )
 
-    def ensure_code_repository(self, folder: str, files: Mapping[str, bytes], request: CommitRequest) -> CommitResult:
+    def ensure_code_repository(
+        self, folder: str, files: Mapping[str, bytes], request: CommitRequest, adopt: bool = False
+    ) -> CommitResult:
         repo = self._repository
-        status = "already exists" if repo.exists() else "created"
-        if status == "created":
+        if not repo.exists():
             repo.init(request.branch)
+            self._record("repository", self.repository_name, CREATED)
+            status = "created"
+        elif self._owner("repository", self.repository_name) == FOREIGN:
+            if not adopt:
+                raise not_created_by_setup(
+                    "code repository", str(repo.path), "ensure_code_repository", self.pipeline_name,
+                    adopting=f"commits the training code to its {request.branch} branch",
+                    teardown="keeps it", instead="set MLOPS_REPOSITORY_NAME to a repository that does not exist yet",
+                )  # fmt: skip
+            self._record("repository", self.repository_name, ADOPTED)
+            status = "adopted"
+        else:
+            status = "already exists"
         commit_id, committed = repo.commit_folder(folder, files, request)
         return CommitResult(
             repository=self.repository_name,
@@ -301,6 +460,8 @@ class LocalInfrastructure(Infrastructure):
             committed=committed,
             files=tuple(f"{folder}/{name}" for name in sorted(files)),
         )
+
+    # verify
 
     def list_objects(self, uri_prefix: str) -> list[str]:
         return LocalObjectStore(root=str(Path(self.home, "s3"))).list(uri_prefix)
@@ -320,20 +481,50 @@ class LocalInfrastructure(Infrastructure):
     def guard(self, client: Any, service: str) -> GuardedClient:
         return GuardedClient(client, service, partition="aws", account=LOCAL_ACCOUNT_ID, region=self.region)
 
+    # teardown
+
+    def _prefix_dir(self) -> Path:
+        return self._bucket_dir.joinpath(*self.prefix.split("/")) if self.prefix else self._bucket_dir
+
     def delete_bucket(self) -> Removal:
-        path = self._bucket_dir
+        path, name = self._bucket_dir, f"s3://{self.bucket}"
         if not path.is_dir():
-            return Removal("bucket", f"s3://{self.bucket}", note=f"{path} was already gone")
-        objects = sum(1 for p in path.rglob("*") if p.is_file())
-        shutil.rmtree(path)
-        return Removal("bucket", f"s3://{self.bucket}", (f"{objects} objects", f"directory {path}"))
+            self._record("bucket", self.bucket, None)
+            return Removal("bucket", name, note=f"{path} was already gone")
+        if self._owner("bucket", self.bucket) == CREATED:
+            objects = sum(1 for p in path.rglob("*") if p.is_file())
+            shutil.rmtree(path)
+            self._record("bucket", self.bucket, None)
+            return Removal("bucket", name, (f"{objects} objects", f"directory {path}"))
+        kept = f"kept {path}: {FOREIGN}"
+        self._record("bucket", self.bucket, None)
+        if not self.prefix:
+            return Removal(
+                "bucket", name, note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's"
+            )
+        target = self._prefix_dir()
+        objects = sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() else 0
+        if target.is_dir():
+            shutil.rmtree(target)
+        return Removal("bucket", name, (f"{objects} objects under {name}/{self.prefix}/",), note=kept)
 
     def delete_repository(self) -> Removal:
         path = self._repository.path
+        owner = self._owner("repository", self.repository_name)
         if not path.is_dir():
+            self._record("repository", self.repository_name, None)
             return Removal("code repository", self.repository_name, note=f"{path} was already gone")
+        if owner != CREATED:
+            self._record("repository", self.repository_name, None)
+            return Removal("code repository", self.repository_name, note=f"kept {path}: {owner}")
         shutil.rmtree(path)
+        self._record("repository", self.repository_name, None)
         return Removal("code repository", self.repository_name, (f"bare repository {path}",))
 
     def delete_role(self) -> Removal:
         return Removal("execution role", LOCAL_ROLE_ARN, note=f"{NOT_APPLICABLE}: no role was created")
+
+    def owns_hosting(self, client: Any, arn: str) -> bool:
+        # The local service's state lives in $MLOPS_HOME and only this project writes it: every
+        # endpoint, config and model named <pipeline>-... in it was created by deployment.
+        return True
