@@ -32,17 +32,29 @@ TERMINAL = ("Succeeded", "Failed", "Stopped")
 METRICS = ("mse", "rmse", "mae", "r2")
 
 
+# Bounds that keep a run from starting what cannot finish or means nothing: a threshold of inf or
+# nan turns the quality gate off, a forest of 10**12 trees never ends (SageMaker bills until then).
+MAX_TREES = 10_000
+MAX_MIN_SAMPLES_LEAF = 100_000
+MAX_SEED = 2**32 - 1  # numpy's (hence scikit-learn's) random_state range
+MAX_WAIT_SECONDS = 28 * 24 * 3600  # SageMaker's longest training job
+INSTANCE_TYPE = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"  # e.g. ml.m5.large, ml.g4dn.xlarge
+
+
 class PipelineConfig(Config):
-    target: str = Field(default="medv", description="target column the scripts train on")
-    mse_threshold: float = Field(default=25.0, gt=0, description="CheckQuality registers the model only at or below this MSE")
-    train_instance_type: str = "ml.m5.large"
-    processing_instance_type: str = "ml.m5.large"
+    target: str = Field(default="medv", min_length=1, max_length=256, description="target column the scripts train on")
+    mse_threshold: float = Field(
+        default=25.0, gt=0, allow_inf_nan=False,
+        description="CheckQuality registers the model only at or below this MSE (a finite number above 0)",
+    )  # fmt: skip
+    train_instance_type: str = Field(default="ml.m5.large", pattern=INSTANCE_TYPE, description="e.g. ml.m5.large")
+    processing_instance_type: str = Field(default="ml.m5.large", pattern=INSTANCE_TYPE, description="e.g. ml.m5.large")
     approval_status: str = Field(
         default="PendingManualApproval", description="PendingManualApproval, Approved or Rejected"
     )
-    n_estimators: int = Field(default=100, ge=1)
-    min_samples_leaf: int = Field(default=1, ge=1)
-    random_state: int = 42
+    n_estimators: int = Field(default=100, ge=1, le=MAX_TREES, description=f"trees in the forest, 1 to {MAX_TREES}")
+    min_samples_leaf: int = Field(default=1, ge=1, le=MAX_MIN_SAMPLES_LEAF, description=f"1 to {MAX_MIN_SAMPLES_LEAF}")
+    random_state: int = Field(default=42, ge=0, le=MAX_SEED, description=f"seed, 0 to {MAX_SEED}")
     training_dir: str = Field(default=str(TRAINING_DIR), description="folder with preprocess.py, train.py, evaluate.py")
     entry_point: str = Field(default="train.py", description="the training script inside training_dir")
     pass_hyperparameters: bool = Field(
@@ -54,8 +66,13 @@ class TrainedModelConfig(Config):
     execution_arn: str | None = Field(
         default=None, description="the execution to collect; default: the latest pipeline_execution"
     )
-    wait_timeout_seconds: float = Field(default=3600, gt=0, description="how long to wait for a running execution")
-    max_poll_seconds: float = Field(default=15, gt=0, description="longest pause between status checks")
+    wait_timeout_seconds: float = Field(
+        default=3600, gt=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+        description=f"how long to wait for a running execution (at most {MAX_WAIT_SECONDS} s, 28 days)",
+    )  # fmt: skip
+    max_poll_seconds: float = Field(
+        default=15, gt=0, le=3600, allow_inf_nan=False, description="longest pause between status checks, at most 3600 s"
+    )  # fmt: skip
 
 
 @asset(
