@@ -11,7 +11,7 @@ Requests carry rows of the features in training order (features.json, written by
 as `text/csv` (no header) or `application/json`: {"instances": [[...], ...]},
 {"instances": [{"crim": ..., ...}]} or a list of records [{"crim": ..., ...}, ...]. Values are
 numbers (JSON numbers or numeric text). A bad row raises InvalidInput (a ValueError) naming
-the row, counted from 1, and the reason.
+the row, counted from 1, and the reason; so does a body nested too deeply to parse.
 
 Standard library, numpy, pandas, scikit-learn and joblib only; no syntax newer than 3.9.
 """
@@ -121,9 +121,20 @@ def input_fn(request_body, request_content_type, features=None):
     if kind == CSV:
         matrix = _fast_csv(text, len(features))
         return matrix if matrix is not None else _matrix(_csv_rows(text, features))
-    data = _json_instances(text)
-    matrix = _fast_json(data, features)
-    return matrix if matrix is not None else _matrix([_json_row(n, item, features) for n, item in enumerate(data, 1)])
+    try:
+        data = _json_instances(text)
+        matrix = _fast_json(data, features)
+        if matrix is None:
+            matrix = _matrix([_json_row(n, item, features) for n, item in enumerate(data, 1)])
+    except RecursionError:  # json.loads, or json.dumps of a value in a message: the body's depth
+        raise InvalidInput(_TOO_DEEP) from None
+    return matrix
+
+
+_TOO_DEEP = (
+    "the JSON body is nested too deeply to parse; send rows as lists of numbers "
+    '({"instances": [[...], ...]}) or as records ([{"crim": ...}, ...])'
+)
 
 
 # Well-formed bodies are parsed in bulk (1,000 rows: ~5 ms instead of ~23 ms); anything the bulk
@@ -217,7 +228,7 @@ def _json_row(number, item, features):
         _check_width(number, item, features)
     else:
         raise InvalidInput(
-            f"row {number} is {json.dumps(item)[:40]}, not a list of {len(features)} numbers or an object "
+            f"row {number} is {_shown(item)}, not a list of {len(features)} numbers or an object "
             "keyed by feature name (wrap a single row in a list: [[...]])"
         )
     return [_number(number, name, value) for name, value in zip(features, item)]
@@ -228,10 +239,16 @@ def _check_width(number, values, features):
         raise InvalidInput(f"row {number} has {len(values)} values, expected {len(features)} ({', '.join(features)})")
 
 
+def _shown(value, limit=40):
+    """A value as JSON for a message, cut to ``limit`` characters (a row may hold megabytes)."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _number(number, name, value):
     """A finite float from a CSV cell or a JSON value (a number or numeric text; not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidInput(f"row {number}, {name}: expected a number, got {json.dumps(value)}")
+        raise InvalidInput(f"row {number}, {name}: expected a number, got {_shown(value)}")
     if value == "":
         raise InvalidInput(f"row {number}, {name}: the value is empty")
     shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."

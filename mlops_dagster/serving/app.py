@@ -2,8 +2,9 @@
 
     GET  /ping           200 when a model is live, 503 before the first deploy
     POST /invocations    Content-Type text/csv or application/json; the response type follows
-                         Accept (below). 400 malformed rows (the row and reason), 406 Accept,
-                         413 body over 6 MB, 415 Content-Type, 503 no model, 500 model failure
+                         Accept (below). 400 malformed rows (the row and reason) or JSON nested
+                         too deeply, 406 Accept, 413 body over 6 MB, 415 Content-Type, 503 no
+                         model, 500 model failure
     POST /admin/deploy   X-Admin-Token; {"model_data", "sha256", "model_package_arn", "smoke_rows"}
     GET  /admin/status   X-Admin-Token; the live model and request counts
 
@@ -21,6 +22,11 @@ leaves the old model serving and answers 409 {"error": reason}.
 The request handlers are training/inference.py, loaded by path: the SageMaker container and this
 server run the same file. Run with `python -m mlops_dagster.serving.app --port 8080 --token-file F
 --model-root DIR` (process.py starts it without importing the whole code location).
+
+With --log-file the log is size-bounded: the file is rotated before it passes --log-max-bytes and
+one older part is kept (<file>.1), each record is cut to a quarter of the bound (8,000 characters at
+most), and the process's stdout and stderr follow the current file. A client error on /invocations
+is one log line; a model failure is a traceback.
 """
 
 from __future__ import annotations
@@ -33,12 +39,14 @@ import importlib.util
 import ipaddress
 import json
 import logging
+import logging.handlers
 import math
 import os
 import re
 import shutil
 import socket
 import stat
+import sys
 import tarfile
 import tempfile
 import zlib
@@ -62,6 +70,9 @@ CSV, JSON = "text/csv", "application/json"
 WILDCARDS = {"text/*": CSV, "application/*": JSON}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 HOST = "127.0.0.1"
+LOG_MAX_BYTES = 10 * 1024 * 1024  # the default bound of --log-file (process.py passes its own)
+LOG_RECORD_CHARS = 8000  # a record longer than this (or a quarter of the bound) is cut
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 log = logging.getLogger("mlops_dagster.serving")
 
@@ -90,6 +101,13 @@ def utc_now() -> str:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def client_error(status: int, message: str) -> JSONResponse:
+    """An /invocations error that is the caller's: one log line (the reason cut), then the answer."""
+    shown = message if len(message) <= 300 else f"{message[:300]}... ({len(message) - 300} characters cut)"
+    log.info("/invocations answered %d: %s", status, shown)
+    return error(status, message)
 
 
 # --- the live slot ---------------------------------------------------------------------------
@@ -210,29 +228,29 @@ async def invocations(request: Request) -> Response:
     content_type = ep.handlers.media_type(request.headers.get("content-type"))
     if content_type not in (CSV, JSON):
         shown = request.headers.get("content-type") or "none"
-        return error(415, f"Content-Type {shown} is not supported; use text/csv or application/json")
+        return client_error(415, f"Content-Type {shown} is not supported; use text/csv or application/json")
     accept = negotiate(request.headers.get("accept"), ep.default_accept)
     if accept is None:
-        return error(
+        return client_error(
             406,
             f"Accept {request.headers.get('accept')} offers nothing this endpoint writes; use text/csv or application/json",
         )
     declared = declared_length(request)
     if declared is not None and declared > MAX_BODY_BYTES:  # from the header: the body is never read
-        return error(413, f"the body is {declared} bytes, above the limit of {MAX_BODY_BYTES}")
+        return client_error(413, f"the body is {declared} bytes, above the limit of {MAX_BODY_BYTES}")
     live = ep.live  # this request's model, whatever a deploy does meanwhile
     if live is None:
         return error(503, "no model is deployed")
     try:
         body = await read_body(request)
     except BodyTooLarge as exc:
-        return error(413, str(exc))
+        return client_error(413, str(exc))
     ep.requests_total += 1  # counters change on the event loop thread only
     live.requests += 1
     try:
         payload, media_type = await run_in_threadpool(ep.invoke, live, body, content_type, accept)
-    except ep.handlers.InvalidInput as exc:
-        return error(400, str(exc))
+    except ep.handlers.InvalidInput as exc:  # a malformed row, or JSON nested too deeply to parse
+        return client_error(400, str(exc))
     except Exception as exc:
         log.exception("prediction failed on model %s", live.sha256[:12])
         return error(500, f"the model failed: {type(exc).__name__}: {exc}")
@@ -430,6 +448,60 @@ def listening_socket(fd: int | None, port: int) -> socket.socket:
     return sock
 
 
+class BoundedFormatter(logging.Formatter):
+    """Cuts a record (message and traceback) to ``limit`` characters, saying how much was cut."""
+
+    def __init__(self, limit: int):
+        super().__init__(LOG_FORMAT)
+        self.limit = limit
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if len(text) <= self.limit:
+            return text
+        return f"{text[: self.limit]}... ({len(text) - self.limit} characters cut)"
+
+
+class ServerLogHandler(logging.handlers.RotatingFileHandler):
+    """The server's log file, rotated before it passes ``max_bytes`` (one older part, <file>.1).
+
+    The process's stdout and stderr are pointed at the current file after each rotation, so what
+    bypasses logging (a stray print, a fatal error) lands there too and is counted in its size.
+    """
+
+    def __init__(self, path: Path, max_bytes: int):
+        super().__init__(path, maxBytes=max_bytes, backupCount=1, encoding="utf-8")
+        self.setFormatter(BoundedFormatter(min(LOG_RECORD_CHARS, max_bytes // 4)))
+        self._redirect_std_streams()
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        self._redirect_std_streams()
+
+    def _redirect_std_streams(self) -> None:
+        if self.stream is None:
+            self.stream = self._open()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+            os.dup2(self.stream.fileno(), stream.fileno())
+
+
+def configure_logging(log_file: Path | None, max_bytes: int) -> None:
+    """INFO and above to the size-bounded ``log_file``, or to stderr when there is none."""
+    if log_file is None:
+        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        return
+    logging.basicConfig(level=logging.INFO, handlers=[ServerLogHandler(log_file, max_bytes)], force=True)
+
+
+def log_bound(value: str) -> int:
+    """argparse type of --log-max-bytes: at least 4 KiB, so that a cut record still says something."""
+    number = int(value)
+    if number < 4096:
+        raise argparse.ArgumentTypeError(f"{value} is below the minimum of 4096 bytes")
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
     import uvicorn  # here: importing the app (tests, process.py) does not need the server
 
@@ -439,13 +511,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--token-file", type=Path, required=True, help="admin token, mode 0600")
     parser.add_argument("--model-root", type=Path, required=True, help="where model versions are extracted")
     parser.add_argument("--name", default="endpoint", help="shown in the log")
+    parser.add_argument("--log-file", type=Path, help="the log, rotated by size (default: stderr, unbounded)")
+    parser.add_argument(
+        "--log-max-bytes", type=log_bound, default=LOG_MAX_BYTES, help="rotate --log-file before it passes this size"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_file, args.log_max_bytes)
 
     app = create_app(read_token(args.token_file), args.model_root)
     sock = listening_socket(args.fd, args.port)
     log.info("endpoint %s (pid %d) serving on http://%s:%d", args.name, os.getpid(), *sock.getsockname()[:2])
-    config = uvicorn.Config(app, log_level="info", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    # log_config=None: uvicorn's loggers propagate to the root handler above instead of its own
+    # stderr handlers, so they are formatted, cut and rotated like the rest.
+    config = uvicorn.Config(
+        app, log_config=None, log_level="info", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+    )
     uvicorn.Server(config).run(sockets=[sock])
 
 

@@ -2,13 +2,16 @@
 
     $MLOPS_HOME/endpoints/<env>.json     the record: url, port, pid, pid_create_time, token,
                                          the live model (mode 0600: it holds the admin token)
-    $MLOPS_HOME/endpoints/<env>.log      the server's log
+    $MLOPS_HOME/endpoints/<env>.log      the server's log, rotated before it passes LOG_MAX_BYTES
+                                         (10 MiB); one older part is kept as <env>.log.1
     $MLOPS_HOME/endpoints/<env>/models/  the model versions the server extracted
 
 A server outlives the process that started it (its own session), so any later process finds
 it from the record. It is the same process only if the pid exists with the recorded create
-time (pids are reused) and /ping answers. Starting, stopping and record updates for one
-environment are serialized by an flock on <env>.lock.
+time (pids are reused) and /ping answers. A /ping that times out is tried again, with a longer
+timeout, while the process exists (a busy server is not a dead one); a refused connection or a
+gone process is final at once. Starting, stopping and record updates for one environment are
+serialized by an flock on <env>.lock.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ HOST = "127.0.0.1"
 START_DEADLINE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
 DEPLOY_TIMEOUT_SECONDS = 300.0
+# Timeouts of the /ping attempts of is_alive, and the pause before each retry (times the attempt).
+PING_TIMEOUTS_SECONDS = (2.0, 5.0, 10.0)
+PING_BACKOFF_SECONDS = 0.25
+LOG_MAX_BYTES = 10 * 1024 * 1024  # <env>.log and <env>.log.1: at most about 20 MiB per environment
 ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 # Runs the app module without importing mlops_dagster/__init__.py, which builds the whole Dagster
@@ -181,23 +188,47 @@ def _same_process(pid: int, created: float) -> bool:
         return False
 
 
-def _ping(port: int, timeout: float = 2.0) -> int | None:
-    """The status of GET /ping (200 serving, 503 up without a model), None if nothing answers."""
+def _probe(port: int, timeout: float) -> int | None:
+    """The status of GET /ping (200 serving, 503 up without a model); None if the connection is
+    refused or broken. Raises TimeoutError if the server does not answer within ``timeout``."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
         conn.request("GET", "/ping")
         response = conn.getresponse()
         response.read()
         return response.status
+    except TimeoutError:
+        raise
     except (OSError, http.client.HTTPException):
         return None
     finally:
         conn.close()
 
 
+def _ping(port: int, timeout: float = PING_TIMEOUTS_SECONDS[0]) -> int | None:
+    """The status of GET /ping, None if nothing answers in time (one attempt)."""
+    try:
+        return _probe(port, timeout)
+    except TimeoutError:
+        return None
+
+
 def is_alive(record: EndpointRecord) -> bool:
-    """The recorded process still runs (same pid and create time) and answers /ping."""
-    return _same_process(record.pid, record.pid_create_time) and _ping(record.port) in (200, 503)
+    """The recorded process still runs (same pid and create time) and answers /ping.
+
+    One slow answer is not death: a /ping that times out is tried again (PING_TIMEOUTS_SECONDS,
+    each longer) as long as the process exists. A gone process, or a refused connection, is dead
+    at once."""
+    for attempt, timeout in enumerate(PING_TIMEOUTS_SECONDS):
+        if attempt:
+            time.sleep(PING_BACKOFF_SECONDS * attempt)
+        if not _same_process(record.pid, record.pid_create_time):
+            return False
+        try:
+            return _probe(record.port, timeout) in (200, 503)
+        except TimeoutError:
+            continue
+    return False
 
 
 # --- start -----------------------------------------------------------------------------------
@@ -279,7 +310,8 @@ def _bind(ports: Sequence[int], env: str) -> socket.socket:
 def _launch(sock: socket.socket, token_file: Path, model_root: Path, log_file: Path, env: str) -> subprocess.Popen:
     fd = sock.fileno()
     args = ["--fd", str(fd), "--token-file", str(token_file), "--model-root", str(model_root), "--name", env]
-    with open(log_file, "ab") as out:
+    args += ["--log-file", str(log_file), "--log-max-bytes", str(LOG_MAX_BYTES)]
+    with open(log_file, "ab") as out:  # until the server takes its log over (and if it fails before)
         proc = subprocess.Popen(
             # -P: the working directory is not put on sys.path (nothing there may shadow a module)
             [sys.executable, "-P", "-c", _BOOTSTRAP, str(_PACKAGE_DIR), *args],
