@@ -25,19 +25,23 @@ MAX_VALUE = 80  # characters of one cell value or column name quoted in a messag
 MAX_NAMES = 30  # column names listed in a message or metadata entry before "… N more"
 
 
-def clip(text: str, limit: int = MAX_MESSAGE) -> str:
-    """``text`` cut to at most ``limit`` characters, ending with a note of how much was cut."""
-    if len(text) <= limit:
+def shorten(text: str, keep: int) -> str:
+    """The first ``keep`` characters of ``text`` and a note of how many more were cut."""
+    if len(text) <= keep:
         return text
-    kept = max(limit - 48, 0)  # room for the note, whatever the count
-    return text[:kept] + f"… ({len(text) - kept:,} more characters cut)"
+    return text[:keep] + f"… ({len(text) - keep:,} more characters cut)"
+
+
+def clip(text: str, limit: int = MAX_MESSAGE) -> str:
+    """``text`` cut to at most ``limit`` characters (note included) when it is longer."""
+    return text if len(text) <= limit else shorten(text, max(limit - 48, 0))  # 48: room for the note
 
 
 def show(value: object, limit: int = MAX_VALUE) -> str:
     """``repr(value)`` for a message; a long string is cut before it is quoted (no huge copy)."""
     if isinstance(value, str) and len(value) > limit:
         return f"{value[:limit]!r}… ({len(value) - limit:,} more characters cut)"
-    return clip(repr(value), limit + 40)
+    return clip(repr(value), limit + 48)
 
 
 def show_names(names: Iterable[object]) -> str:
@@ -51,7 +55,7 @@ def show_names(names: Iterable[object]) -> str:
 def bounded_names(names: Iterable[object]) -> list[str]:
     """Names for a metadata entry: at most ``MAX_NAMES``, each cut to ``MAX_VALUE`` characters."""
     names = list(names)
-    listed = [clip(str(n), MAX_VALUE) for n in names[:MAX_NAMES]]
+    listed = [shorten(str(n), MAX_VALUE) for n in names[:MAX_NAMES]]
     if len(names) > MAX_NAMES:
         listed.append(f"… ({len(names) - MAX_NAMES:,} more cut)")
     return listed
@@ -60,7 +64,7 @@ def bounded_names(names: Iterable[object]) -> list[str]:
 def bounded_mapping(mapping: Mapping[object, object]) -> dict[str, object]:
     """A name -> value mapping for a metadata entry, bounded like ``bounded_names``."""
     items = list(mapping.items())
-    out: dict[str, object] = {clip(str(k), MAX_VALUE): v for k, v in items[:MAX_NAMES]}
+    out: dict[str, object] = {shorten(str(k), MAX_VALUE): v for k, v in items[:MAX_NAMES]}
     if len(items) > MAX_NAMES:
         out["…"] = f"{len(items) - MAX_NAMES:,} more cut"
     return out
@@ -115,8 +119,10 @@ def header_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     if frame.empty or frame.shape[1] == 0:
         return QualityResult("no_header_rows", True, "no rows to check")
     matches = np.zeros(len(frame), dtype=np.int32)
-    for position, name in enumerate(frame.columns):
-        matches += _header_matches(frame.iloc[:, position], str(name).strip().lower())
+    for position, (name, dtype) in enumerate(zip(frame.columns, frame.dtypes, strict=True)):
+        name = str(name).strip().lower()
+        if _could_hold(dtype, name):
+            matches += _header_matches(frame.iloc[:, position], name)
     bad = frame.index[matches >= max(2, (frame.shape[1] + 1) // 2)]
     if len(bad):
         return QualityResult(
@@ -130,12 +136,10 @@ def header_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
 def _header_matches(values: pd.Series, name: str) -> np.ndarray:
     """Which cells of one column read as its (stripped, lower-cased) header name.
 
-    One column at a time, and only text that could match is compared: a typed column (numbers,
-    booleans) matches only a name that reads as such a value, and a shorter cell never matches.
+    One column at a time (never a text copy of the whole table), and only cells at least as long
+    as the name are stripped and compared.
     """
     if not (pd.api.types.is_object_dtype(values) or pd.api.types.is_string_dtype(values)):
-        if not (_looks_numeric(name) or name in ("true", "false")):
-            return np.zeros(len(values), dtype=bool)
         return values.astype("string").str.strip().str.lower().eq(name).fillna(False).to_numpy(dtype=bool)
     if pd.api.types.infer_dtype(values, skipna=True) not in ("string", "empty"):
         values = values.astype("string")  # mixed objects (Parquet): compare their text, as a CSV would
@@ -145,6 +149,13 @@ def _header_matches(values: pd.Series, name: str) -> np.ndarray:
     if candidates.any():
         out[candidates] = values[candidates].str.strip().str.lower().eq(name).fillna(False).to_numpy(dtype=bool)
     return out
+
+
+def _could_hold(dtype: object, name: str) -> bool:
+    """Whether a column of ``dtype`` can hold a cell that reads as ``name`` (skips numbers quickly)."""
+    if pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        return True
+    return _looks_numeric(name) or name in ("true", "false")
 
 
 def _looks_numeric(text: str) -> bool:
@@ -276,10 +287,19 @@ class Verdict:
 
 def fingerprint(frame: pd.DataFrame) -> str:
     """sha256 over the column names, dtypes and a vectorized hash of every column's values."""
-    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in frame.dtypes.items()]).encode())
+    dtypes = list(frame.dtypes)
+    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in zip(frame.columns, dtypes, strict=True)]).encode())
     digest.update(len(frame).to_bytes(8, "big"))
-    for position in range(frame.shape[1]):
-        digest.update(_column_hash(frame.iloc[:, position]).tobytes())
+    # Plain numpy columns of one dtype are hashed as one block (fast for wide tables); others one by one.
+    blocks: dict[np.dtype, list[int]] = {}
+    for position, dtype in enumerate(dtypes):
+        if isinstance(dtype, np.dtype) and dtype.kind in "biufcmM":
+            blocks.setdefault(dtype, []).append(position)
+        else:
+            digest.update(_column_hash(frame.iloc[:, position]).tobytes())
+    for dtype, positions in blocks.items():
+        values = frame.iloc[:, positions].to_numpy(dtype=dtype).ravel(order="F")
+        digest.update(pd.util.hash_array(values, categorize=False).tobytes())
     return digest.hexdigest()
 
 

@@ -186,15 +186,17 @@ def _column_summary(frame: pd.DataFrame) -> MetadataValue:
         records.append(
             TableRecord(
                 {
-                    "column": quality.clip(str(frame.columns[position]), MAX_PREVIEW_CELL),
+                    "column": quality.shorten(str(frame.columns[position]), MAX_PREVIEW_CELL),
                     "dtype": str(column.dtype),
                     "missing": int(column.isna().sum()),
-                    **({k: round(v, 4) for k, v in zip(("min", "mean", "max"), stats, strict=True) if v is not None}),
+                    # Every record needs every field (Dagster's rule): None where a column has no numbers.
+                    **{k: None if v is None else round(v, 4) for k, v in zip(("min", "mean", "max"), stats, strict=True)},
                 }
             )
         )
     if frame.shape[1] > MAX_SUMMARY_COLUMNS:
-        records.append(TableRecord({"column": f"… ({frame.shape[1] - MAX_SUMMARY_COLUMNS:,} more columns cut)"}))
+        cut = f"… ({frame.shape[1] - MAX_SUMMARY_COLUMNS:,} more columns cut)"
+        records.append(TableRecord({"column": cut, "dtype": "", "missing": None, "min": None, "mean": None, "max": None}))
     return MetadataValue.table(records=records, schema=schema)
 
 
@@ -203,8 +205,8 @@ def _preview(frame: pd.DataFrame) -> MetadataValue:
     if not len(frame):
         return MetadataValue.md("(no rows)")
     head = frame.iloc[:5, :MAX_PREVIEW_COLUMNS].copy()
-    head.columns = [quality.clip(str(c), MAX_PREVIEW_CELL) for c in head.columns]
-    head = head.map(lambda v: quality.clip(v, MAX_PREVIEW_CELL) if isinstance(v, str) else v)
+    head.columns = [quality.shorten(str(c), MAX_PREVIEW_CELL) for c in head.columns]
+    head = head.map(lambda v: quality.shorten(v, MAX_PREVIEW_CELL) if isinstance(v, str) else v)
     text = head.to_markdown(index=False)
     if frame.shape[1] > MAX_PREVIEW_COLUMNS:
         text += f"\n\n… ({frame.shape[1] - MAX_PREVIEW_COLUMNS:,} more columns cut)"
