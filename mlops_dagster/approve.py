@@ -12,6 +12,10 @@ import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import ExecuteInProcessResult
 
 USAGE = "usage: make approve VERSION=<model package version> [COMMENT=...] [STATUS=Approved|Rejected]"
 # SageMaker's limit for UpdateModelPackage's ApprovalDescription.
@@ -60,9 +64,22 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             run_config=run_config(args.version, args.status, args.comment), instance=instance, raise_on_error=False
         )
     if not result.success:
-        print(f"approve_model failed (run {result.run_id}): see the errors above", file=sys.stderr)
+        print(f"approve_model failed (run {result.run_id}): {failure_reason(result)}", file=sys.stderr)
         return 1
     return 0
+
+
+def failure_reason(result: ExecuteInProcessResult) -> str:
+    """The step failure's own message (a Failure's description, or the error), not its traceback."""
+    for event in result.all_events:
+        if event.event_type_value == "STEP_FAILURE":
+            data = event.step_failure_data
+            if data.user_failure_data and data.user_failure_data.description:
+                return data.user_failure_data.description
+            error = data.error.cause or data.error if data.error else None
+            if error is not None:
+                return error.message.strip()
+    return "see the errors above"
 
 
 if __name__ == "__main__":

@@ -92,6 +92,14 @@ def test_missing_version_prints_the_usage(mlops_home: Path, registry):
     assert package(registry)["ModelApprovalStatus"] == "PendingManualApproval"
 
 
+def test_unknown_version_fails_with_the_reason(mlops_home: Path, registry):
+    result = make_approve(mlops_home, "VERSION=7", "COMMENT=x")
+    assert result.returncode != 0
+    assert "approve_model failed" in result.stderr
+    assert "model package group mlops-pipeline-models has no version 7 (versions: [1])" in result.stderr
+    assert package(registry)["ModelApprovalStatus"] == "PendingManualApproval"
+
+
 def test_main_rejects_missing_version_and_long_comment(capsys):
     from mlops_dagster.approve import main
 
