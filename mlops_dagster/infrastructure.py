@@ -325,6 +325,12 @@ class TeardownConfig(Config):
     )
 
 
+def _status(removal: Removal) -> str:
+    if removal.kept:
+        return removal.note  # "kept ...: not created by setup_infrastructure"
+    return "deleted" if removal.deleted else (removal.note or "nothing to delete")
+
+
 def _removal_output(context: OpExecutionContext, removals: list[dict], removal: Removal) -> Output[list]:
     what = ", ".join(removal.deleted) if removal.deleted else "nothing"
     context.log.info(f"{removal.kind} {removal.name}: deleted {what}" + (f" ({removal.note})" if removal.note else ""))
@@ -333,7 +339,7 @@ def _removal_output(context: OpExecutionContext, removals: list[dict], removal: 
         metadata={
             "resource": removal.name,
             "deleted": MetadataValue.json(list(removal.deleted)),
-            "status": "deleted" if removal.deleted else (removal.note or "nothing to delete"),
+            "status": _status(removal),
         },
     )
 
@@ -395,9 +401,9 @@ def delete_code_repository(
     context: OpExecutionContext, removals: list, infrastructure: Infrastructure, settings: Settings
 ) -> Output[list]:
     removal = infrastructure.delete_repository()
-    # The recorded commit names a repository that no longer exists.
+    # The recorded commit names a repository that no longer exists (a kept one still holds it).
     record = Path(settings.home) / CODE_COMMIT_FILE
-    if record.is_file():
+    if record.is_file() and not removal.kept:
         record.unlink()
         removal = dataclasses.replace(removal, deleted=(*removal.deleted, f"record {record}"))
     return _removal_output(context, removals, removal)

@@ -136,6 +136,71 @@ def test_verify_fails_naming_what_is_missing_then_passes_and_teardown_needs_the_
     assert [r["deleted"] for r in again.output_for_node("report_teardown")] == [()] * 5
 
 
+def test_local_teardown_deletes_only_the_prefix_of_a_bucket_setup_did_not_create_and_the_deployed_models(
+    defs, instance, mlops_home
+):
+    # make run (not setup) made the bucket directory; the user keeps their own data beside the prefix.
+    bucket = mlops_home / "s3" / BUCKET
+    (bucket / "mlops" / "data").mkdir(parents=True)
+    (bucket / "mlops" / "data" / "train.csv").write_text("medv\n1\n")
+    (bucket / "raw").mkdir()
+    (bucket / "raw" / "mine.csv").write_text("theirs\n")
+    setup = run(defs, instance, "setup_infrastructure")
+    assert setup.success, failure(setup)
+    assert meta(setup, "ensure_bucket")["status"] == "already exists"
+    assert meta(setup, "ensure_bucket")["owner"] == f"not created by setup_infrastructure: teardown deletes only {bucket / 'mlops'}"
+
+    # what a deployment leaves in the local service besides the endpoint: its model and endpoint config
+    client = defs.resources["sagemaker"].get_client()
+    container = {"Image": "sklearn", "ModelDataUrl": f"s3://{BUCKET}/mlops/model.tar.gz"}
+    for model in ("mlops-pipeline-dev-v1-20260101000000", "another-pipeline-dev-v1-20260101000000"):
+        client.create_model(
+            ModelName=model, PrimaryContainer=container, ExecutionRoleArn=LOCAL_ROLE_ARN,
+            Tags=[{"Key": "mlops:model_sha256", "Value": "0" * 64}],  # never loaded: no endpoint serves it
+        )  # fmt: skip
+    client.create_endpoint_config(
+        EndpointConfigName="mlops-pipeline-dev-v1-20260101000000",
+        ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": "mlops-pipeline-dev-v1-20260101000000",
+                             "InitialInstanceCount": 1, "InstanceType": "ml.t2.medium"}],
+    )  # fmt: skip
+
+    removed = run(defs, instance, "teardown_infrastructure", CONFIRM)
+    assert removed.success, failure(removed)
+    assert (bucket / "raw" / "mine.csv").read_text() == "theirs\n" and not (bucket / "mlops").exists()
+    notes = {r["kind"]: (r["deleted"], r["note"]) for r in removed.output_for_node("report_teardown")}
+    assert notes["bucket"] == ((f"1 objects under s3://{BUCKET}/mlops/",), f"kept {bucket}: not created by setup_infrastructure")
+    assert notes["code repository"][0][0] == f"bare repository {repository(mlops_home)}"  # setup created it
+    assert notes["endpoints, endpoint configs and models"][0] == (
+        "endpoint config mlops-pipeline-dev-v1-20260101000000", "model mlops-pipeline-dev-v1-20260101000000"
+    )  # fmt: skip
+    assert [m["ModelName"] for m in client.list_models()["Models"]] == ["another-pipeline-dev-v1-20260101000000"]
+    assert client.list_endpoint_configs()["EndpointConfigs"] == []
+
+
+def test_a_repository_setup_did_not_create_is_refused_then_adopted_and_kept_by_teardown(defs, instance, mlops_home):
+    repo = BareRepository(repository(mlops_home))
+    repo.init("main")
+    refused = run(defs, instance, "setup_infrastructure")
+    assert not refused.success
+    text = failure(refused)
+    assert f"code repository {repo.path} already exists and was not created by setup_infrastructure" in text
+    assert "ops.ensure_code_repository.config.adopt_existing: true" in text
+    assert repo.branches() == {}  # nothing committed
+
+    adopt = {"ops": {"ensure_code_repository": {"config": {"adopt_existing": True}}}}
+    adopted = run(defs, instance, "setup_infrastructure", adopt)
+    assert adopted.success, failure(adopted)
+    assert meta(adopted, "ensure_code_repository")["status"] == "adopted" and "main" in repo.branches()
+    assert run(defs, instance, "setup_infrastructure").success  # adopted once: no opt-in needed again
+
+    removed = run(defs, instance, "teardown_infrastructure", CONFIRM)
+    assert removed.success, failure(removed)
+    notes = {r["kind"]: (r["deleted"], r["note"]) for r in removed.output_for_node("report_teardown")}
+    assert notes["code repository"] == ((), f"kept {repo.path}: adopted")
+    assert repo.exists() and read_code_commit(mlops_home)["repository"] == "mlops-pipeline-code"  # still holds it
+    assert not (mlops_home / "s3" / BUCKET).exists()  # setup created the bucket directory
+
+
 def test_changed_code_makes_one_commit_on_top_and_keeps_other_files(tmp_path):
     repo = BareRepository(tmp_path / "code.git")
     repo.init("main")

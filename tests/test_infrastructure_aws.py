@@ -424,7 +424,9 @@ def test_setup_refuses_what_it_did_not_create_naming_it_and_the_opt_in_and_chang
         assert commits.commits == [] and commits.tags[REPOSITORY] == {"team": "data"}
 
 
-def test_adopted_resources_are_used_and_teardown_keeps_them_deleting_only_the_projects_share(defs, commits):
+def test_adopted_resources_are_used_and_teardown_keeps_them_deleting_only_the_projects_share(
+    defs, commits, mlops_home
+):
     theirs = _their_role()
     _their_bucket()
     s3().put_bucket_tagging(Bucket=BUCKET, Tagging={"TagSet": [{"Key": "team", "Value": "data"}]})
@@ -464,6 +466,7 @@ def test_adopted_resources_are_used_and_teardown_keeps_them_deleting_only_the_pr
     assert removed["code repository"]["note"] == "kept: adopted"
     assert codecommit().get_repository(repositoryName=REPOSITORY)["repositoryMetadata"]["repositoryName"] == REPOSITORY
     assert commits.tags[REPOSITORY] == {"team": "data"}
+    assert (mlops_home / "code_commit.json").is_file()  # the kept repository still holds the recorded commit
 
 
 def test_teardown_deletes_only_the_prefix_of_a_bucket_setup_did_not_create_and_keeps_what_it_did_not_create(
@@ -487,7 +490,7 @@ def test_teardown_deletes_only_the_prefix_of_a_bucket_setup_did_not_create_and_k
     )
     assert removed["execution role"] == {
         "kind": "execution role", "name": ROLE_ARN, "deleted": (),
-        "note": "kept, policies untouched: not created by setup_infrastructure",
+        "note": "kept, policies untouched: not created by setup_infrastructure", "kept": True,
     }  # fmt: skip
     assert _trust_principals() == [{"Service": "ec2.amazonaws.com"}]
     attached = iam().list_attached_role_policies(RoleName=ROLE_NAME)["AttachedPolicies"]

@@ -316,14 +316,18 @@ class AwsInfrastructure(Infrastructure):
             tuple(changes),
             details={
                 "region": self.region,
-                "owner": owner
-                if owner == CREATED
-                else f"{owner}: teardown deletes only s3://{self.bucket}/{self.prefix}/",
+                "owner": owner if owner == CREATED else f"{owner}: teardown deletes only {self._share()}",
                 "versioning": "Enabled",
                 "default encryption": self._encryption_algorithm(s3, bucket),
                 "public access block": "all four settings on",
                 "bucket policy": f"{TLS_STATEMENT_ID}: denies s3:* when aws:SecureTransport is false",
             },
+        )
+
+    def _share(self) -> str:
+        """What teardown deletes in a bucket setup did not create."""
+        return (
+            f"the objects under s3://{self.bucket}/{self.prefix}/" if self.prefix else "nothing (MLOPS_PREFIX is empty)"
         )
 
     def _claim_bucket(self, s3: GuardedClient, bucket: dict, status: str, adopt: bool) -> tuple[str, str]:
@@ -341,7 +345,7 @@ class AwsInfrastructure(Infrastructure):
                 "bucket", f"s3://{self.bucket}", "ensure_bucket", self.pipeline_name,
                 adopting="turns on versioning, default encryption (if none), the public access block and a TLS-only "
                 "bucket policy statement",
-                teardown=f"deletes only the object versions under s3://{self.bucket}/{self.prefix}/ and keeps the bucket",
+                teardown=f"deletes only {self._share()} and keeps the bucket",
                 instead="set MLOPS_BUCKET to a bucket name that does not exist yet",
             )  # fmt: skip
         self._put_bucket_tags(s3, bucket, {**tags, ADOPTED_TAG: self.pipeline_name})
@@ -751,7 +755,10 @@ class AwsInfrastructure(Infrastructure):
         name, kept = f"s3://{self.bucket}", f"kept the bucket: {owner}"
         if not self.prefix:
             return Removal(
-                "bucket", name, note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's"
+                "bucket",
+                name,
+                note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's",
+                kept=True,
             )
         versions, markers = self._delete_versions(s3, bucket, f"{self.prefix}/")
         deleted = [f"{versions} object versions under {name}/{self.prefix}/", f"{markers} delete markers"]
@@ -760,7 +767,7 @@ class AwsInfrastructure(Infrastructure):
             tags.pop(ADOPTED_TAG, None)
             self._put_bucket_tags(s3, bucket, tags)
             deleted.append(f"tag {ADOPTED_TAG}")
-        return Removal("bucket", name, tuple(deleted), note=kept)
+        return Removal("bucket", name, tuple(deleted), note=kept, kept=True)
 
     def _delete_versions(self, s3: GuardedClient, bucket: dict, prefix: str = "") -> tuple[int, int]:
         """Delete every object version and delete marker under ``prefix``, a page (at most 1000) at a time."""
@@ -789,9 +796,11 @@ class AwsInfrastructure(Infrastructure):
         owner = ownership(self._repository_tags(cc, metadata["Arn"]), self.pipeline_name)
         if owner == ADOPTED:
             cc.untag_resource(resourceArn=metadata["Arn"], tagKeys=[ADOPTED_TAG])
-            return Removal("code repository", self.repository_name, (f"tag {ADOPTED_TAG}",), note=f"kept: {owner}")
+            return Removal(
+                "code repository", self.repository_name, (f"tag {ADOPTED_TAG}",), note=f"kept: {owner}", kept=True
+            )
         if owner == FOREIGN:
-            return Removal("code repository", self.repository_name, note=f"kept: {owner}")
+            return Removal("code repository", self.repository_name, note=f"kept: {owner}", kept=True)
         # DeleteRepository answers without a repositoryId (and no error) when there was nothing to delete.
         deleted = cc.delete_repository(repositoryName=self.repository_name).get("repositoryId")
         if not deleted:
@@ -806,7 +815,7 @@ class AwsInfrastructure(Infrastructure):
         try:
             owner = ownership(tag_dict(iam.get_role(RoleName=self.role_name)["Role"].get("Tags")), self.pipeline_name)
             if owner == FOREIGN:
-                return Removal("execution role", arn, note=f"kept, policies untouched: {owner}")
+                return Removal("execution role", arn, note=f"kept, policies untouched: {owner}", kept=True)
             if owner == ADOPTED:
                 return self._release_role(iam, arn)
             for name in iam.list_role_policies(RoleName=self.role_name)["PolicyNames"]:
@@ -830,7 +839,9 @@ class AwsInfrastructure(Infrastructure):
             iam.delete_role_policy(RoleName=self.role_name, PolicyName=INLINE_POLICY_NAME)
             deleted.append(f"inline policy {INLINE_POLICY_NAME}")
         iam.untag_role(RoleName=self.role_name, TagKeys=[ADOPTED_TAG])
-        return Removal("execution role", arn, (*deleted, f"tag {ADOPTED_TAG}"), note=f"kept the role: {ADOPTED}")
+        return Removal(
+            "execution role", arn, (*deleted, f"tag {ADOPTED_TAG}"), note=f"kept the role: {ADOPTED}", kept=True
+        )
 
     def owns_hosting(self, client: Any, arn: str) -> bool:
         tags: list[dict] = []

@@ -231,12 +231,14 @@ class Probe:
 
 @dataclass(frozen=True)
 class Removal:
-    """What a teardown piece deleted; ``deleted`` is empty when the resource was already gone."""
+    """What a teardown piece deleted; ``deleted`` is empty when the resource was already gone.
+    ``kept``: the resource itself stays (setup did not create it), ``note`` says why."""
 
     kind: str
     name: str
     deleted: tuple[str, ...] = ()
     note: str = ""
+    kept: bool = False
 
 
 def git_blob_id(data: bytes) -> str:
@@ -500,13 +502,16 @@ class LocalInfrastructure(Infrastructure):
         self._record("bucket", self.bucket, None)
         if not self.prefix:
             return Removal(
-                "bucket", name, note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's"
+                "bucket",
+                name,
+                note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's",
+                kept=True,
             )
         target = self._prefix_dir()
         objects = sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() else 0
         if target.is_dir():
             shutil.rmtree(target)
-        return Removal("bucket", name, (f"{objects} objects under {name}/{self.prefix}/",), note=kept)
+        return Removal("bucket", name, (f"{objects} objects under {name}/{self.prefix}/",), note=kept, kept=True)
 
     def delete_repository(self) -> Removal:
         path = self._repository.path
@@ -516,7 +521,7 @@ class LocalInfrastructure(Infrastructure):
             return Removal("code repository", self.repository_name, note=f"{path} was already gone")
         if owner != CREATED:
             self._record("repository", self.repository_name, None)
-            return Removal("code repository", self.repository_name, note=f"kept {path}: {owner}")
+            return Removal("code repository", self.repository_name, note=f"kept {path}: {owner}", kept=True)
         shutil.rmtree(path)
         self._record("repository", self.repository_name, None)
         return Removal("code repository", self.repository_name, (f"bare repository {path}",))
