@@ -1,4 +1,4 @@
-"""``retraining_schedule``: materializes raw_data through trained_model on a cron (weekly by default)."""
+"""``retraining_schedule``: materializes raw_data through registered_model on a cron (weekly by default)."""
 
 from dagster import DefaultScheduleStatus, ScheduleDefinition
 

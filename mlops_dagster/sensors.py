@@ -1,5 +1,6 @@
 """``pipeline_execution_sensor``: watches the pipeline's executions, including ones started
-outside Dagster, and materializes ``trained_model`` for each one that ends.
+outside Dagster, and materializes ``trained_model`` and ``registered_model`` for each one that ends
+(so a model registered by any execution gets its lineage and verified hash, as with ``make run``).
 
 Each tick makes one ``list_pipeline_executions`` call (its summaries carry every status) plus at
 most one ``describe_pipeline_execution`` per in-flight execution that fell off that page. The run
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 from dagster import (
     AssetSelection,
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRun,
     DefaultSensorStatus,
     RunRequest,
     SensorEvaluationContext,
@@ -21,12 +25,14 @@ from dagster import (
 )
 
 from .assets.pipeline import TERMINAL, trained_model
+from .assets.registry import registered_model
 from .resources.sagemaker import SageMaker
 from .settings import Settings
 
 PAGE = 50
 KEEP_HANDLED = 500  # ARNs remembered in the cursor; older ones are past the listed page anyway
 RUN_PREFIX = "dagster-run-"
+COLLECTED_BY = (trained_model.key, registered_model.key)  # what a run must materialize to collect an execution
 
 
 @dataclass
@@ -42,18 +48,32 @@ class ExecutionCursor:
         return json.dumps({"handled": self.handled[-KEEP_HANDLED:], "in_flight": sorted(set(self.in_flight))})
 
 
+def _collects(instance: DagsterInstance, run: DagsterRun) -> bool:
+    """True if ``run`` materializes both trained_model and registered_model."""
+    planned = set(run.asset_selection or ())
+    if not planned:  # a whole asset job (retraining_job): its plan names what it materializes
+        records = instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION_PLANNED
+        ).records
+        planned = {r.event_log_entry.dagster_event.asset_key for r in records if r.event_log_entry.dagster_event}
+    return set(COLLECTED_BY) <= planned
+
+
 def _collection(context: SensorEvaluationContext, arn: str, status: str, display_name: str) -> str:
-    """'done' when trained_model has it or its own run reported it, 'wait' while a Dagster run
-    that includes trained_model is still collecting it, else 'request'."""
-    latest = context.instance.get_latest_materialization_event(trained_model.key)
+    """'done' when trained_model has it from a run that also registered it (or its own run
+    reported it), 'wait' while a Dagster run that includes both assets is still collecting it,
+    else 'request'."""
+    instance = context.instance
+    latest = instance.get_latest_materialization_event(trained_model.key)
     if latest and latest.asset_materialization:
         entry = latest.asset_materialization.metadata.get("execution_arn")
-        if entry is not None and entry.value == arn:
+        collector = instance.get_run_by_id(latest.run_id) if latest.run_id else None
+        if entry is not None and entry.value == arn and (collector is None or _collects(instance, collector)):
             return "done"
     run = None
     if display_name.startswith(RUN_PREFIX):
-        run = context.instance.get_run_by_id(display_name.removeprefix(RUN_PREFIX))
-    if run is None or trained_model.key not in (run.asset_selection or ()):
+        run = instance.get_run_by_id(display_name.removeprefix(RUN_PREFIX))
+    if run is None or not _collects(instance, run):
         return "request"
     if not run.is_finished:
         return "wait"
@@ -64,9 +84,11 @@ def _collection(context: SensorEvaluationContext, arn: str, status: str, display
 @sensor(
     name="pipeline_execution_sensor",
     minimum_interval_seconds=30,
-    asset_selection=AssetSelection.assets(trained_model),
+    asset_selection=AssetSelection.assets(*COLLECTED_BY),
     default_status=DefaultSensorStatus.RUNNING,
-    description="Watches SageMaker pipeline executions; materializes trained_model when one ends.",
+    description=(
+        "Watches SageMaker pipeline executions; materializes trained_model and registered_model when one ends."
+    ),
 )
 def pipeline_execution_sensor(context: SensorEvaluationContext, settings: Settings, sagemaker: SageMaker):
     client = sagemaker.get_client()
@@ -113,6 +135,7 @@ def pipeline_execution_sensor(context: SensorEvaluationContext, settings: Settin
         requests.append(
             RunRequest(
                 run_key=arn,
+                asset_selection=list(COLLECTED_BY),
                 run_config={"ops": {"trained_model": {"config": {"execution_arn": arn}}}},
                 tags={"mlops/execution_arn": arn, "mlops/execution_status": status},
             )

@@ -3,8 +3,10 @@
 import json
 
 import pytest
-from dagster import AssetMaterialization
+from dagster import AssetMaterialization, Failure
 from helpers import latest_metadata, materialize_assets, step_failure_text
+
+from mlops_dagster.assets.registry import _record_sha256
 
 GRAPH = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model", "registered_model"]
 
@@ -102,3 +104,58 @@ def test_a_model_stopped_by_the_quality_gate_is_not_registered(defs, instance):
 
 
 _failure_text = step_failure_text
+
+
+def test_a_package_the_pipeline_registers_records_its_artifact_sha256_without_registered_model(defs, instance):
+    """Not only registered_model records the hash: the RegisterModel step does, so a package from a
+    run without registered_model (or an execution started outside Dagster) can still be deployed."""
+    result = _run(defs, instance, {"raw_data": {"rows": 200}}, selection=GRAPH[:5])
+    assert result.success
+    model = _materialized(result, "trained_model")
+    assert _materialized(result, "registered_model") is None
+    client = defs.resources["sagemaker"].get_client()
+    package = client.describe_model_package(ModelPackageName=model["model_package_arn"])
+    assert package["CustomerMetadataProperties"] == {"mlops:model_sha256": model["model_sha256"]}
+    assert package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == model["model_data_url"]
+    assert package["MetadataProperties"]["GeneratedBy"] == model["execution_arn"]
+
+
+class _Registry:
+    """describe/update_model_package of one package, with an optional writer that records another
+    hash right after our update (the race UpdateModelPackage cannot prevent)."""
+
+    def __init__(self, recorded: str | None, racing: str | None = None):
+        self.metadata = {"mlops:model_sha256": recorded} if recorded else {}
+        self.racing, self.updates = racing, []
+
+    def describe_model_package(self, ModelPackageName: str) -> dict:  # noqa: N803 (boto3's names)
+        return {"ModelPackageArn": ModelPackageName, "CustomerMetadataProperties": dict(self.metadata)}
+
+    def update_model_package(self, ModelPackageArn: str, CustomerMetadataProperties: dict) -> dict:  # noqa: N803
+        self.updates.append(CustomerMetadataProperties)
+        self.metadata.update(CustomerMetadataProperties)
+        if self.racing:
+            self.metadata["mlops:model_sha256"] = self.racing
+        return {"ModelPackageArn": ModelPackageArn}
+
+
+ARN = "arn:aws:sagemaker:us-east-1:000000000000:model-package/g/1"
+OURS, THEIRS = "a" * 64, "b" * 64
+
+
+def test_registered_model_records_a_missing_hash_and_never_replaces_another():
+    registry = _Registry(None)
+    assert _record_sha256(registry, ARN, OURS)["CustomerMetadataProperties"] == {"mlops:model_sha256": OURS}
+    assert registry.updates == [{"mlops:model_sha256": OURS}]
+
+    same = _Registry(OURS.upper())  # recorded by the RegisterModel step: nothing to write
+    _record_sha256(same, ARN, OURS)
+    assert same.updates == []
+
+    for registry in (_Registry(THEIRS), _Registry(None, racing=THEIRS)):
+        with pytest.raises(Failure) as err:
+            _record_sha256(registry, ARN, OURS)
+        message = str(err.value)
+        assert f"model package {ARN} records mlops:model_sha256 {THEIRS}" in message
+        assert f"the artifact trained_model verified has sha256 {OURS}" in message
+        assert registry.metadata["mlops:model_sha256"] == THEIRS  # not replaced by ours

@@ -5,7 +5,17 @@ import time
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, RunRequest, SensorResult, SkipReason, build_sensor_context
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    MaterializeResult,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    asset,
+    build_sensor_context,
+    materialize,
+)
 
 from mlops_dagster import build_definitions
 from mlops_dagster.jobs import retraining_job
@@ -93,6 +103,9 @@ def test_sensor_skips_until_the_pipeline_exists(world):
     assert "pipeline mlops-pipeline does not exist yet" in result.skip_message
 
 
+COLLECTED = [AssetKey("trained_model"), AssetKey("registered_model")]
+
+
 def test_sensor_requests_trained_model_once_per_ended_execution(world):
     client = world["client"]
     client.create_pipeline(PipelineName="mlops-pipeline", PipelineDefinition=world["definition"], RoleArn="arn:aws:iam::000000000000:role/x")
@@ -111,6 +124,8 @@ def test_sensor_requests_trained_model_once_per_ended_execution(world):
     [request] = result.run_requests
     assert isinstance(request, RunRequest)
     assert request.run_key == arn
+    # registered_model too: a model any execution registered gets its lineage and verified hash.
+    assert request.asset_selection == COLLECTED
     assert request.run_config == {"ops": {"trained_model": {"config": {"execution_arn": arn}}}}
     assert request.tags["mlops/execution_status"] == "Succeeded"
     assert json.loads(result.cursor)["in_flight"] == []
@@ -146,8 +161,12 @@ def test_retraining_schedule_is_weekly_by_default_and_configurable(mlops_home):
     defs = build_definitions(Settings.from_env({"MLOPS_HOME": str(mlops_home)}))
     schedule = defs.get_schedule_def("retraining_schedule")
     assert schedule.cron_schedule == "0 3 * * 1"
-    keys = {k.to_user_string() for k in retraining_job.selection.resolve(defs.resolve_asset_graph())}
-    assert keys == {"raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model"}
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in retraining_job.selection.resolve(graph)}
+    assert keys == {
+        "raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model", "registered_model",
+    }  # fmt: skip
+    assert pipeline_execution_sensor.asset_selection.resolve(graph) == set(COLLECTED)
     daily = build_definitions(Settings.from_env({"MLOPS_HOME": str(mlops_home), "MLOPS_RETRAIN_CRON": "0 4 * * *"}))
     assert daily.get_schedule_def("retraining_schedule").cron_schedule == "0 4 * * *"
 
@@ -183,3 +202,37 @@ def test_sensor_asks_at_most_one_describe_per_in_flight_execution(world, monkeyp
     world["flag"].touch()
     for arn in running:
         _wait_until_ended(client, arn)
+
+
+def _stub_collection(instance: DagsterInstance, arn: str, keys: list[str]) -> None:
+    """A run that materializes stand-ins of ``keys`` (trained_model reporting ``arn``)."""
+
+    def stub(key: str):
+        @asset(name=key)
+        def _stub() -> MaterializeResult:
+            return MaterializeResult(metadata={"execution_arn": arn} if key == "trained_model" else {})
+
+        return _stub
+
+    assert materialize([stub(k) for k in keys], instance=instance).success
+
+
+def test_an_execution_collected_without_registered_model_is_requested_again(world):
+    """trained_model alone (say `--select trained_model`) leaves the package without its lineage:
+    the sensor still requests the pair; once a run materialized both, the execution is done."""
+    client = world["client"]
+    client.create_pipeline(PipelineName="mlops-pipeline", PipelineDefinition=world["definition"], RoleArn="arn:aws:iam::000000000000:role/x")
+    baseline, _ = _tick(world)
+    world["flag"].touch()
+    arn = _start(world)
+    assert _wait_until_ended(client, arn) == "Succeeded"
+
+    _stub_collection(world["instance"], arn, ["trained_model"])
+    result, _ = _tick(world, baseline.cursor)
+    [request] = result.run_requests
+    assert (request.run_key, request.asset_selection) == (arn, COLLECTED)
+
+    _stub_collection(world["instance"], arn, ["trained_model", "registered_model"])
+    result, _ = _tick(world, baseline.cursor)
+    assert result.run_requests == []
+    assert arn in json.loads(result.cursor)["handled"]

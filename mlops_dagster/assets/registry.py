@@ -115,18 +115,7 @@ def registered_model(
         )
         return
     client = sagemaker.get_client()
-    package = client.describe_model_package(ModelPackageName=package_arn)
-    recorded = package.get("CustomerMetadataProperties", {}).get(SHA256_PROPERTY)
-    if recorded is None:
-        # Deployments check the artifact against this before it is unpickled (joblib is pickle).
-        client.update_model_package(
-            ModelPackageArn=package_arn, CustomerMetadataProperties={SHA256_PROPERTY: trained_model["sha256"]}
-        )
-    elif recorded != trained_model["sha256"]:
-        raise Failure(
-            f"{package_arn} records model sha256 {recorded} but trained_model verified {trained_model['sha256']}: "
-            "the artifact changed after registration; do not deploy it"
-        )
+    package = _record_sha256(client, package_arn, trained_model["sha256"])
     lineage = _lineage(client, store, settings, trained_model)
     metrics = trained_model["metrics"]
     yield Output(
@@ -152,6 +141,27 @@ def registered_model(
         data_version=DataVersion(package_arn),
     )
     yield _compare_with_prod(context, client, store, package_arn, metrics, config.max_mse_increase)
+
+
+def _record_sha256(client, package_arn: str, sha256: str) -> dict:
+    """The package, with the artifact's sha256 recorded (deployments check the artifact against it
+    before it is unpickled: joblib is pickle). The first to see a package records it (the local
+    RegisterModel step already has; on aws this asset); a different recorded hash is never replaced."""
+    package = client.describe_model_package(ModelPackageName=package_arn)
+    recorded = package.get("CustomerMetadataProperties", {}).get(SHA256_PROPERTY)
+    if recorded is None:
+        client.update_model_package(ModelPackageArn=package_arn, CustomerMetadataProperties={SHA256_PROPERTY: sha256})
+        # UpdateModelPackage has no condition: read it back, so a hash another writer recorded at
+        # the same moment is reported below rather than silently replaced by ours.
+        package = client.describe_model_package(ModelPackageName=package_arn)
+        recorded = package.get("CustomerMetadataProperties", {}).get(SHA256_PROPERTY)
+    if str(recorded).lower() != sha256.lower():
+        raise Failure(
+            f"model package {package_arn} records {SHA256_PROPERTY} {recorded}, but the artifact trained_model "
+            f"verified has sha256 {sha256}: the artifact changed after registration, or the package names another "
+            "one; it is not deployed. Check which bytes are the model you trust before changing the recorded hash."
+        )
+    return package
 
 
 def _optional(label: str, value) -> dict:
