@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import json
+import logging
 import os
 import signal
 import socket
@@ -22,7 +23,7 @@ from sklearn.linear_model import LinearRegression
 
 from mlops_dagster.datasets import BOSTON_FEATURES, BOSTON_TARGET, synthetic_boston
 from mlops_dagster.serving import process
-from mlops_dagster.serving.app import load_handlers
+from mlops_dagster.serving.app import BoundedFormatter, load_handlers
 from mlops_dagster.serving.process import EndpointRecord
 
 inference = load_handlers()  # training/inference.py, as the endpoint loads it
@@ -135,6 +136,13 @@ def test_the_log_stays_under_its_bound_whatever_the_server_is_sent(home: Path, a
     assert older.exists() and older.stat().st_size <= bound  # rotated, and one older part kept
     assert not log.with_name(log.name + ".2").exists()
     assert "/invocations answered 4" in log.read_text() + older.read_text()
+
+
+def test_a_long_log_record_is_cut_and_says_so():
+    formatter = BoundedFormatter(limit=200)
+    record = logging.LogRecord("mlops_dagster.serving", logging.ERROR, __file__, 1, "x" * 5000, None, None)
+    text = formatter.format(record)
+    assert len(text) < 260 and text.endswith(f"... ({len(formatter.formatMessage(record)) - 200} characters cut)")
 
 
 # --- liveness --------------------------------------------------------------------------------------

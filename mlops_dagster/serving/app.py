@@ -482,8 +482,10 @@ class ServerLogHandler(logging.handlers.RotatingFileHandler):
         if self.stream is None:
             self.stream = self._open()
         for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-            os.dup2(self.stream.fileno(), stream.fileno())
+            if stream is not None:
+                stream.flush()
+        for fd in (1, 2):
+            os.dup2(self.stream.fileno(), fd)
 
 
 def configure_logging(log_file: Path | None, max_bytes: int) -> None:
