@@ -279,7 +279,6 @@ def test_run_config_cannot_pass_what_from_env_refuses(settings, field: str, valu
 
 @pytest.mark.parametrize("cron", ["0 3 31 2 *", "61 * * * *", "0 3 * * 8", "every monday"])
 def test_cron_that_never_fires_or_does_not_parse_is_refused(tmp_path: Path, cron: str):
-    with pytest.raises(
-        SettingsError, match=rf"MLOPS_RETRAIN_CRON={cron!r} is not a cron expression such as '0 3 \* \* 1'"
-    ):
+    with pytest.raises(SettingsError) as err:
         Settings.from_env(env_for(tmp_path, retrain_cron=cron))
+    assert f"MLOPS_RETRAIN_CRON={cron!r} is not a cron expression such as '0 3 * * 1'" in str(err.value)
