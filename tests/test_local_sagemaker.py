@@ -7,6 +7,7 @@ a launcher that starts nothing. Deadlines only bound the polling; nothing assert
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -748,6 +749,44 @@ def test_resolution_error_fails_the_step_with_the_reason(sm: LocalSageMakerServi
     assert steps_of(sm, execution["PipelineExecutionArn"])["Prep"]["StepStatus"] == "Succeeded"
 
 
+def register_step(model_data_url: str, **extra) -> dict:
+    spec = {"Containers": [{"Image": "img", "ModelDataUrl": model_data_url}], "SupportedContentTypes": ["text/csv"]}
+    return {
+        "Name": "Register",
+        "Type": "RegisterModel",
+        "Arguments": {"ModelPackageGroupName": "registered", "InferenceSpecification": spec, **extra},
+    }
+
+
+def test_register_model_records_the_artifact_sha256_or_fails_the_step(sm: LocalSageMakerService, store):
+    data = b"model bytes"
+    uri = store.put_bytes(f"s3://{BUCKET}/m/model.tar.gz", data).uri
+    sha256 = hashlib.sha256(data).hexdigest()
+    other = "f" * 64
+    cases = {
+        "ok": (register_step(uri), None),
+        "missing": (
+            register_step(f"s3://{BUCKET}/m/missing.tar.gz"),
+            f"the model artifact s3://{BUCKET}/m/missing.tar.gz does not exist",
+        ),
+        "mismatch": (
+            register_step(uri, CustomerMetadataProperties={"mlops:model_sha256": other}),
+            f"the model artifact {uri} has sha256 {sha256}, but the request records mlops:model_sha256 {other}",
+        ),
+    }
+    for name, (step, failure) in cases.items():
+        sm.create_pipeline(PipelineName=name, PipelineDefinition=definition([step]), RoleArn=ROLE)
+        execution = run_here(sm, name)
+        register = steps_of(sm, execution["PipelineExecutionArn"])["Register"]
+        if failure is None:
+            assert execution["PipelineExecutionStatus"] == "Succeeded"
+            package = sm.describe_model_package(ModelPackageName=register["Metadata"]["RegisterModel"]["Arn"])
+            assert package["CustomerMetadataProperties"] == {"mlops:model_sha256": sha256}
+        else:
+            assert execution["PipelineExecutionStatus"] == "Failed", name
+            assert register["FailureReason"].startswith(f"cannot register the model: {failure}"), name
+
+
 # --- the SDK-built pipeline --------------------------------------------------------------------
 
 PREPROCESS = """\
@@ -873,6 +912,9 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
         )
         assert package["MetadataProperties"]["GeneratedBy"] == arn
         assert package["ModelApprovalStatus"] == "PendingManualApproval"
+        # The step recorded the hash of the artifact it registered (what hosting requires).
+        artifact = store.head(training["ModelArtifacts"]["S3ModelArtifacts"])
+        assert package["CustomerMetadataProperties"] == {"mlops:model_sha256": artifact.sha256}
         packages.add(package["ModelPackageArn"])
     assert len(models) == len(evaluations) == len(packages) == 2
     listed = sm.list_model_packages(ModelPackageGroupName="mlops-models")["ModelPackageSummaryList"]
