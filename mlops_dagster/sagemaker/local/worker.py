@@ -88,7 +88,8 @@ def launch(home: Path, store: ObjectStore, execution_arn: str, log_path: Path) -
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _BOOTSTRAP, str(_PACKAGE_DIR), str(home), store_config(store), execution_arn],
+            # -P: the working directory is not put on sys.path (a json.py there must not shadow the stdlib)
+            [sys.executable, "-P", "-c", _BOOTSTRAP, str(_PACKAGE_DIR), str(home), store_config(store), execution_arn],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
