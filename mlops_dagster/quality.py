@@ -288,7 +288,8 @@ class Verdict:
 def fingerprint(frame: pd.DataFrame) -> str:
     """sha256 over the column names, dtypes and a vectorized hash of every column's values."""
     dtypes = list(frame.dtypes)
-    digest = hashlib.sha256(json.dumps([[str(c), str(t)] for c, t in zip(frame.columns, dtypes, strict=True)]).encode())
+    names = [[str(c), str(t)] for c, t in zip(frame.columns, dtypes, strict=True)]
+    digest = hashlib.sha256(json.dumps(names).encode())
     digest.update(len(frame).to_bytes(8, "big"))
     # Plain numpy columns of one dtype are hashed as one block (fast for wide tables); others one by one.
     blocks: dict[np.dtype, list[int]] = {}

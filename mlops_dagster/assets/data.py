@@ -116,10 +116,14 @@ class RawDataConfig(Config):
         "else every column but the target",
     )
     min_rows: int = Field(default=20, description="blocking: at least this many rows (>= 2)")
-    max_missing_fraction: float = Field(default=0.05, description="blocking: largest share of missing values in a feature, 0 to 1")
+    max_missing_fraction: float = Field(
+        default=0.05, description="blocking: largest share of missing values in a feature, 0 to 1"
+    )
     target_min: float = Field(default=0.0, description="blocking: smallest plausible target (finite, <= target_max)")
     target_max: float = Field(default=100.0, description="blocking: largest plausible target (finite)")
-    max_row_drop_fraction: float = Field(default=0.5, description="warning: largest share of rows lost since the last run, 0 to 1")
+    max_row_drop_fraction: float = Field(
+        default=0.5, description="warning: largest share of rows lost since the last run, 0 to 1"
+    )
 
     @field_validator(*RAW_RANGES)
     @classmethod
@@ -182,7 +186,7 @@ def _column_summary(frame: pd.DataFrame) -> MetadataValue:
     for position in range(min(frame.shape[1], MAX_SUMMARY_COLUMNS)):
         column = frame.iloc[:, position]
         values = pd.to_numeric(column, errors="coerce")
-        stats = [float(v) if pd.notna(v) else None for v in (values.min(), values.mean(), values.max())]
+        stats = [round(float(v), 4) if pd.notna(v) else None for v in (values.min(), values.mean(), values.max())]
         records.append(
             TableRecord(
                 {
@@ -190,13 +194,14 @@ def _column_summary(frame: pd.DataFrame) -> MetadataValue:
                     "dtype": str(column.dtype),
                     "missing": int(column.isna().sum()),
                     # Every record needs every field (Dagster's rule): None where a column has no numbers.
-                    **{k: None if v is None else round(v, 4) for k, v in zip(("min", "mean", "max"), stats, strict=True)},
+                    **dict(zip(("min", "mean", "max"), stats, strict=True)),
                 }
             )
         )
     if frame.shape[1] > MAX_SUMMARY_COLUMNS:
         cut = f"… ({frame.shape[1] - MAX_SUMMARY_COLUMNS:,} more columns cut)"
-        records.append(TableRecord({"column": cut, "dtype": "", "missing": None, "min": None, "mean": None, "max": None}))
+        empty = {"dtype": "", "missing": None, "min": None, "mean": None, "max": None}
+        records.append(TableRecord({"column": cut, **empty}))
     return MetadataValue.table(records=records, schema=schema)
 
 
