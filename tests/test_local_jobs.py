@@ -585,3 +585,134 @@ def test_processing_local_path_outside_opt_ml_processing_is_refused(store, tmp_p
     result = run_processing_job("Preprocess", request, store, tmp_path / "work", tmp_path / "p.log")
     assert result.status == "Failed"
     assert result.failure_reason.startswith("ClientError: processing input 'input-1': LocalPath")
+
+
+# --------------------------------------------------------------------------- isolation: what a job's process gets
+
+SECRETS = {
+    "MY_API_TOKEN": "t0ken",
+    "GITHUB_TOKEN": "ghp_secret",
+    "AWS_ACCESS_KEY_ID": "AKIAPARENT",
+    "AWS_SECRET_ACCESS_KEY": "parent-secret",
+    "AWS_SESSION_TOKEN": "parent-session",
+    "DATABASE_URL": "postgres://user:pw@db/prod",
+    "MLOPS_HOME": "/parent/home",
+    "DAGSTER_HOME": "/parent/dagster",
+    "PYTHONPATH": "/parent/site",
+    "VIRTUAL_ENV": "/parent/venv",
+}
+# What this host may pass on (the same names a machine with an ARM OpenBLAS sets).
+HOST = {
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "TZ": "UTC",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_CORETYPE": "ARMV8",
+    "OPENBLAS_L2_SIZE": "1048576",
+}
+# Set for every job: the container's python settings and no way to AWS credentials.
+CONTAINER = {
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONIOENCODING": "UTF-8",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+DUMP_ENVIRONMENT = script(
+    """
+    import json, os, sys, tempfile
+    import pandas  # from the venv, without PYTHONPATH
+    out = os.environ.get("SM_MODEL_DIR") or os.environ["OUT"]
+    for folder in (os.path.expanduser("~"), tempfile.gettempdir()):
+        with open(os.path.join(folder, "scratch.txt"), "w") as f:
+            f.write("the job may write here")
+    seen = {"env": dict(os.environ), "sys_path": sys.path, "cwd": os.getcwd(), "pandas": pandas.__file__,
+            "home": os.path.expanduser("~"), "tmp": tempfile.gettempdir()}
+    with open(os.path.join(out, "seen.json"), "w") as f:
+        json.dump(seen, f)
+    """
+)
+
+
+@pytest.fixture
+def host_environment(monkeypatch) -> dict[str, str]:
+    """This process's environment is only PATH, the host variables above and the secrets."""
+    path = os.environ["PATH"]
+    for key in list(os.environ):
+        monkeypatch.delenv(key)
+    for key, value in {"PATH": path, "HOME": str(Path.home()), **HOST, **SECRETS}.items():
+        monkeypatch.setenv(key, value)
+    return dict(os.environ)
+
+
+def expected_keys(*extra: str) -> set[str]:
+    import site
+
+    user_site = site.ENABLE_USER_SITE and site.getusersitepackages() in sys.path
+    return {"PATH", "HOME", "TMPDIR", *HOST, *CONTAINER, *extra} | ({"PYTHONUSERBASE"} if user_site else set())
+
+
+def assert_isolated(seen: dict, extra: set[str]) -> None:
+    env = seen["env"]
+    leaked = sorted(k for k, v in SECRETS.items() if env.get(k) is not None or any(v in x for x in env.values()))
+    assert leaked in ([], ["PYTHONPATH"]), f"host variables reached the job: {leaked}"
+    assert SECRETS["PYTHONPATH"] not in env.get("PYTHONPATH", "")
+    assert set(env) - {"PYTHONPATH"} == expected_keys(*extra)
+    assert {k: env[k] for k in (*HOST, *CONTAINER)} == {**HOST, **CONTAINER}
+    assert env["PATH"].split(os.pathsep) == [str(Path(sys.executable).parent), *os.environ["PATH"].split(os.pathsep)]
+    # HOME and TMPDIR are the job's own (fresh, private) folders, not the host's: removed after the job.
+    assert (env["HOME"], env["TMPDIR"]) == (seen["home"], seen["tmp"])
+    assert env["HOME"] != str(Path.home()) and Path(env["HOME"]).parent == Path(env["TMPDIR"]).parent
+    assert not Path(env["HOME"]).parent.exists()
+    # The packages come from this interpreter's environment, with no PYTHONPATH from the host.
+    assert Path(seen["pandas"]).is_relative_to(sys.prefix)
+    assert "" not in seen["sys_path"]
+
+
+def test_a_processing_job_gets_an_allow_listed_environment(store, tmp_path, host_environment):
+    work = tmp_path / "work" / "Preprocess"
+    code_uri = "s3://mlops-local/mlops/code/dump.py"
+    store.put_bytes(code_uri, DUMP_ENVIRONMENT.encode())
+    request = processing_request(
+        inputs=[processing_input("code", code_uri, "/opt/ml/processing/input/code")],
+        outputs={"report": "/opt/ml/processing/report"},
+        entrypoint=["python3", "/opt/ml/processing/input/code/dump.py"],
+        args=[],
+    )
+    request["Environment"] = {
+        "OUT": "/opt/ml/processing/report",
+        "MY_SETTING": "from the request",
+        "TZ": "Europe/Paris",
+    }
+    result = run_processing_job("Preprocess", request, store, work, tmp_path / "p.log")
+    assert result.status == "Completed", result.failure_reason
+
+    seen = json.loads(store.get_bytes(f"{EXEC}/Preprocess/output/report/seen.json"))
+    env = seen["env"]
+    assert (env["MY_SETTING"], env["OUT"]) == ("from the request", f"{work}/opt/ml/processing/report")
+    assert env["TZ"] == "Europe/Paris"  # the request's Environment overrides the host's
+    seen["env"] = {**env, "TZ": HOST["TZ"]}
+    assert_isolated(seen, {"OUT", "MY_SETTING"})
+    assert "PYTHONPATH" not in env
+    # python <script> puts the script's folder first, not the working directory (work_dir).
+    assert seen["sys_path"][0] == f"{work}/opt/ml/processing/input/code"
+    assert seen["cwd"] == str(work) and str(work) not in seen["sys_path"]
+
+
+def test_a_training_job_gets_an_allow_listed_environment(store, tmp_path, host_environment):
+    put_training_data(store)
+    put_sourcedir(store, {"train.py": DUMP_ENVIRONMENT})
+    request = training_request({"training": TRAIN_URI}, environment={"MY_SETTING": "from the request"})
+    result = train(store, tmp_path, request)
+    assert result.status == "Completed", result.failure_reason
+
+    seen = json.loads(members(store, result.outputs["S3ModelArtifacts"])["seen.json"])
+    env = seen["env"]
+    assert env["MY_SETTING"] == "from the request"
+    sm = {k for k in env if k.startswith("SM_")}
+    assert {"SM_MODEL_DIR", "SM_CHANNEL_TRAINING", "SM_HPS", "SM_TRAINING_ENV"} <= sm
+    assert env["PYTHONPATH"] == seen["cwd"]  # the code folder only, not the parent's PYTHONPATH
+    assert_isolated(seen, {"MY_SETTING", *sm})

@@ -14,6 +14,13 @@ JSON strings into ``SM_HPS``, ``SM_HP_<NAME>`` and ``--name value`` arguments; t
 Processing: each input to its ``LocalPath``, ``ContainerEntrypoint`` + ``ContainerArguments``
 with ``/opt/ml`` paths remapped, each output's ``LocalPath`` to its ``S3Uri``.
 
+A job's environment is a container's, not this shell's (see ``HOST_ENV_NAMES``): the contract's
+``SM_*`` variables, the request's ``Environment``, and from the host only what a process needs to
+run here; ``HOME`` and ``TMPDIR`` are folders private to the job, removed when it ends. The script
+runs as ``python <script>``: Python puts the script's own folder on ``sys.path`` (the code's
+folder, as in the container), never the working directory; ``-P`` is not used, since it would
+hide the script's sibling modules, which the toolkit's contract lets it import.
+
 What one machine cannot do fails the job before it starts, with a reason naming it: more than
 one instance, Pipe input mode, manifest or Gzip inputs, built-in algorithms and images without
 ``sagemaker_program``, processing without ``ContainerEntrypoint``.
@@ -27,9 +34,11 @@ import re
 import shlex
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import weakref
 from collections.abc import Callable
@@ -48,9 +57,27 @@ CURRENT_HOST = "algo-1"
 STOP_GRACE_SECONDS = 5.0
 FAILURE_REASON_LIMIT = 1024  # SageMaker truncates FailureReason to this length
 TAIL_LINES = 20
-# The parent's AWS credentials and this project's own state stay out of a job; SM_* are set per job.
-DROPPED_ENV_PREFIXES = ("AWS_", "MLOPS_", "DAGSTER_", "SM_")
-# With the AWS_* variables gone boto3 would still find ~/.aws or instance metadata: close those too.
+# What a job gets from this host's environment: an allow-list, as a container's image would define
+# it. Anything else (API tokens, cloud credentials, PYTHONPATH, this project's own MLOPS_*/DAGSTER_*
+# settings) stays out; SM_* are set per job.
+HOST_ENV_NAMES = frozenset(
+    {
+        "PATH",  # to find programs; this interpreter's folder is put first (the container's python)
+        "LANG",  # locale (and LC_* below): text decoding, sorting
+        "LANGUAGE",
+        "TZ",  # time zone of timestamps the script writes
+        "LD_LIBRARY_PATH",  # shared libraries this host's python or numpy may need to start
+        "NUMEXPR_NUM_THREADS",  # thread pools of the numeric libraries
+        "NUMEXPR_MAX_THREADS",
+        "VECLIB_MAXIMUM_THREADS",
+    }
+)
+# Locale, and BLAS/OpenMP threading and CPU detection (OMP_NUM_THREADS, OPENBLAS_CORETYPE,
+# OPENBLAS_L2_SIZE, MKL_NUM_THREADS, ...): a host may need these for numpy not to crash or oversubscribe.
+HOST_ENV_PREFIXES = ("LC_", "OMP_", "OPENBLAS_", "GOTO_", "MKL_", "KMP_", "BLIS_", "NVPL_")
+# Set for every job, as the scikit-learn container's image sets them.
+CONTAINER_ENV = {"PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "UTF-8"}
+# And should a job use boto3 anyway: no credentials file, no config file, no instance metadata.
 NO_AWS_ENV = {
     "AWS_CONFIG_FILE": os.devnull,
     "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
@@ -176,19 +203,24 @@ def _run_job(
         note(f"=== {kind} job {name}: running {shlex.join(launch.command)} (cwd {launch.cwd}) ===")
         script_output_starts = log.tell()
         started = time.monotonic()
-        try:
-            proc = _launch(launch, log)
-        except JobSetupError as exc:
-            return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
-        try:
-            if on_start is not None:
-                on_start(proc)
-            timed_out = _wait(proc, launch.max_runtime)
-        finally:
-            # A container ends with its main process: so does whatever the script left running
-            # (and the job itself when the caller's callback raised).
-            _signal_group(proc.pid, signal.SIGKILL)
-            proc.wait()
+        # HOME and TMPDIR of the job: fresh, private (0700) and removed after it, like a container's
+        # own filesystem. In the host's temp folder, not work_dir: a short path keeps the sockets that
+        # multiprocessing/joblib create in TMPDIR under the 108-byte AF_UNIX limit.
+        with tempfile.TemporaryDirectory(prefix="mlops-job-", ignore_cleanup_errors=True) as scratch:
+            launch.env = {**_scratch_env(Path(scratch)), **launch.env}  # the request's Environment may set them
+            try:
+                proc = _launch(launch, log)
+            except JobSetupError as exc:
+                return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
+            try:
+                if on_start is not None:
+                    on_start(proc)
+                timed_out = _wait(proc, launch.max_runtime)
+            finally:
+                # A container ends with its main process: so does whatever the script left running
+                # (and the job itself when the caller's callback raised).
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
         script_seconds = time.monotonic() - started
         note(f"=== {kind} job {name}: script ran {script_seconds:.3f} s ===")
 
@@ -332,8 +364,8 @@ def _prepare_training(name: str, request: dict, store: ObjectStore, work_dir: Pa
     env.update(_remapped_environment(request.get("Environment"), work_dir))
     job = _TrainingJobInfo(name, program, submit_dir, dirs, channels, input_config)
     env.update(_training_env(job, decoded, user_hps, args))
+    # The toolkit puts the code folder on the path; a PYTHONPATH from the request's Environment follows it.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
     return _Launch([sys.executable, program, *args], code_dir, env, max_runtime, ml / "output" / "failure")
 
 
@@ -575,7 +607,6 @@ def _prepare_processing(name: str, request: dict, store: ObjectStore, work_dir: 
         command[0] = sys.executable  # the container's python is this one
     env = _base_env()
     env.update(_remapped_environment(request.get("Environment"), work_dir))
-    env["PYTHONUNBUFFERED"] = "1"
     return _Launch(command, work_dir, env, max_runtime, ml / "output" / "failure")
 
 
@@ -717,10 +748,29 @@ def _remapped_environment(environment: object, work_dir: Path) -> dict[str, str]
 
 
 def _base_env() -> dict[str, str]:
-    """This process's environment (the scripts need the venv's packages) without what is not theirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_ENV_PREFIXES)}
+    """What every job starts from: the allow-listed host variables and the container's own.
+
+    The job's python is this interpreter, so it finds this environment's packages (a venv's, from
+    its pyvenv.cfg) without PYTHONPATH.
+    """
+    env = {k: v for k, v in os.environ.items() if k in HOST_ENV_NAMES or k.startswith(HOST_ENV_PREFIXES)}
+    interpreter_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(p for p in (interpreter_dir, env.get("PATH", os.defpath)) if p)
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(CONTAINER_ENV)
     env.update(NO_AWS_ENV)
+    if site.ENABLE_USER_SITE and site.getusersitepackages() in sys.path:
+        # Packages installed with pip --user live under the real HOME, which the job does not get.
+        env["PYTHONUSERBASE"] = site.getuserbase()
     return env
+
+
+def _scratch_env(scratch: Path) -> dict[str, str]:
+    """HOME and TMPDIR in the job's private scratch folder."""
+    home, tmp = scratch / "home", scratch / "tmp"
+    home.mkdir()
+    tmp.mkdir()
+    return {"HOME": str(home), "TMPDIR": str(tmp)}
 
 
 def _fresh_opt_ml(work_dir: Path) -> Path:
