@@ -3,8 +3,8 @@
 ``baseline`` computes a model's baseline in SageMaker Model Monitor's formats (statistics.json,
 constraints.json) plus the reference sample the KS test needs; ``drift`` judges a window of
 traffic against it (KS with a Bonferroni-corrected p-value and a minimum effect size, PSI,
-Model Monitor's schema checks) and writes the window's statistics.json and
-constraint_violations.json; ``model_quality`` scores predictions against ground truth and
+Model Monitor's schema checks, whose entries ``violations`` writes) and writes the window's
+statistics.json and constraint_violations.json; ``model_quality`` scores predictions against ground truth and
 compares with the validation metrics. The assets, capture reader, alerts and triggers build on these.
 """
 
@@ -21,17 +21,10 @@ from .baseline import (
     prediction_baseline,
 )
 from .drift import (
-    BASELINE_DRIFT_CHECK,
-    COMPLETENESS_CHECK,
-    DATA_TYPE_CHECK,
-    EXTRA_COLUMN_CHECK,
-    MISSING_COLUMN_CHECK,
-    VIOLATIONS_FILE,
     DriftConfig,
     DriftInputError,
     DriftReport,
     FeatureDrift,
-    Violation,
     WindowAccumulator,
     compare_window,
     critical_statistic,
@@ -44,6 +37,15 @@ from .model_quality import (
     compare_quality,
     regression_metrics,
     validation_metrics,
+)
+from .violations import (
+    BASELINE_DRIFT_CHECK,
+    COMPLETENESS_CHECK,
+    DATA_TYPE_CHECK,
+    EXTRA_COLUMN_CHECK,
+    MISSING_COLUMN_CHECK,
+    VIOLATIONS_FILE,
+    Violation,
 )
 
 __all__ = [

@@ -98,7 +98,7 @@ def split_column(series: pd.Series) -> ColumnValues:
 
 def infer_type(series: pd.Series, column: ColumnValues | None = None) -> str:
     """Model Monitor's inferred_type: Integral, Fractional, String, or Unknown (no value present)."""
-    column = column or split_column(series)
+    column = split_column(series) if column is None else column
     if column.present == 0:
         return UNKNOWN
     if column.non_numeric:
@@ -172,9 +172,9 @@ def string_statistics(series: pd.Series, column: ColumnValues) -> dict:
     }
 
 
-def feature_statistics(name: str, series: pd.Series) -> tuple[dict, dict]:
+def feature_statistics(name: str, series: pd.Series, column: ColumnValues | None = None) -> tuple[dict, dict]:
     """One column's entry of statistics.json and of constraints.json."""
-    column = split_column(series)
+    column = split_column(series) if column is None else column
     inferred = infer_type(series, column)
     statistics: dict = {"name": name, "inferred_type": inferred}
     constraint: dict = {"name": name, "inferred_type": inferred, "completeness": completeness(column)}
@@ -197,10 +197,16 @@ def completeness(column: ColumnValues) -> float:
     return float(column.present / total) if total else 0.0
 
 
-def dataset_statistics(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> tuple[dict, dict]:
-    """statistics.json and constraints.json of any table (numeric and String columns alike)."""
+def dataset_statistics(
+    frame: pd.DataFrame, columns: Sequence[str] | None = None, splits: Mapping[str, ColumnValues] | None = None
+) -> tuple[dict, dict]:
+    """statistics.json and constraints.json of any table (numeric and String columns alike).
+
+    ``splits`` may hold the columns already split by ``split_column``, so they are not split twice.
+    """
     columns = list(frame.columns if columns is None else columns)
-    pairs = [feature_statistics(str(name), frame[name]) for name in columns]
+    splits = splits or {}
+    pairs = [feature_statistics(str(name), frame[name], splits.get(name)) for name in columns]
     statistics = {"version": 0.0, "dataset": {"item_count": int(len(frame))}, "features": [s for s, _ in pairs]}
     constraints = {
         "version": 0.0,
@@ -237,8 +243,10 @@ class Baseline:
         """The three files by name, as UTF-8 JSON."""
         sample = {
             "version": 1,
-            "description": "sorted reference values per feature for two-sample tests (mlops-dagster)",
-            "sample_size": SAMPLE_SIZE,
+            "description": (
+                "sorted reference values per feature for two-sample tests (mlops-dagster): all of the "
+                "feature's values when there are as many as its count, else evenly spaced order statistics"
+            ),
             "features": {
                 name: {"count": int(self.counts[name]), "values": self.samples[name].tolist()} for name in self.features
             },
@@ -282,6 +290,7 @@ def compute_baseline(
     """The drift baseline of ``features`` of ``frame`` (default: every column), all numeric."""
     if not isinstance(frame, pd.DataFrame):
         raise BaselineError(f"a baseline needs a pandas DataFrame, got {type(frame).__name__}")
+    frame = frame.set_axis([str(c) for c in frame.columns], axis=1)  # names are text in the JSON files
     features = [str(f) for f in (frame.columns if features is None else features)]
     if not features:
         raise BaselineError("a baseline needs at least one feature column; the list of features is empty")
@@ -294,20 +303,20 @@ def compute_baseline(
         )
     if sample_size < 1:
         raise BaselineError(f"sample_size must be >= 1, got {sample_size}")
-    statistics, constraints = dataset_statistics(frame, features)
-    if statistics["dataset"]["item_count"] == 0:
+    if len(frame) == 0:
         raise BaselineError("the baseline table is empty (0 rows): train on data before computing its baseline")
+    splits = {name: split_column(frame[name]) for name in features}
+    statistics, constraints = dataset_statistics(frame, features, splits)
     samples, counts = {}, {}
     for entry in statistics["features"]:
-        name, inferred = entry["name"], entry["inferred_type"]
+        name, inferred, column = entry["name"], entry["inferred_type"], splits[entry["name"]]
         if inferred not in NUMERIC_TYPES:
-            column = split_column(frame[name])
             raise BaselineError(
                 f"baseline feature {name!r} is not numeric (inferred {inferred}: {column.non_numeric} of "
                 f"{len(frame)} values are not finite numbers, {column.missing} are missing); drift tests need "
                 "numbers: clean the column, encode it, or leave it out of the features"
             )
-        values = np.sort(split_column(frame[name]).numbers)
+        values = np.sort(column.numbers)
         samples[name], counts[name] = order_statistics(values, sample_size), len(values)
     return Baseline(statistics, constraints, samples, counts)
 
@@ -316,9 +325,14 @@ def prediction_baseline(
     predictions: Sequence[float] | np.ndarray | pd.Series, name: str = PREDICTION_COLUMN
 ) -> Baseline:
     """The baseline of a model's predictions (e.g. on the validation set), one column ``name``."""
-    values = (
-        np.asarray(predictions, dtype="float64").reshape(-1) if not isinstance(predictions, pd.Series) else predictions
-    )
+    try:
+        values = np.asarray(predictions, dtype="float64")
+    except (TypeError, ValueError) as err:
+        raise BaselineError(f"predictions for a baseline must be numbers: {err}") from err
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise BaselineError(f"predictions for a baseline must be one value per row, got shape {values.shape}")
     return compute_baseline(pd.DataFrame({name: values}), [name])
 
 

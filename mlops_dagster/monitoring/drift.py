@@ -1,4 +1,4 @@
-"""Drift of a window of traffic against a model's baseline, and Model Monitor's violation checks.
+"""Drift of a window of traffic against a model's baseline, with Model Monitor's violation checks.
 
 The drift rule is a two-sample Kolmogorov-Smirnov test per feature (scipy's ``ks_2samp`` against
 the baseline's reference sample) whose threshold accounts for sample size: a feature drifted
@@ -12,10 +12,8 @@ alarms on most features of a 100-row window drawn from the training distribution
 A window with fewer than ``min_samples`` rows (or values of a feature) is "insufficient samples":
 reported, never drifted. PSI (10 buckets at the baseline's deciles) is reported beside the test.
 
-Schema checks use Model Monitor's check types: ``missing_column_check``, ``extra_column_check``,
-``completeness_check`` (the window's share of present values below the baseline's
-``completeness``) and ``data_type_check`` (the share of present values that fit the baseline's
-type, Integral or Fractional, below ``datatype_check_threshold``; text and inf never fit).
+The report also runs Model Monitor's schema checks (``violations``: missing and extra columns,
+completeness, data type) and writes the window's statistics.json and constraint_violations.json.
 
 Windows can be large: ``WindowAccumulator`` takes chunks of rows and keeps one float64 array per
 feature (1,000,000 rows x 13 features is about 100 MB); ``report()`` computes everything at the end.
@@ -42,13 +40,17 @@ from .baseline import (
     numerical_statistics,
     split_column,
 )
+from .violations import (
+    BASELINE_DRIFT_CHECK,
+    VIOLATIONS_FILE,
+    ColumnCounts,
+    Violation,
+    baseline_drift,
+    column_violations,
+    extra_column,
+    missing_column,
+)
 
-BASELINE_DRIFT_CHECK = "baseline_drift_check"
-DATA_TYPE_CHECK = "data_type_check"
-COMPLETENESS_CHECK = "completeness_check"
-MISSING_COLUMN_CHECK = "missing_column_check"
-EXTRA_COLUMN_CHECK = "extra_column_check"
-VIOLATIONS_FILE = "constraint_violations.json"
 WINDOW_STATISTICS_FILE = "statistics.json"
 
 # Status of a feature's drift test.
@@ -88,22 +90,6 @@ class DriftConfig:
             problems.append(f"psi_epsilon must be between 0 and 1 (exclusive), got {self.psi_epsilon!r}")
         if problems:
             raise DriftInputError("drift settings: " + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class Violation:
-    """One entry of Model Monitor's constraint_violations.json."""
-
-    feature_name: str
-    constraint_check_type: str
-    description: str
-
-    def to_dict(self) -> dict:
-        return {
-            "feature_name": self.feature_name,
-            "constraint_check_type": self.constraint_check_type,
-            "description": self.description,
-        }
 
 
 @dataclass(frozen=True)
@@ -288,7 +274,7 @@ class WindowAccumulator:
             if result.drifted:
                 violations.append(_drift_violation(result, config, corrected, len(self._state)))
         if evaluate:
-            violations += [_extra_column(name, len(self._state), self._window_columns()) for name in self._extra]
+            violations += [extra_column(name, self._window_columns(), len(self._state)) for name in self._extra]
         statistics = {"version": 0.0, "dataset": {"item_count": self.rows}, "features": window_stats}
         return DriftReport(self.rows, tuple(features), tuple(violations), statistics, config, corrected)
 
@@ -305,46 +291,11 @@ class WindowAccumulator:
     def _schema_violations(self, name: str, state: _FeatureState) -> list[Violation]:
         if self.rows == 0:
             return []
-        expected = len(self._state)
         if not state.seen:
-            return [
-                Violation(
-                    name,
-                    MISSING_COLUMN_CHECK,
-                    f"There are missing columns in current dataset: {name!r} is not in it. Number of columns "
-                    f"in current dataset: {self._window_columns()}, Number of columns in baseline constraints: {expected}",
-                )
-            ]
-        found = []
-        constraint = self.baseline.constraint(name)
-        present = state.count + state.non_numeric
-        wanted = float(constraint.get("completeness", 1.0))
-        observed = present / self.rows
-        if observed < wanted:
-            found.append(
-                Violation(
-                    name,
-                    COMPLETENESS_CHECK,
-                    f"Data completeness requirement is not met. Expected completeness: {wanted:.4g}, "
-                    f"Observed completeness: {observed:.4g} ({self.rows - present:,} of {self.rows:,} values missing)",
-                )
-            )
-        expected_type = constraint.get("inferred_type")
-        misfits = state.non_numeric + (state.non_whole if expected_type == INTEGRAL else 0)
-        threshold = float(self.baseline.constraints.get("monitoring_config", {}).get("datatype_check_threshold", 1.0))
-        if present and (present - misfits) / present < threshold:
-            found.append(
-                Violation(
-                    name,
-                    DATA_TYPE_CHECK,
-                    f"Data type match requirement is not met. Expected data type: {expected_type}, Expected match: "
-                    f"{threshold:.1%}. Observed: only {(present - misfits) / present:.1%} of data is {expected_type} "
-                    f"({state.non_numeric:,} values are not finite numbers"
-                    + (f", {state.non_whole:,} have a fractional part" if expected_type == INTEGRAL else "")
-                    + ")",
-                )
-            )
-        return found
+            return [missing_column(name, self._window_columns(), len(self._state))]
+        counts = ColumnCounts(self.rows, state.count, state.non_numeric, state.non_whole)
+        monitoring = self.baseline.constraints.get("monitoring_config", {})
+        return column_violations(name, counts, self.baseline.constraint(name), monitoring)
 
     def _window_columns(self) -> int:
         return sum(s.seen for s in self._state.values()) + len(self._extra)
@@ -416,21 +367,14 @@ def _bucket_shares(sorted_values: np.ndarray, edges: np.ndarray, epsilon: float)
 
 
 def _drift_violation(result: FeatureDrift, config: DriftConfig, corrected: float, features: int) -> Violation:
-    return Violation(
+    return baseline_drift(
         result.name,
-        BASELINE_DRIFT_CHECK,
-        f"Baseline drift distance: {result.statistic:.4g} exceeds threshold: {config.min_statistic} and its "
-        f"KS p-value {result.p_value:.3g} is below {corrected:.3g} (alpha {config.alpha} / {features} features); "
-        f"PSI {result.psi:.3g}; {result.window_count:,} window values vs {result.baseline_count:,} baseline values",
-    )
-
-
-def _extra_column(name: str, expected: int, found: int) -> Violation:
-    return Violation(
-        name,
-        EXTRA_COLUMN_CHECK,
-        f"There are extra columns in current dataset: {name!r} is not in the baseline. Number of columns in "
-        f"current dataset: {found}, Number of columns in baseline constraints: {expected}",
+        result.statistic,
+        result.p_value,
+        result.psi,
+        config.min_statistic,
+        f"{corrected:.3g} (alpha {config.alpha} / {features} features)",
+        f"{result.window_count:,} window values vs {result.baseline_count:,} baseline values",
     )
 
 

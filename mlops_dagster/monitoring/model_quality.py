@@ -82,6 +82,8 @@ def validation_metrics(report: Mapping) -> dict[str, float]:
     if not isinstance(report, Mapping):
         raise ModelQualityError(f"validation metrics must be a mapping, got {type(report).__name__}")
     source = report.get("regression_metrics", report)
+    if not isinstance(source, Mapping):
+        raise ModelQualityError(f"'regression_metrics' must be an object of metrics, got {type(source).__name__}")
     flat = {}
     for name, item in source.items():
         value = item.get("value") if isinstance(item, Mapping) else item
