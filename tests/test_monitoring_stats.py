@@ -357,6 +357,10 @@ def test_bad_input_raises_with_a_clear_message(training):
         compare_quality(regression_metrics([1, 2], [1, 2]), {"mae": 1.0})
     with pytest.raises(ModelQualityError, match="worse_ratio must be a number >= 1"):
         compare_quality(regression_metrics([1, 2], [1, 2]), {"mse": 1.0}, worse_ratio=0.5)
+    with pytest.raises(BaselineError, match=r"one value per row, got shape \(3, 2\)"):
+        prediction_baseline(np.ones((3, 2)))
+    with pytest.raises(ModelQualityError, match="'regression_metrics' must be an object"):
+        compare_quality(regression_metrics([1, 2], [1, 2]), {"regression_metrics": [1.0]})
     with pytest.raises(DriftInputError, match="alpha must be between 0 and 1"):
         DriftConfig(alpha=0)
     with pytest.raises(DriftInputError, match="min_samples must be an integer >= 1"):
