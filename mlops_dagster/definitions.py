@@ -53,8 +53,10 @@ def _resources(settings: Settings) -> dict:
             endpoint_url=settings.aws_endpoint_url,
             retry_mode=settings.aws_retry_mode,
             max_attempts=settings.aws_max_attempts,
+            owned_bucket=settings.bucket,
         )
         resources["store"] = S3ObjectStore(
+            owner=session,
             s3=S3Resource(
                 region_name=settings.region,
                 profile_name=settings.aws_profile,

@@ -304,3 +304,56 @@ def test_the_validator_catches_a_wrong_argument(definition: dict):
     operation, request = step_request(broken, Expressions(definition))
     report = _validate(operation, request)
     assert "ResourceConfig.InstanceCount" in report and "NotAMember" in report
+
+
+# --- ExpectedBucketOwner (issue 9, item 12) ------------------------------------------------------
+
+
+def _owner_headers(client) -> list[tuple[str, str | None]]:
+    """(operation, x-amz-expected-bucket-owner header) of every request the client sends."""
+    sent: list[tuple[str, str | None]] = []
+
+    def record(request, event_name: str, **_):
+        header = request.headers.get("x-amz-expected-bucket-owner")
+        sent.append((event_name.rsplit(".", 1)[-1], header.decode() if isinstance(header, bytes) else header))
+
+    client.meta.events.register("before-send.s3", record)
+    return sent
+
+
+def test_store_calls_on_the_projects_bucket_name_this_account_as_owner(aws, tmp_path: Path):
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=BUCKET)
+    s3.create_bucket(Bucket="someone-elses-source")
+    owner = AwsSession(region=REGION, owned_bucket=BUCKET)
+    store = S3ObjectStore(s3=S3Resource(region_name=REGION), owner=owner)
+    sent = _owner_headers(store._client())
+    uri = f"s3://{BUCKET}/mlops/data/x.csv"
+    store.put_bytes(uri, b"a,b\n1,2\n")
+    assert store.head(uri).size == 8
+    assert store.list(f"s3://{BUCKET}/mlops/") == [uri]
+    assert store.get_bytes(uri) == b"a,b\n1,2\n"
+    assert sent and {header for _, header in sent} == {"123456789012"}, sent
+    # A data source in another bucket may belong to another account: no owner is asserted there.
+    sent.clear()
+    store.put_bytes("s3://someone-elses-source/raw.csv", b"x")
+    assert sent and {header for _, header in sent} == {None}, sent
+
+
+def test_sdk_session_uploads_to_the_projects_bucket_name_the_owner(aws):
+    session = AwsSession(region=REGION, owned_bucket=BUCKET).boto_session()
+    client = session.client("s3")
+    client.create_bucket(Bucket=BUCKET)
+    sent = _owner_headers(client)
+    client.put_object(Bucket=BUCKET, Key="mlops/code/sourcedir.tar.gz", Body=b"x")
+    client.list_buckets()  # takes no owner: left as it is
+    assert [header for _, header in sent] == ["123456789012", None]
+
+
+def test_aws_definitions_give_the_store_and_sessions_the_bucket_to_guard(tmp_path: Path):
+    settings = Settings.from_env(
+        {"MLOPS_BACKEND": "aws", "MLOPS_REGION": REGION, "MLOPS_BUCKET": BUCKET, "MLOPS_HOME": str(tmp_path)}
+    )
+    resources = build_definitions(settings).resources
+    assert resources["sagemaker"].session.owned_bucket == BUCKET
+    assert resources["store"].owner.owned_bucket == BUCKET

@@ -163,7 +163,10 @@ def _play_sagemaker(endpoint: str, definition: dict, execution_arn: str, input_d
             metadata = {"TrainingJob": {"Arn": arn}}
         else:
             sm.create_model_package_group(ModelPackageGroupName=request["ModelPackageGroupName"])
-            arn = sm.create_model_package(**request)["ModelPackageArn"]
+            # SageMaker defaults the status to PendingManualApproval; moto 5.2.5 leaves it out.
+            arn = sm.create_model_package(**{"ModelApprovalStatus": "PendingManualApproval", **request})[
+                "ModelPackageArn"
+            ]
             metadata = {"RegisterModel": {"Arn": arn}}
         assert operation in ("CreateProcessingJob", "CreateTrainingJob", "CreateModelPackage")
         listed.append({"StepName": name, "StepStatus": "Succeeded", "Metadata": metadata})
@@ -193,6 +196,11 @@ def _first_commit_answers() -> list[CannedAnswer]:
     return [
         CannedAnswer("before-call.codecommit.GetBranch", no_branch, status=400),
         CannedAnswer("before-call.codecommit.CreateCommit", {"commitId": "0" * 40, "treeId": "1" * 40}),
+        # moto 5.2.5 lacks ListTagsForResource; setup tagged the repository it created like this.
+        CannedAnswer(
+            "before-call.codecommit.ListTagsForResource",
+            {"tags": {"managed-by": "mlops-dagster", "mlops:pipeline": PIPELINE}},
+        ),
     ]
 
 
@@ -271,7 +279,10 @@ def test_the_asset_graph_runs_against_aws_apis_on_moto(endpoint, aws_settings, i
     [request] = tick.run_requests
     assert isinstance(request, RunRequest) and request.run_key == arn
 
-    collected = _run(defs, instance, ["trained_model"], request.run_config, request.tags)
+    # What the sensor asks for: the model and its registration (hash recorded), as make run does.
+    requested = [key.to_user_string() for key in request.asset_selection]
+    assert requested == ["trained_model", "registered_model"]
+    collected = _run(defs, instance, requested, request.run_config, request.tags)
     assert collected.success, failure_text(collected)
     assert throttled.hits == 2 and steps.calls >= 2  # throttled twice, retried, then answered
     model = _metadata(collected, "trained_model")

@@ -153,7 +153,8 @@ def _record_sha256(client, package_arn: str, sha256: str) -> dict:
         client.update_model_package(ModelPackageArn=package_arn, CustomerMetadataProperties={SHA256_PROPERTY: sha256})
         # UpdateModelPackage has no condition: read it back, so a hash another writer recorded at
         # the same moment is reported below rather than silently replaced by ours.
-        package = client.describe_model_package(ModelPackageName=package_arn)
+        # Laid over the first answer: moto's UpdateModelPackage drops fields it was not given.
+        package = {**package, **client.describe_model_package(ModelPackageName=package_arn)}
         recorded = package.get("CustomerMetadataProperties", {}).get(SHA256_PROPERTY)
     if str(recorded).lower() != sha256.lower():
         raise Failure(

@@ -59,6 +59,27 @@ def endpoint_override(endpoint_url: str) -> Callable[..., None]:
     return handler
 
 
+def expected_bucket_owner(bucket: str, account: Callable[[], str]) -> Callable[..., None]:
+    """A ``before-parameter-build.s3`` handler: every call on ``bucket`` that takes
+    ``ExpectedBucketOwner`` gets this account's id.
+
+    After a teardown anyone may claim the bucket's name; with the owner stated, a bucket of that
+    name in another account answers 403 instead of receiving our uploads or serving us its
+    objects. Only the project's own bucket: a data source may well be another account's.
+    ``account`` is called on the first such call (no STS call at load time) and cached.
+    """
+    cached: list[str] = []
+
+    def handler(params: dict, model: Any, **_: Any) -> None:
+        if params.get("Bucket") != bucket or "ExpectedBucketOwner" not in model.input_shape.members:
+            return
+        if not cached:
+            cached.append(account())
+        params.setdefault("ExpectedBucketOwner", cached[0])
+
+    return handler
+
+
 class AwsSession(ConfigurableResource):
     """boto3 sessions and clients for the aws backend.
 
@@ -76,6 +97,11 @@ class AwsSession(ConfigurableResource):
     )
     retry_mode: str = Field(default="standard", description="botocore retry mode: standard or adaptive")
     max_attempts: int = Field(default=8, ge=1, le=20, description="botocore attempts per call, first try included")
+    owned_bucket: str | None = Field(
+        default=None, description="the project's bucket: calls on it pass ExpectedBucketOwner (this account)"
+    )
+
+    _account: str | None = PrivateAttr(default=None)
 
     @field_validator("retry_mode")
     @classmethod
@@ -92,6 +118,20 @@ class AwsSession(ConfigurableResource):
         core.set_config_variable("retry_mode", self.retry_mode)
         core.set_config_variable("max_attempts", self.max_attempts)
         session = boto3.Session(botocore_session=core, profile_name=self.profile, region_name=self.region)
+        if self.endpoint_url:
+            session.events.register("before-endpoint-resolution", endpoint_override(self.endpoint_url))
+        if self.owned_bucket:
+            session.events.register("before-parameter-build.s3", expected_bucket_owner(self.owned_bucket, self.account_id))
+        return session
+
+    def account_id(self) -> str:
+        """This identity's account (sts:GetCallerIdentity, once per resource)."""
+        if self._account is None:
+            self._account = self.client("sts", self._plain_session()).get_caller_identity()["Account"]
+        return self._account
+
+    def _plain_session(self) -> boto3.Session:
+        session = boto3.Session(profile_name=self.profile, region_name=self.region)
         if self.endpoint_url:
             session.events.register("before-endpoint-resolution", endpoint_override(self.endpoint_url))
         return session
@@ -114,6 +154,9 @@ class S3ObjectStore(ObjectStore):
     """
 
     s3: S3Resource
+    owner: AwsSession | None = Field(
+        default=None, description="when set, calls on its owned_bucket pass ExpectedBucketOwner (its account)"
+    )
     multipart_threshold: int = Field(default=8 * MiB, ge=1, description="files larger than this upload in parts")
     multipart_chunksize: int = Field(default=8 * MiB, ge=5 * MiB, description="part size (S3's minimum is 5 MiB)")
 
@@ -123,7 +166,12 @@ class S3ObjectStore(ObjectStore):
 
     def _client(self) -> Any:
         if self._cached_client is None:
-            self._cached_client = self.s3.get_client()
+            client = self.s3.get_client()
+            if self.owner is not None and self.owner.owned_bucket:
+                client.meta.events.register(
+                    "before-parameter-build.s3", expected_bucket_owner(self.owner.owned_bucket, self.owner.account_id)
+                )
+            self._cached_client = client
         return self._cached_client
 
     def transfer_config(self) -> TransferConfig:
