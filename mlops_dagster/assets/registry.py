@@ -205,7 +205,10 @@ def _compare_with_prod(context, client, store, package_arn: str, metrics: dict, 
 class ApprovalConfig(Config):
     model_package: str = Field(description="the package's version number in the group, or its ARN")
     status: str = Field(default="Approved", description="Approved, Rejected or PendingManualApproval")
-    comment: str = Field(default="", description="why: stored as the package's ApprovalDescription")
+    # SageMaker's ApprovalDescription holds at most 1,024 characters: refused here, not after the run starts.
+    comment: str = Field(
+        default="", max_length=1024, description="why: stored verbatim as the package's ApprovalDescription"
+    )
 
 
 def resolve_package_arn(client, group: str, model_package: str) -> str:
