@@ -116,3 +116,14 @@ def test_run_config_is_data():
     assert run_config("3", "Approved", comment) == {
         "ops": {"approve_model_package": {"config": {"model_package": "3", "status": "Approved", "comment": comment}}}
     }
+
+
+def test_the_approve_op_refuses_a_comment_sagemaker_cannot_store():
+    """The UI's launchpad reaches the op without make approve: its config refuses the same."""
+    from pydantic import ValidationError
+
+    from mlops_dagster.assets.registry import ApprovalConfig
+
+    assert ApprovalConfig(model_package="1", comment="x" * 1024).comment == "x" * 1024
+    with pytest.raises(ValidationError, match="comment"):
+        ApprovalConfig(model_package="1", comment="x" * 1025)
