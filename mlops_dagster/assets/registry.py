@@ -57,8 +57,9 @@ def _serving_in_prod(context: AssetExecutionContext) -> str | None:
     return str(entry.value) if entry is not None and entry.value else None
 
 
-def _lineage(client, store: ObjectStore, settings: Settings, trained_model: dict) -> dict:
-    """Where the model came from: dataset (URI and file hashes), code commit, definition, run."""
+def _lineage(client, store: ObjectStore, settings: Settings, trained_model: dict, run_tags: dict | None = None) -> dict:
+    """Where the model came from: dataset (URI and file hashes), code commit, definition, run, and
+    why the run ran (the triggers' mlops/trigger tag; a run started by hand has none)."""
     arn = trained_model["execution_arn"]
     parameters = {
         p["Name"]: p["Value"]
@@ -81,6 +82,8 @@ def _lineage(client, store: ObjectStore, settings: Settings, trained_model: dict
         "training_job_name": trained_model["training_job_name"],
         "model_data_url": trained_model["model_data_url"],
         "model_sha256": trained_model["sha256"],
+        "trigger": (run_tags or {}).get("mlops/trigger", "manual"),
+        "trigger_detail": (run_tags or {}).get("mlops/trigger_detail", ""),
     }
 
 
@@ -116,7 +119,7 @@ def registered_model(
         return
     client = sagemaker.get_client()
     package = _record_sha256(client, package_arn, trained_model["sha256"])
-    lineage = _lineage(client, store, settings, trained_model)
+    lineage = _lineage(client, store, settings, trained_model, dict(context.run.tags))
     metrics = trained_model["metrics"]
     yield Output(
         {
