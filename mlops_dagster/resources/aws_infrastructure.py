@@ -727,6 +727,15 @@ class AwsInfrastructure(Infrastructure):
             )
         return Probe(True, f"{metadata.get('Arn', self.repository_name)} ({metadata.get('cloneUrlHttp', '')})")
 
+    def head_commit(self, branch: str = "main") -> str | None:
+        cc = self._client("codecommit", self._identity())
+        try:
+            return self._branch_head(cc, branch)
+        except ClientError as err:
+            if error_code(err) != "RepositoryDoesNotExistException":
+                raise
+            return None
+
     # teardown_infrastructure
 
     def delete_bucket(self) -> Removal:

@@ -291,6 +291,10 @@ class Infrastructure(ConfigurableResource, ABC):
         """Does the code repository exist?"""
 
     @abstractmethod
+    def head_commit(self, branch: str = "main") -> str | None:
+        """The commit id at the head of ``branch``; None while the repository or the branch does not exist."""
+
+    @abstractmethod
     def guard(self, client: Any, service: str) -> GuardedClient:
         """``client`` with AccessDenied errors turned into clear failures (for the sagemaker client)."""
 
@@ -479,6 +483,10 @@ class LocalInfrastructure(Infrastructure):
         if not heads:
             return Probe(False, f"repository {repo.path} has no branch yet: run setup_infrastructure")
         return Probe(True, f"{repo.path}: " + ", ".join(f"{b} at {c[:12]}" for b, c in sorted(heads.items())))
+
+    def head_commit(self, branch: str = "main") -> str | None:
+        repo = self._repository
+        return repo.head(branch) if repo.exists() else None
 
     def guard(self, client: Any, service: str) -> GuardedClient:
         return GuardedClient(client, service, partition="aws", account=LOCAL_ACCOUNT_ID, region=self.region)
