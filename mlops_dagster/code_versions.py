@@ -17,6 +17,7 @@ _DATA = ("assets.data", "datasets", "quality")
 _PIPELINE = ("assets.pipeline", "sagemaker.pipeline_builder", "sagemaker.definition")
 _TRAINING = tuple(sorted(p.name for p in TRAINING_DIR.glob("*.py")))
 _SERVING = ("assets.deployment",)
+_TRAFFIC = ("assets.monitoring", "monitoring.capture", "monitoring.store", "monitoring.baseline", "monitoring.drift")
 
 # asset -> (modules of this package, scripts in training/)
 SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -29,6 +30,13 @@ SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dev_endpoint": (_SERVING, ("inference.py",)),
     "staging_endpoint": (_SERVING, ("inference.py",)),
     "prod_endpoint": (_SERVING, ("inference.py",)),
+    # The capture reader parses requests with the endpoint's own input_fn.
+    "endpoint_traffic": (_TRAFFIC, ("inference.py",)),
+    "data_quality_report": (("assets.monitoring", "monitoring.drift", "monitoring.violations", "monitoring.plots"), ()),
+    "model_quality_report": (
+        ("assets.monitoring", "monitoring.model_quality", "monitoring.ground_truth", "monitoring.capture"),
+        ("inference.py",),
+    ),
 }
 
 

@@ -15,7 +15,7 @@ from dagster import (
     map_asset_specs,
 )
 
-from .assets import data, deployment, pipeline, registry
+from .assets import data, deployment, monitoring, pipeline, registry
 from .code_versions import code_version_for
 from .infrastructure import INFRASTRUCTURE_JOBS
 from .jobs import retraining_job
@@ -83,7 +83,7 @@ def _assets(settings: Settings) -> list:
             owners=[*spec.owners, *settings.owners],
         )
 
-    return list(map_asset_specs(annotate, load_assets_from_modules([data, pipeline, registry, deployment])))
+    return list(map_asset_specs(annotate, load_assets_from_modules([data, pipeline, registry, deployment, monitoring])))
 
 
 def build_definitions(settings: Settings | None = None) -> Definitions:

@@ -10,6 +10,7 @@ GROUPS = {
     "raw_data": "data", "s3_dataset": "data", "pipeline_definition": "pipeline", "pipeline_execution": "pipeline",
     "trained_model": "model", "registered_model": "model",
     "dev_endpoint": "deployment", "staging_endpoint": "deployment", "prod_endpoint": "deployment",
+    "endpoint_traffic": "monitoring", "data_quality_report": "monitoring", "model_quality_report": "monitoring",
 }  # fmt: skip
 
 
