@@ -9,7 +9,7 @@ export DAGSTER_HOME ?= $(MLOPS_HOME)/dagster
 export SAGEMAKER_SUPPRESS_V2_WARNING := 1
 UI_PORT ?= 3000
 
-.PHONY: install run test ui lint clean-home endpoint-stop approve promote
+.PHONY: install run test ui lint clean-home endpoint-stop approve promote monitor
 
 # (Re)install when the dependency files change; constraints.txt pins every package.
 $(STAMP): pyproject.toml setup.py constraints.txt
@@ -54,6 +54,12 @@ approve: install $(DAGSTER_HOME)/dagster.yaml
 promote: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m mlops_dagster --select staging_endpoint,prod_endpoint -c config/run_logging.yaml
 	@$(BIN)/python -m mlops_dagster.report
+
+# The loop after deployment (after `make run`): requests like the training data, then shifted ones,
+# to the dev endpoint; the monitoring group judges each window, the drift check fails on the second,
+# an alert goes to $(MLOPS_HOME)/alerts.jsonl and the drift trigger requests retraining.
+monitor: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m mlops_dagster.monitoring.demo
 
 lint: install
 	$(BIN)/ruff check mlops_dagster training tests bench
