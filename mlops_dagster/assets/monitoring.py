@@ -125,7 +125,9 @@ def previous_window_end(context: AssetExecutionContext, endpoint: str) -> dateti
     for record in records:
         metadata = record.asset_materialization.metadata if record.asset_materialization else {}
         if "endpoint_name" in metadata and metadata["endpoint_name"].value == endpoint and "window_end" in metadata:
-            ends.append(parse_time(str(metadata["window_end"].value), "window_end"))
+            # A window configured to end in the future judged nothing past its materialization.
+            materialized = datetime.fromtimestamp(record.timestamp, UTC)
+            ends.append(min(parse_time(str(metadata["window_end"].value), "window_end"), materialized))
     return max(ends, default=None)
 
 
