@@ -15,6 +15,7 @@ from dagster import (
     map_asset_specs,
 )
 
+from .alerts import AlertSink
 from .assets import data, deployment, monitoring, pipeline, registry
 from .code_versions import code_version_for
 from .infrastructure import INFRASTRUCTURE_JOBS
@@ -23,8 +24,9 @@ from .resources.infrastructure import LocalInfrastructure, infrastructure_fields
 from .resources.object_store import LocalObjectStore
 from .resources.sagemaker import LocalSageMaker
 from .schedules import retraining_schedule
-from .sensors import pipeline_execution_sensor
+from .sensors import check_failure_alert_sensor, pipeline_execution_sensor, run_failure_alert_sensor
 from .settings import Settings
+from .triggers import LocalSourceLister, retraining_triggers
 
 
 def _resources(settings: Settings) -> dict:
@@ -41,6 +43,8 @@ def _resources(settings: Settings) -> dict:
             home=str(home), region=settings.region, bucket=settings.bucket, store=store
         )
         resources["infrastructure"] = LocalInfrastructure(home=str(home), **infrastructure_fields(settings))
+        resources["source_lister"] = LocalSourceLister(store=store)
+        resources["alerts"] = AlertSink(**_alert_fields(settings))
     else:
         # Imported here: dagster-aws costs seconds to import, and the local backend never needs it.
         from dagster_aws.s3 import S3Resource
@@ -70,7 +74,17 @@ def _resources(settings: Settings) -> dict:
         from .resources.aws_infrastructure import AwsInfrastructure
 
         resources["infrastructure"] = AwsInfrastructure(session=session, **infrastructure_fields(settings))
+        from .resources.aws_automation import S3SourceLister, SnsAlertSink
+
+        resources["source_lister"] = S3SourceLister(session=session)
+        resources["alerts"] = SnsAlertSink(
+            session=session, topic_arn=settings.alert_sns_topic_arn, **_alert_fields(settings)
+        )
     return resources
+
+
+def _alert_fields(settings: Settings) -> dict:
+    return {"home": settings.home, "webhook_url": settings.alert_webhook_url, "ui_url": settings.ui_url}
 
 
 def _assets(settings: Settings) -> list:
@@ -92,7 +106,12 @@ def build_definitions(settings: Settings | None = None) -> Definitions:
         assets=_assets(settings),
         jobs=[retraining_job, registry.approve_model, deployment.stop_endpoints, *INFRASTRUCTURE_JOBS],
         schedules=[retraining_schedule(settings)],
-        sensors=[pipeline_execution_sensor],
+        sensors=[
+            pipeline_execution_sensor,
+            check_failure_alert_sensor,
+            run_failure_alert_sensor,
+            *retraining_triggers(settings),
+        ],
         resources=_resources(settings),
         # Steps are thin clients of SageMaker (the work runs in its jobs): one process per run
         # saves the ~4 s of imports that a process per step costs, five times over.

@@ -1,31 +1,48 @@
-"""``pipeline_execution_sensor``: watches the pipeline's executions, including ones started
-outside Dagster, and materializes ``trained_model`` and ``registered_model`` for each one that ends
-(so a model registered by any execution gets its lineage and verified hash, as with ``make run``).
+"""Sensors that watch what happened: pipeline executions, failed checks, failed runs.
 
-Each tick makes one ``list_pipeline_executions`` call (its summaries carry every status) plus at
-most one ``describe_pipeline_execution`` per in-flight execution that fell off that page. The run
-key is the execution ARN, so re-ticks and restarts never request the same execution twice.
+``pipeline_execution_sensor`` watches the pipeline's executions, including ones started outside
+Dagster, and materializes ``trained_model`` and ``registered_model`` for each one that ends (so a
+model registered by any execution gets its lineage and verified hash, as with ``make run``); a
+failed execution is also alerted, once per ARN. Each tick makes one ``list_pipeline_executions``
+call (its summaries carry every status) plus at most one ``describe_pipeline_execution`` per
+in-flight execution that fell off that page. The run key is the execution ARN, so re-ticks and
+restarts never request the same execution twice.
+
+``check_failure_alert_sensor`` alerts on failed ERROR asset checks. A WARN or non-blocking check
+that fails leaves its run green, so a run-failure sensor never sees it: this one reads the check
+evaluations from the event log (cursor: the last storage id read), once per evaluation, with a
+cooldown per check. ``run_failure_alert_sensor`` alerts on every failed run of the code location.
 """
 
 import json
+import time
+import warnings
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
     AssetSelection,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DefaultSensorStatus,
+    EventRecordsFilter,
+    RunFailureSensorContext,
     RunRequest,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
+    run_failure_sensor,
     sensor,
 )
 
+from .alerts import Alert, AlertSink, clip, figures_from_metadata
 from .assets.pipeline import TERMINAL, trained_model
 from .assets.registry import registered_model
+from .jobs import TRIGGER_DETAIL_TAG, TRIGGER_TAG
 from .resources.sagemaker import SageMaker
 from .settings import Settings
 
@@ -90,7 +107,9 @@ def _collection(context: SensorEvaluationContext, arn: str, status: str, display
         "Watches SageMaker pipeline executions; materializes trained_model and registered_model when one ends."
     ),
 )
-def pipeline_execution_sensor(context: SensorEvaluationContext, settings: Settings, sagemaker: SageMaker):
+def pipeline_execution_sensor(
+    context: SensorEvaluationContext, settings: Settings, sagemaker: SageMaker, alerts: AlertSink
+):
     client = sagemaker.get_client()
     try:
         summaries = client.list_pipeline_executions(
@@ -125,6 +144,8 @@ def pipeline_execution_sensor(context: SensorEvaluationContext, settings: Settin
             in_flight.append(arn)
             continue
         cursor.handled.append(arn)
+        if status == "Failed":  # once per ARN: it is in handled from now on
+            alerts.send(_execution_alert(settings, sagemaker, arn, summary), context.log)
         if decision == "done":
             continue
         if status != "Succeeded":
@@ -142,3 +163,202 @@ def pipeline_execution_sensor(context: SensorEvaluationContext, settings: Settin
         )
     cursor.in_flight = in_flight
     return SensorResult(run_requests=requests, cursor=cursor.dump())
+
+
+def _execution_alert(settings: Settings, sagemaker: SageMaker, arn: str, summary: dict) -> Alert:
+    reason = summary.get("PipelineExecutionFailureReason") or "no reason given"
+    link = sagemaker.console_link("pipeline-execution", arn)
+    return Alert(
+        kind="pipeline_execution_failed",
+        title=f"pipeline {settings.pipeline_name}: execution failed",
+        what=f"execution {arn} ended Failed: {clip(reason, 1000)}",
+        event=f"pipeline-execution:{arn}",
+        execution_arn=arn,
+        link=str(link.value) if link is not None else None,
+        figures={
+            "status": summary.get("PipelineExecutionStatus", "Failed"),
+            "display_name": summary.get("PipelineExecutionDisplayName") or "",
+            "started": str(summary.get("StartTime") or ""),
+            "next": "trained_model (requested by this sensor, or the run that started it) names the failed step and its log",
+        },
+    )
+
+
+# --- failed checks -------------------------------------------------------------------------------
+
+EVENT_PAGE = 500  # check evaluations read per tick; the rest on the next tick
+
+
+@dataclass(frozen=True)
+class CheckEvent:
+    """One stored check evaluation."""
+
+    storage_id: int
+    timestamp: float
+    run_id: str
+    job: str | None
+    evaluation: AssetCheckEvaluation
+
+    @property
+    def check_key(self) -> str:
+        return self.evaluation.asset_check_key.to_user_string()
+
+    @property
+    def asset(self) -> str:
+        return self.evaluation.asset_key.to_user_string()
+
+
+@dataclass
+class CheckCursor:
+    """The last storage id read, and when each check last raised an alert (or a retraining)."""
+
+    after: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, raw: str | None) -> "CheckCursor | None":
+        return cls(**json.loads(raw)) if raw else None
+
+    def dump(self, keep_after: float) -> str:
+        # Entries older than the cooldown can no longer suppress anything.
+        last = {k: t for k, t in self.last.items() if t >= keep_after}
+        return json.dumps({"after": self.after, "last": last}, sort_keys=True)
+
+    def cooling(self, key: str, at: float, cooldown: float) -> bool:
+        """Was ``key`` alerted (or acted on) less than ``cooldown`` seconds before ``at``?"""
+        return key in self.last and at - self.last[key] < cooldown
+
+
+def check_events(instance: DagsterInstance, after: int | None, lookback_seconds: float) -> tuple[list[CheckEvent], int]:
+    """Check evaluations stored after storage id ``after``, oldest first, and the id to resume from.
+
+    With no cursor yet (a sensor's first tick) only the latest evaluations of the last
+    ``lookback_seconds`` count: older failures are history, not news, and would all alert at once.
+    """
+    records_filter = EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after)
+    # get_event_records is deprecated for 2.0, but in 1.13 it is the one query over the
+    # evaluations of every check; its replacements read one check key at a time.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        records = list(instance.get_event_records(records_filter, limit=EVENT_PAGE, ascending=after is not None))
+    newest = max((r.storage_id for r in records), default=after or 0)
+    if after is None:
+        since = time.time() - lookback_seconds
+        records = sorted((r for r in records if r.timestamp >= since), key=lambda r: r.storage_id)
+    events = []
+    for record in records:
+        event = record.event_log_entry.dagster_event
+        if event is not None and isinstance(event.event_specific_data, AssetCheckEvaluation):
+            entry = record.event_log_entry
+            events.append(
+                CheckEvent(record.storage_id, entry.timestamp, entry.run_id, event.job_name, event.event_specific_data)
+            )
+    return events, newest
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def check_alert(alerts: AlertSink, event: CheckEvent) -> Alert:
+    evaluation = event.evaluation
+    severity = evaluation.severity.value
+    return Alert(
+        kind="check_failed",
+        title=f"check {evaluation.check_name} failed on {event.asset}",
+        what=clip(evaluation.description or f"asset check {event.check_key} did not pass ({severity})", 1000),
+        event=f"check-evaluation:{event.storage_id}",
+        asset=event.asset,
+        check=evaluation.check_name,
+        run_id=event.run_id,
+        job=event.job,
+        link=alerts.asset_link(event.asset, checks=True),
+        figures={
+            "severity": severity,
+            "run_link": alerts.run_link(event.run_id),
+            **figures_from_metadata(evaluation.metadata),
+        },
+        time=_iso(event.timestamp),
+    )
+
+
+@sensor(
+    name="check_failure_alert_sensor",
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,  # it only writes alerts: no cost on either backend
+    description=(
+        "Alerts on every failed ERROR asset check (including non-blocking ones, whose runs stay green), once per "
+        "evaluation, at most once per check per MLOPS_ALERT_COOLDOWN_MINUTES."
+    ),
+)
+def check_failure_alert_sensor(context: SensorEvaluationContext, settings: Settings, alerts: AlertSink):
+    cooldown = settings.alert_cooldown_minutes * 60
+    cursor = CheckCursor.load(context.cursor)
+    events, newest = check_events(context.instance, cursor.after if cursor else None, cooldown)
+    cursor = cursor or CheckCursor()
+    sent, cooled = 0, 0
+    for event in events:
+        evaluation = event.evaluation
+        if evaluation.passed or evaluation.severity != AssetCheckSeverity.ERROR:
+            continue
+        if cursor.cooling(event.check_key, event.timestamp, cooldown):
+            cooled += 1
+            context.log.info(
+                f"{event.check_key} failed again (event {event.storage_id}): within its cooldown, no alert"
+            )
+            continue
+        alerts.send(check_alert(alerts, event), context.log)
+        cursor.last[event.check_key] = event.timestamp
+        sent += 1
+    cursor.after = newest
+    return SensorResult(
+        cursor=cursor.dump(keep_after=time.time() - cooldown),
+        skip_reason=f"{len(events)} check evaluations read: {sent} alerts sent, {cooled} within a cooldown",
+    )
+
+
+# --- failed runs ---------------------------------------------------------------------------------
+
+
+def _root_error(error) -> str:
+    """The innermost cause's message: Dagster wraps the op's own exception in a step error."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+def run_alert(alerts: AlertSink, context: RunFailureSensorContext) -> Alert:
+    run = context.dagster_run
+    failures = context.get_step_failure_events()
+    errors = {
+        event.step_key: clip(_root_error(event.event_specific_data.error), 500)
+        for event in failures
+        if event.step_key and getattr(event.event_specific_data, "error", None) is not None
+    }
+    first = next(iter(errors.items()), None)
+    what = f"step {first[0]} failed: {first[1]}" if first else (context.failure_event.message or "the run failed")
+    figures: dict = {"failed_steps": errors} if errors else {}
+    figures.update({k: v for k, v in run.tags.items() if k in (TRIGGER_TAG, TRIGGER_DETAIL_TAG, "mlops/execution_arn")})
+    if run.asset_selection:
+        figures["assets"] = sorted(k.to_user_string() for k in run.asset_selection)
+    return Alert(
+        kind="run_failed",
+        title=f"run of {run.job_name} failed",
+        what=clip(what, 1000),
+        event=f"run:{run.run_id}",
+        run_id=run.run_id,
+        job=run.job_name,
+        step=first[0] if first else None,
+        execution_arn=run.tags.get("mlops/execution_arn"),
+        link=alerts.run_link(run.run_id),
+        figures=figures,
+    )
+
+
+@run_failure_sensor(
+    name="run_failure_alert_sensor",
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Alerts on every failed run of this code location's jobs: run, job, failed step and its error.",
+)
+def run_failure_alert_sensor(context: RunFailureSensorContext, alerts: AlertSink):
+    alerts.send(run_alert(alerts, context), context.log)

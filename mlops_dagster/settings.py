@@ -36,6 +36,10 @@ _TEAM_RE = re.compile(r"^team:[\w.-]+$")
 _IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
 _REPO_RE = re.compile(r"^[\w.-]{1,100}$")
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9])*$")
+# SNS topic ARNs: partition, region, account, name (1-256 letters, digits, '-', '_'; FIFO topics end in .fifo).
+_TOPIC_RE = re.compile(r"^arn:aws[a-z-]*:sns:[a-z]{2}(-gov)?-[a-z]+-\d:\d{12}:[A-Za-z0-9_-]{1,251}(\.fifo)?$")
+MAX_COOLDOWN_MINUTES = 7 * 24 * 60  # a week
+MAX_DRIFT_RETRAIN_HOURS = 365 * 24  # a year
 
 
 class SettingsError(ValueError):
@@ -64,6 +68,12 @@ class Settings(ConfigurableResource):
     | MLOPS_AWS_RETRY_MODE | standard | botocore retry mode: standard or adaptive |
     | MLOPS_AWS_MAX_ATTEMPTS | 8 | botocore attempts per call (first try included) |
     | MLOPS_OWNERS | (none) | comma-separated asset owners shown in the UI: emails or team:<name> |
+    | MLOPS_AUTOMATION | on (local), off (aws) | `on`: schedules and retraining triggers start running; `off`: they start stopped (turn them on in the UI) |
+    | MLOPS_ALERT_WEBHOOK_URL | (none) | alerts are also POSTed there as Slack-compatible JSON `{"text": ...}` (http or https) |
+    | MLOPS_ALERT_SNS_TOPIC_ARN | (none) | aws: alerts are also published to this SNS topic |
+    | MLOPS_ALERT_COOLDOWN_MINUTES | 60 | at most one alert per failing check in this many minutes (0 to 10080) |
+    | MLOPS_DRIFT_RETRAIN_HOURS | 24 | a failed drift or model-quality check requests retraining at most once per this many hours (0 to 8760) |
+    | MLOPS_UI_URL | http://127.0.0.1:3000 | the Dagster UI's address, for the links in alerts |
     """
 
     backend: str = "local"
@@ -83,6 +93,12 @@ class Settings(ConfigurableResource):
     aws_retry_mode: str = "standard"
     aws_max_attempts: int = 8
     owners: list[str] = []
+    automation: bool | None = None  # None: on for the local backend, off for aws (see automation_on)
+    alert_webhook_url: str | None = None
+    alert_sns_topic_arn: str | None = None
+    alert_cooldown_minutes: int = 60
+    drift_retrain_hours: int = 24
+    ui_url: str = "http://127.0.0.1:3000"
 
     # The same checks when a run's config overrides the resource (the launchpad can): a value
     # that from_env refuses must not reach the store or SageMaker that way either.
@@ -179,6 +195,7 @@ class Settings(ConfigurableResource):
                     f"MLOPS_OWNERS has {owner!r}: each owner is an email address or team:<name>, comma-separated"
                 )
 
+        alerting = _alerting(env, backend)
         return cls(
             backend=backend,
             home=str(home),
@@ -197,7 +214,14 @@ class Settings(ConfigurableResource):
             aws_retry_mode=retry_mode,
             aws_max_attempts=int(attempts_text),
             owners=owners,
+            **alerting,
         )
+
+    @property
+    def automation_on(self) -> bool:
+        """Do schedules and retraining triggers start running? (They start SageMaker work, which costs
+        money on aws: there they start stopped unless MLOPS_AUTOMATION=on.)"""
+        return self.automation if self.automation is not None else self.backend == "local"
 
     @property
     def home_path(self) -> Path:
@@ -207,6 +231,49 @@ class Settings(ConfigurableResource):
         """``s3://<bucket>/<prefix>/<parts...>``."""
         key = "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
         return f"s3://{self.bucket}/{key}"
+
+
+def _alerting(env: Mapping[str, str], backend: str) -> dict:
+    """The automation, alert and trigger settings, checked."""
+    automation = env.get("MLOPS_AUTOMATION")
+    if automation:
+        automation = _choice(env, "MLOPS_AUTOMATION", "", ("on", "off"))
+    webhook = env.get("MLOPS_ALERT_WEBHOOK_URL") or None
+    if webhook and not (webhook.startswith(("http://", "https://")) and _host_of(webhook)):
+        # The value is not repeated: a webhook URL carries its secret in the path.
+        raise SettingsError(
+            "MLOPS_ALERT_WEBHOOK_URL is not an http(s) URL with a host (value not shown: webhook URLs "
+            "hold a secret); use the URL your chat tool gives, e.g. https://hooks.slack.com/services/..."
+        )
+    topic = env.get("MLOPS_ALERT_SNS_TOPIC_ARN") or None
+    if topic and not _TOPIC_RE.match(topic):
+        raise SettingsError(
+            f"MLOPS_ALERT_SNS_TOPIC_ARN={topic!r} is not an SNS topic ARN such as "
+            "'arn:aws:sns:us-east-1:123456789012:mlops-alerts'"
+        )
+    if topic and backend != "aws":
+        raise SettingsError(
+            "MLOPS_ALERT_SNS_TOPIC_ARN is set but MLOPS_BACKEND is 'local': SNS alerts need the aws backend "
+            "(unset the variable, or use MLOPS_ALERT_WEBHOOK_URL locally)"
+        )
+    ui_url = env.get("MLOPS_UI_URL") or "http://127.0.0.1:3000"
+    if not (ui_url.startswith(("http://", "https://")) and _host_of(ui_url)):
+        raise SettingsError(f"MLOPS_UI_URL={ui_url!r} is not an http(s) URL such as 'http://127.0.0.1:3000'")
+    return {
+        "automation": None if not automation else automation == "on",
+        "alert_webhook_url": webhook,
+        "alert_sns_topic_arn": topic,
+        "alert_cooldown_minutes": _whole(env, "MLOPS_ALERT_COOLDOWN_MINUTES", 60, MAX_COOLDOWN_MINUTES),
+        "drift_retrain_hours": _whole(env, "MLOPS_DRIFT_RETRAIN_HOURS", 24, MAX_DRIFT_RETRAIN_HOURS),
+        "ui_url": ui_url.rstrip("/"),
+    }
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, largest: int) -> int:
+    text = (env.get(name) or str(default)).strip()
+    if not text.isdigit() or int(text) > largest:
+        raise SettingsError(f"{name}={env.get(name)!r} is not a whole number from 0 to {largest}")
+    return int(text)
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:

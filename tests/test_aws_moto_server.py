@@ -48,6 +48,7 @@ from moto.sagemaker.models import sagemaker_backends
 from moto.server import ThreadedMotoServer
 
 from mlops_dagster import build_definitions
+from mlops_dagster.alerts import AlertSink
 from mlops_dagster.sensors import pipeline_execution_sensor
 from mlops_dagster.settings import Settings
 
@@ -121,7 +122,7 @@ def _metadata(result, key: str) -> dict:
 
 
 def _tick(instance, settings: Settings, sagemaker, cursor: str | None) -> SensorResult:
-    resources = {"settings": settings, "sagemaker": sagemaker}
+    resources = {"settings": settings, "sagemaker": sagemaker, "alerts": AlertSink(home=settings.home)}
     with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
         return pipeline_execution_sensor(context)
 

@@ -70,7 +70,7 @@ def world(settings: Settings, tmp_path):
             "defs": defs,
             "client": sagemaker.get_client(),
             "instance": instance,
-            "resources": {"settings": settings, "sagemaker": sagemaker},
+            "resources": {"settings": settings, "sagemaker": sagemaker, "alerts": defs.resources["alerts"]},
             "definition": _definition(code_uri, tmp_path / "flag"),
             "flag": tmp_path / "flag",
         }
