@@ -10,7 +10,8 @@ Where moto 5.2.5 falls short, the test says so at the spot:
 - a pipeline execution is Succeeded at once: the test drives its status through moto's backend
   object (the server runs in this process);
 - moto runs no steps: the test plays SageMaker, creating the steps' jobs in moto from the
-  definition's own Arguments and putting their outputs (model.tar.gz, evaluation.json) in S3;
+  definition's own Arguments and putting their outputs (model.tar.gz, evaluation.json and the
+  validation predictions.csv) in S3;
 - ListPipelineExecutionSteps is not implemented: a before-call handler scoped to that one operation
   answers it with the steps the test ran;
 - CodeCommit GetBranch and CreateCommit are not implemented: before-call handlers scoped to them
@@ -60,6 +61,8 @@ ROLE = f"arn:aws:iam::{DEFAULT_ACCOUNT_ID}:role/SageMakerExecutionRole-{PIPELINE
 MAX_ATTEMPTS = 3
 UPSTREAM = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution"]
 REPOSITORY = f"{PIPELINE}-code"
+# What training/evaluate.py writes beside evaluation.json: predictions on the validation split.
+PREDICTIONS_CSV = b"prediction,medv\n21.5,22.0\n30.25,31.0\n18.0,17.5\n"
 
 
 @pytest.fixture(scope="module")
@@ -154,6 +157,7 @@ def _play_sagemaker(endpoint: str, definition: dict, execution_arn: str, input_d
                 expressions.properties[path] = output["S3Output"]["S3Uri"]
                 if output["OutputName"] == "evaluation":
                     _put(s3, output["S3Output"]["S3Uri"] + "/evaluation.json", evaluation_json(mse=12.5))
+                    _put(s3, output["S3Output"]["S3Uri"] + "/predictions.csv", PREDICTIONS_CSV)
             metadata = {"ProcessingJob": {"Arn": arn}}
         elif step["Type"] == "Training":
             arn = sm.create_training_job(**request)["TrainingJobArn"]
@@ -297,6 +301,21 @@ def test_the_asset_graph_runs_against_aws_apis_on_moto(endpoint, aws_settings, i
     assert model["model_sha256"] == hashlib.sha256(_model_tar_gz()).hexdigest()
     assert model["archive_members"] == ["model.joblib"] and model["mse"] == 12.5
     assert model["model_package_arn"].startswith(f"arn:aws:sagemaker:{REGION}:{DEFAULT_ACCOUNT_ID}:model-package/")
+
+    # The drift baselines are where the package (created from the definition's RegisterModel step) names them.
+    package = sm.describe_model_package(ModelPackageName=model["model_package_arn"])
+    registered = _metadata(collected, "registered_model")
+    baseline = f"s3://{BUCKET}/mlops/{PIPELINE}/{arn.rsplit('/', 1)[-1]}/baseline"
+    for kind, block in (("data", "ModelDataQuality"), ("prediction", "ModelQuality")):
+        named = package["DriftCheckBaselines"][block]
+        assert named["Statistics"]["S3Uri"] == f"{baseline}/{kind}/statistics.json"
+        assert named["Constraints"]["S3Uri"] == f"{baseline}/{kind}/constraints.json"
+        prefix = "baseline" if kind == "data" else "prediction_baseline"
+        assert registered[f"{prefix}_statistics_uri"] == named["Statistics"]["S3Uri"]
+        for name in ("statistics.json", "constraints.json", "baseline_sample.json"):
+            s3.head_object(Bucket=BUCKET, Key=f"{baseline}/{kind}/{name}".removeprefix(f"s3://{BUCKET}/"))
+    assert package["ModelMetrics"]["ModelDataQuality"] == package["DriftCheckBaselines"]["ModelDataQuality"]
+    assert registered["baseline_rows"] == dataset["train_rows"] and registered["prediction_baseline_rows"] == 3
 
     again = _tick(instance, aws_settings, defs.resources["sagemaker"], tick.cursor)
     assert again.run_requests == []  # collected once

@@ -787,6 +787,46 @@ def test_register_model_records_the_artifact_sha256_or_fails_the_step(sm: LocalS
             assert register["FailureReason"].startswith(f"cannot register the model: {failure}"), name
 
 
+def test_register_model_resolves_metric_sources_and_checks_them_as_create_model_package(
+    sm: LocalSageMakerService, store
+):
+    uri = store.put_bytes(f"s3://{BUCKET}/m/model.tar.gz", b"model bytes").uri
+    at = {"Std:Join": {"On": "/", "Values": [f"s3://{BUCKET}/b", {"Get": "Execution.PipelineExecutionId"}, "s.json"]}}
+    cases = {
+        "ok": ({"ContentType": "application/json", "S3Uri": at}, None),
+        "relative": (
+            {"ContentType": "application/json", "S3Uri": {"Std:Join": {"On": "/", "Values": ["b", "s.json"]}}},
+            "DriftCheckBaselines.ModelDataQuality.Statistics.S3Uri 'b/s.json' is not an s3:// (or https://) URI",
+        ),
+        "no-content-type": ({"S3Uri": at}, "Missing required parameter in ModelDataQuality.Statistics: \"ContentType\""),
+    }
+    for name, (source, failure) in cases.items():
+        step = register_step(uri, DriftCheckBaselines={"ModelDataQuality": {"Statistics": source}})
+        sm.create_pipeline(PipelineName=name, PipelineDefinition=definition([step]), RoleArn=ROLE)
+        execution = run_here(sm, name)
+        register = steps_of(sm, execution["PipelineExecutionArn"])["Register"]
+        if failure is None:
+            package = sm.describe_model_package(ModelPackageName=register["Metadata"]["RegisterModel"]["Arn"])
+            execution_id = execution["PipelineExecutionArn"].rsplit("/", 1)[-1]
+            assert package["DriftCheckBaselines"] == {
+                "ModelDataQuality": {
+                    "Statistics": {"ContentType": "application/json", "S3Uri": f"s3://{BUCKET}/b/{execution_id}/s.json"}
+                }
+            }
+        else:
+            assert execution["PipelineExecutionStatus"] == "Failed", name
+            assert register["FailureReason"].startswith("cannot register the model: "), name
+            assert failure in register["FailureReason"], name
+    # The API checks the same for a direct call.
+    with pytest.raises(ClientError, match="is not an s3:// \\(or https://\\) URI"):
+        sm.create_model_package(
+            ModelPackageGroupName="registered",
+            InferenceSpecification={"Containers": [{"Image": "img"}], "SupportedContentTypes": ["text/csv"],
+                                    "SupportedResponseMIMETypes": ["text/csv"]},
+            ModelMetrics={"ModelDataQuality": {"Statistics": {"ContentType": "application/json", "S3Uri": "nope"}}},
+        )  # fmt: skip
+
+
 # --- the SDK-built pipeline --------------------------------------------------------------------
 
 PREPROCESS = """\
@@ -819,7 +859,7 @@ with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w") as f:
 EVALUATE = """\
 import argparse, csv, json, os, tarfile
 p = argparse.ArgumentParser()
-for name in ("--model-dir", "--test-dir", "--output-dir", "--target"):
+for name in ("--model-dir", "--test-dir", "--validation-dir", "--output-dir", "--target"):
     p.add_argument(name)
 a = p.parse_args()
 with tarfile.open(os.path.join(a.model_dir, "model.tar.gz")) as t:
@@ -915,6 +955,18 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
         # The step recorded the hash of the artifact it registered (what hosting requires).
         artifact = store.head(training["ModelArtifacts"]["S3ModelArtifacts"])
         assert package["CustomerMetadataProperties"] == {"mlops:model_sha256": artifact.sha256}
+        # ModelMetrics and DriftCheckBaselines resolved per execution, as DescribeModelPackage returns them.
+        baseline = f"s3://{BUCKET}/mlops/mlops/{arn.rsplit('/', 1)[-1]}/baseline"
+        source = {"ContentType": "application/json"}
+        data = {"Statistics": {**source, "S3Uri": f"{baseline}/data/statistics.json"},
+                "Constraints": {**source, "S3Uri": f"{baseline}/data/constraints.json"}}  # fmt: skip
+        assert package["ModelMetrics"]["ModelQuality"] == {"Statistics": {**source, "S3Uri": uri}}
+        assert package["ModelMetrics"]["ModelDataQuality"] == data
+        assert package["DriftCheckBaselines"] == {
+            "ModelDataQuality": data,
+            "ModelQuality": {"Statistics": {**source, "S3Uri": f"{baseline}/prediction/statistics.json"},
+                             "Constraints": {**source, "S3Uri": f"{baseline}/prediction/constraints.json"}},
+        }  # fmt: skip
         packages.add(package["ModelPackageArn"])
     assert len(models) == len(evaluations) == len(packages) == 2
     listed = sm.list_model_packages(ModelPackageGroupName="mlops-models")["ModelPackageSummaryList"]

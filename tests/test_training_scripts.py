@@ -373,6 +373,52 @@ def test_evaluate_missing_test_file(model_dir, tmp_path):
     assert str(tmp_path / "test" / "test.csv") in result.stderr
 
 
+def _evaluate_with_validation(model_dir: Path, root: Path, validation: pd.DataFrame | None):
+    """evaluate.py on 30 test rows with a --validation-dir holding ``validation`` (no file if None)."""
+    (root / "test").mkdir(parents=True)
+    (root / "validation").mkdir()
+    synthetic(30, seed=4).to_csv(root / "test" / "test.csv", index=False)
+    if validation is not None:
+        validation.to_csv(root / "validation" / "validation.csv", index=False)
+    args = ["--model-dir", str(model_dir), "--test-dir", str(root / "test"),
+            "--validation-dir", str(root / "validation"), "--output-dir", str(root / "evaluation")]  # fmt: skip
+    return run("evaluate.py", *args, cwd=root)
+
+
+def test_evaluate_writes_the_validation_predictions_beside_the_report(model_dir, tmp_path):
+    validation = synthetic(17, seed=6)[["medv", "lstat", "chas", "rm", "crim"]]  # another column order
+    result = _evaluate_with_validation(model_dir, tmp_path, validation)
+    assert result.returncode == 0, result.stderr
+    predictions = pd.read_csv(tmp_path / "evaluation" / "predictions.csv")
+    assert list(predictions.columns) == ["prediction", "medv"]
+    assert predictions["medv"].tolist() == pytest.approx(validation["medv"].tolist())
+    with tarfile.open(model_dir / "model.tar.gz") as archive:
+        archive.extractall(tmp_path / "model", filter="data")
+    features = json.loads((tmp_path / "model" / "features.json").read_text())
+    expected = joblib.load(tmp_path / "model" / "model.joblib").predict(validation[features])
+    assert predictions["prediction"].tolist() == pytest.approx(expected.tolist())  # the model's, in row order
+    assert strict_json(tmp_path / "evaluation" / "evaluation.json")["rows"] == 30  # still scored on test.csv
+    assert f"Wrote 17 validation predictions to {tmp_path / 'evaluation' / 'predictions.csv'}" in result.stdout
+
+
+def test_evaluate_without_validation_dir_writes_no_predictions(model_dir, tmp_path):
+    synthetic(10, seed=4).to_csv(tmp_path / "test.csv", index=False)
+    args = ["--model-dir", str(model_dir), "--test-dir", str(tmp_path), "--output-dir", str(tmp_path / "out")]
+    assert run("evaluate.py", *args, cwd=tmp_path).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["evaluation.json"]
+
+
+def test_evaluate_empty_or_missing_validation(model_dir, tmp_path):
+    empty = _evaluate_with_validation(model_dir, tmp_path / "empty", synthetic(3).iloc[:0])
+    assert empty.returncode == 0, empty.stderr
+    assert "warning: validation.csv has no rows" in empty.stderr
+    assert pd.read_csv(tmp_path / "empty" / "evaluation" / "predictions.csv").empty
+
+    missing = _evaluate_with_validation(model_dir, tmp_path / "missing", None)
+    assert missing.returncode == 1
+    assert f"{tmp_path / 'missing' / 'validation' / 'validation.csv'}: validation data not found" in missing.stderr
+
+
 def malicious_archive(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     with tarfile.open(directory / "model.tar.gz", "w:gz") as tar:

@@ -7,6 +7,11 @@ Reads model.tar.gz (the training job's model directory, packed by SageMaker) fro
 The pipeline reads it through a PropertyFile for its quality condition, so it is strict
 JSON: a metric that is undefined (R² below two rows) is null, never NaN.
 
+With --validation-dir (the pipeline gives it), also writes predictions.csv beside it: the
+model's predictions on validation.csv, columns "prediction" and the target (header row,
+validation order; the target column is "label" if the target is itself named "prediction"). The registered_model asset computes the model's prediction baseline
+for drift monitoring from it.
+
 Runs in the SageMaker scikit-learn 1.2-1 container (Python 3.9): standard library, numpy,
 pandas, scikit-learn and joblib only. Every path is an argument whose default is the
 container path, so a local runner can point it elsewhere.
@@ -35,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--model-dir", default="/opt/ml/processing/model")
     parser.add_argument("--test-dir", default="/opt/ml/processing/test")
     parser.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
+    parser.add_argument(
+        "--validation-dir", default=None, help="folder with validation.csv; writes predictions.csv when given"
+    )
     parser.add_argument("--target", default="medv")
     return parser.parse_args(argv)
 
@@ -82,9 +90,12 @@ def finite_numbers(column):
 
 
 def load_test(test_dir, target, features):
-    path = os.path.join(test_dir, "test.csv")
+    return load_split(os.path.join(test_dir, "test.csv"), "test", target, features)
+
+
+def load_split(path, split, target, features, allow_empty=False):
     if not os.path.isfile(path):
-        raise EvaluationError(f"{path}: test data not found")
+        raise EvaluationError(f"{path}: {split} data not found")
     frame = pd.read_csv(path)
     if target not in frame.columns:
         raise EvaluationError(f"{path}: target column '{target}' is absent")
@@ -93,7 +104,9 @@ def load_test(test_dir, target, features):
     if missing:
         raise EvaluationError(f"{path}: feature columns the model was trained on are missing: {missing}")
     if frame.empty:
-        raise EvaluationError(f"{path}: no rows to evaluate on")
+        if not allow_empty:
+            raise EvaluationError(f"{path}: no rows to evaluate on")
+        return frame[features].astype(float), frame[target].astype(float)
     frame = frame[features + [target]]
     bad = [str(c) for c in frame.columns if not finite_numbers(frame[c])]
     if bad:
@@ -117,11 +130,27 @@ def finite_or_none(value):
     return float(value) if value is not None and math.isfinite(value) else None
 
 
+def write_predictions(model, X, y, target, path):
+    """The model's predictions beside the truth, for the prediction baseline (see the module docstring)."""
+    predicted = model.predict(X) if len(X) else np.empty(0)
+    truth = target if target != "prediction" else "label"  # the two columns need two names
+    frame = pd.DataFrame({"prediction": np.asarray(predicted, dtype=float).ravel(), truth: y.to_numpy()})
+    frame.to_csv(path, index=False)
+    if len(X):
+        print(f"Wrote {len(X)} validation predictions to {path}")
+    else:
+        print(f"warning: validation.csv has no rows; {path} holds no predictions", file=sys.stderr)
+
+
 def main(argv=None):
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         model, features = load_model(args.model_dir, workdir)
     X, y = load_test(args.test_dir, args.target, features)
+    validation = None
+    if args.validation_dir is not None:
+        path = os.path.join(args.validation_dir, "validation.csv")
+        validation = load_split(path, "validation", args.target, list(X.columns), allow_empty=True)
 
     report = {
         "regression_metrics": regression_metrics(y, model.predict(X)),
@@ -134,6 +163,8 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "evaluation.json"), "w") as f:
         json.dump(report, f, indent=2, allow_nan=False)
+    if validation is not None:
+        write_predictions(model, *validation, args.target, os.path.join(args.output_dir, "predictions.csv"))
 
     print(f"Evaluated on {len(X)} test rows")
     for name, metric in report["regression_metrics"].items():

@@ -25,6 +25,16 @@ from dagster import (
 from pydantic import Field
 
 from ..infrastructure import read_code_commit
+from ..monitoring.baseline import PREDICTION_COLUMN, BaselineError
+from ..monitoring.store import (
+    PREDICTIONS_FILE,
+    MissingBaselineError,
+    baseline_locations,
+    data_baseline,
+    predictions_baseline,
+    read_csv,
+    write_model_baselines,
+)
 from ..resources.object_store import ObjectStore
 from ..resources.sagemaker import SageMaker
 from ..settings import Settings
@@ -120,6 +130,7 @@ def registered_model(
     client = sagemaker.get_client()
     package = _record_sha256(client, package_arn, trained_model["sha256"])
     lineage = _lineage(client, store, settings, trained_model, dict(context.run.tags))
+    baselines, baseline_metadata = _write_baselines(context, store, package, lineage, trained_model)
     metrics = trained_model["metrics"]
     yield Output(
         {
@@ -131,6 +142,7 @@ def registered_model(
             "lineage": lineage,
             "target": lineage["target"],
             "model_sha256": trained_model["sha256"],
+            "baselines": baselines,
         },
         metadata={
             "model_package_arn": package_arn,
@@ -139,11 +151,55 @@ def registered_model(
             **{k: round(float(v), 6) for k, v in metrics.items() if v is not None},
             **{k: v for k, v in lineage.items() if isinstance(v, str)},
             "dataset_files_sha256": MetadataValue.json(lineage["dataset_files_sha256"]),
+            **baseline_metadata,
             **_optional("model_package_link", sagemaker.console_link("model-package", package_arn)),
         },
         data_version=DataVersion(package_arn),
     )
     yield _compare_with_prod(context, client, store, package_arn, metrics, config.max_mse_increase)
+
+
+def _write_baselines(
+    context: AssetExecutionContext, store: ObjectStore, package: dict, lineage: dict, trained_model: dict
+) -> tuple[dict, dict]:
+    """The model's drift baselines, computed and written to the URIs its package names (the pipeline
+    definition fixes them; monitoring/store.py says which field is which): the training data's
+    features (the dataset's train.csv) and the model's predictions on the validation split (the
+    Evaluate step's predictions.csv). Returns their URIs and the metadata that shows them."""
+    arn = package["ModelPackageArn"]
+    try:
+        baseline_locations(package)
+    except MissingBaselineError as err:
+        # UpdateModelPackage cannot add baselines: say so, and register the model anyway.
+        context.log.warning(f"no drift baseline: {err}")
+        return {}, {"drift_baseline": "none: the package names no baseline (see the run's log)"}
+    try:
+        train_uri = lineage["dataset_uri"].rstrip("/") + "/train.csv"
+        predictions_uri = trained_model["evaluation_uri"].rsplit("/", 1)[0] + "/" + PREDICTIONS_FILE
+        train = read_csv(store, train_uri, "the training data")
+        predictions = read_csv(store, predictions_uri, "the Evaluate step's validation predictions")
+        target = lineage["target"] or next((str(c) for c in predictions.columns if c != PREDICTION_COLUMN), "")
+        data = data_baseline(train, target)
+        prediction = predictions_baseline(predictions, predictions_uri)
+        uris = write_model_baselines(store, package, data, prediction)
+    except BaselineError as err:
+        raise Failure(
+            f"cannot write the drift baselines of model package {arn}: {err}. The package is registered; "
+            "materialize registered_model again once the cause is fixed (monitoring needs the baselines)."
+        ) from err
+    context.log.info(
+        f"drift baselines of {arn}: data ({data.item_count} rows of {train_uri}, {len(data.features)} features) at "
+        f"{uris['baseline_statistics_uri']}; predictions ({prediction.item_count} validation rows) at "
+        f"{uris['prediction_baseline_statistics_uri']}"
+    )
+    metadata = {
+        **uris,
+        "baseline_rows": data.item_count,
+        "baseline_features": MetadataValue.json(data.features),
+        "prediction_baseline_rows": prediction.item_count,
+        "baseline_link": store.link(uris["baseline_statistics_uri"]),
+    }
+    return uris, metadata
 
 
 def _record_sha256(client, package_arn: str, sha256: str) -> dict:

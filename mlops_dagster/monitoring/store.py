@@ -163,6 +163,11 @@ def read_csv(store: ObjectStore, uri: str, what: str) -> pd.DataFrame:
 
 def data_baseline(train: pd.DataFrame, target: str, features: list[str] | None = None) -> Baseline:
     """The baseline of the training features: ``features``, else every column but ``target``."""
+    if target not in train.columns:
+        raise BaselineError(
+            f"the target column {target!r} is not a column of the training data (columns: {list(train.columns)}); "
+            "the features are the other columns, so the target must be known"
+        )
     if features is None:
         features = [str(c) for c in train.columns if str(c) != target]
     return compute_baseline(train, features)

@@ -1,9 +1,15 @@
 """The recipe's SageMaker Pipeline, built with the SDK v2 (``PipelineSession``).
 
 Preprocess (processing) -> Train (scikit-learn framework container, ``training/train.py``) ->
-Evaluate (processing, ``evaluation.json`` read through a PropertyFile) -> CheckQuality (MSE
-against the ``MseThreshold`` parameter) -> RegisterModel, else Fail. The same function builds the
-definition for both backends; only the boto session differs (see ``offline.py``).
+Evaluate (processing, ``evaluation.json`` read through a PropertyFile, and the validation
+predictions ``predictions.csv``) -> CheckQuality (MSE against the ``MseThreshold`` parameter) ->
+RegisterModel, else Fail. The same function builds the definition for both backends; only the
+boto session differs (see ``offline.py``).
+
+RegisterModel names the model's drift baselines (``DriftCheckBaselines`` can only be set when a
+package is created) at URIs fixed in the definition, ``Std:Join`` of the execution id:
+``s3://{bucket}/{prefix}/{pipeline}/{execution-id}/baseline/{data,prediction}/``; the
+``registered_model`` asset writes the files there (``monitoring/store.py`` says which field holds which).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from .training_code import TRAINING_DIR, stage_training_code
 
 import sagemaker  # noqa: E402  isort: skip
 from sagemaker import image_uris  # noqa: E402
+from sagemaker.drift_check_baselines import DriftCheckBaselines  # noqa: E402
 from sagemaker.inputs import TrainingInput  # noqa: E402
 from sagemaker.model import Model  # noqa: E402
 from sagemaker.model_metrics import MetricsSource, ModelMetrics  # noqa: E402
@@ -28,6 +35,7 @@ from sagemaker.sklearn.estimator import SKLearn  # noqa: E402
 from sagemaker.sklearn.processing import SKLearnProcessor  # noqa: E402
 from sagemaker.workflow.condition_step import ConditionStep  # noqa: E402
 from sagemaker.workflow.conditions import ConditionLessThanOrEqualTo  # noqa: E402
+from sagemaker.workflow.execution_variables import ExecutionVariables  # noqa: E402
 from sagemaker.workflow.fail_step import FailStep  # noqa: E402
 from sagemaker.workflow.functions import Join, JsonGet  # noqa: E402
 from sagemaker.workflow.model_step import ModelStep  # noqa: E402
@@ -55,6 +63,8 @@ sagemaker.session.validate_sagemaker_config = _validate_config_once
 FRAMEWORK_VERSION = "1.2-1"
 PROCESSING = "/opt/ml/processing"
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+# Model Monitor's baseline file names (monitoring/baseline.py; not imported: it pulls pandas into the builder).
+STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
 
 
 @dataclass(frozen=True)
@@ -171,10 +181,12 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
             inputs=[
                 ProcessingInput(source=model_data, destination=f"{PROCESSING}/model"),
                 ProcessingInput(source=outputs["test"].S3Output.S3Uri, destination=f"{PROCESSING}/test"),
+                ProcessingInput(source=outputs["validation"].S3Output.S3Uri, destination=f"{PROCESSING}/validation"),
             ],
             outputs=[ProcessingOutput(output_name="evaluation", source=f"{PROCESSING}/evaluation")],
             arguments=[
                 "--model-dir", f"{PROCESSING}/model", "--test-dir", f"{PROCESSING}/test",
+                "--validation-dir", f"{PROCESSING}/validation",
                 "--output-dir", f"{PROCESSING}/evaluation", "--target", spec.target,
             ],  # fmt: skip
         ),
@@ -185,6 +197,8 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     )
     mse = JsonGet(step_name=evaluate.name, property_file=report, json_path="regression_metrics.mse.value")
 
+    data_baseline = baseline_sources(spec, "data")
+    prediction_baseline = baseline_sources(spec, "prediction")
     model = Model(
         image_uri=image_uris.retrieve("sklearn", spec.region, FRAMEWORK_VERSION, instance_type="ml.m5.large"),
         model_data=model_data,
@@ -201,7 +215,15 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
             model_package_group_name=spec.model_package_group,
             approval_status=approval,
             model_metrics=ModelMetrics(
-                model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json")
+                model_statistics=MetricsSource(s3_uri=evaluation_uri, content_type="application/json"),
+                model_data_statistics=data_baseline[STATISTICS],
+                model_data_constraints=data_baseline[CONSTRAINTS],
+            ),
+            drift_check_baselines=DriftCheckBaselines(
+                model_data_statistics=data_baseline[STATISTICS],
+                model_data_constraints=data_baseline[CONSTRAINTS],
+                model_statistics=prediction_baseline[STATISTICS],
+                model_constraints=prediction_baseline[CONSTRAINTS],
             ),
         ),
     )
@@ -222,6 +244,19 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
         pipeline_experiment_config=None,
         sagemaker_session=session,
     )
+
+
+def baseline_sources(spec: PipelineSpec, kind: str) -> dict[str, MetricsSource]:
+    """statistics.json and constraints.json of the ``kind`` baseline ("data" or "prediction") of this
+    execution: ``s3://{bucket}/{prefix}/{pipeline}/{execution-id}/baseline/{kind}/{file}``."""
+    root = f"s3://{spec.bucket}/{_join(spec.prefix, spec.name)}"
+    return {
+        name: MetricsSource(
+            s3_uri=Join(on="/", values=[root, ExecutionVariables.PIPELINE_EXECUTION_ID, "baseline", kind, name]),
+            content_type="application/json",
+        )
+        for name in (STATISTICS, CONSTRAINTS)
+    }
 
 
 def _join(*parts: str) -> str:

@@ -28,7 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+import botocore.session
 import psutil
+from botocore.validate import ParamValidator
 
 from .interpreter import DefinitionError, ExpressionError, Plan, parameter_string, resolve_parameters
 
@@ -73,6 +75,11 @@ PACKAGE_FIELDS = (
     "ModelCard",
     "SecurityConfig",
 )
+# Fields of CreateModelPackage whose sources a RegisterModel step resolves from expressions
+# (Std:Join on the execution id, step properties): checked as CreateModelPackage checks them.
+METRIC_FIELDS = ("ModelMetrics", "DriftCheckBaselines")
+METRIC_SOURCE_URI = re.compile(r"(https|s3)://([^/]+)/?(.*)")  # MetricsSource/FileSource S3Uri in botocore's model
+MAX_METRIC_SOURCE_URI = 1024
 # Request fields that DescribeTrainingJob / DescribeProcessingJob echo back.
 TRAINING_FIELDS = (
     "HyperParameters",
@@ -1018,6 +1025,7 @@ class LocalSageMakerBackend:
         approval_status = approval_status or "PendingManualApproval"
         _check_approval(approval_status)
         body = {k: fields_[k] for k in PACKAGE_FIELDS if fields_.get(k) is not None}
+        _check_metric_sources(body)
         if artifact_store is not None:
             body = _with_artifact_sha256(body, artifact_store)  # before the transaction: it reads the file
         now = time.time()
@@ -1229,6 +1237,39 @@ def _with_artifact_sha256(body: dict, store: ObjectStore) -> dict:
         )
     metadata[SHA256_PROPERTY] = sha256
     return {**body, "CustomerMetadataProperties": metadata}
+
+
+@functools.cache
+def _create_package_shape():
+    return botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateModelPackage").input_shape
+
+
+def _check_metric_sources(body: dict) -> None:
+    """ModelMetrics and DriftCheckBaselines as CreateModelPackage accepts them: botocore's shapes
+    (members, required ContentType and S3Uri, strings) and each S3Uri's pattern. The API layer
+    validates direct calls already; a RegisterModel step's request, resolved from the definition,
+    comes here without it, so a Join that resolved to something else fails the step naming the field."""
+    for name in METRIC_FIELDS:
+        if name not in body:
+            continue
+        report = ParamValidator().validate(body[name], _create_package_shape().members[name])
+        if report.has_errors():
+            raise ValidationError(f"{name} is not a valid CreateModelPackage {name}: {report.generate_report()}")
+        for path, uri in _source_uris(body[name], name):
+            if len(uri) > MAX_METRIC_SOURCE_URI or not METRIC_SOURCE_URI.fullmatch(uri):
+                raise ValidationError(
+                    f"{path} {uri[:200]!r} is not an s3:// (or https://) URI of at most {MAX_METRIC_SOURCE_URI} characters"
+                )
+
+
+def _source_uris(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, S3Uri) of every metrics or file source under ``node``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "S3Uri" and isinstance(value, str):
+                yield f"{path}.S3Uri", value
+            else:
+                yield from _source_uris(value, f"{path}.{key}")
 
 
 def _check_approval(status: str) -> None:
