@@ -17,7 +17,13 @@ _DATA = ("assets.data", "datasets", "quality")
 _PIPELINE = ("assets.pipeline", "sagemaker.pipeline_builder", "sagemaker.definition")
 _TRAINING = tuple(sorted(p.name for p in TRAINING_DIR.glob("*.py")))
 _SERVING = ("assets.deployment",)
-_TRAFFIC = ("assets.monitoring", "monitoring.capture", "monitoring.store", "monitoring.baseline", "monitoring.drift")
+_TRAFFIC = (
+    "assets.monitoring",
+    "monitoring.capture.reader",
+    "monitoring.store",
+    "monitoring.baseline",
+    "monitoring.drift",
+)
 
 # asset -> (modules of this package, scripts in training/)
 SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -34,7 +40,7 @@ SOURCES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "endpoint_traffic": (_TRAFFIC, ("inference.py",)),
     "data_quality_report": (("assets.monitoring", "monitoring.drift", "monitoring.violations", "monitoring.plots"), ()),
     "model_quality_report": (
-        ("assets.monitoring", "monitoring.model_quality", "monitoring.ground_truth", "monitoring.capture"),
+        ("assets.monitoring", "monitoring.model_quality", "monitoring.ground_truth", "monitoring.capture.reader"),
         ("inference.py",),
     ),
 }
