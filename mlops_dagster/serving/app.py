@@ -1,12 +1,23 @@
 """The local endpoint: SageMaker's inference contract over HTTP, with blue/green model deploys.
 
-    GET  /ping           200 when a model is live, 503 before the first deploy
+    GET  /ping           200 when a model is live, 503 before the first deploy; the JSON body
+                         has the data capture counts ({"status": "ok", "capture": {...}})
     POST /invocations    Content-Type text/csv or application/json; the response type follows
-                         Accept (below). 400 malformed rows (the row and reason) or JSON nested
-                         too deeply, 406 Accept, 413 body over 6 MB, 415 Content-Type, 503 no
-                         model, 500 model failure
-    POST /admin/deploy   X-Admin-Token; {"model_data", "sha256", "model_package_arn", "smoke_rows"}
-    GET  /admin/status   X-Admin-Token; the live model and request counts
+                         Accept (below). 400 malformed rows (the row and reason), JSON nested
+                         too deeply or a bad X-Amzn-SageMaker-Inference-Id, 406 Accept, 413 body
+                         over 6 MB, 415 Content-Type, 503 no model, 500 model failure
+    POST /admin/deploy   X-Admin-Token; {"model_data", "sha256", "model_package_arn", "smoke_rows",
+                         "capture": null | {"settings": CaptureSettings, "store_root": dir}}
+    GET  /admin/status   X-Admin-Token; the live model, request and capture counts
+    POST /admin/flush-capture  X-Admin-Token; write what capture has queued, then its counts
+
+Data capture (monitoring.capture): when the live deploy carries capture settings (the endpoint
+config's DataCaptureConfig), each 200 answer of /invocations is sampled and its request and
+response handed to a background writer (bounded queue, one .jsonl object per flush in the local
+object store); X-Amzn-SageMaker-Inference-Id becomes the record's inferenceId. Capture never
+fails or delays a request: a full queue or a failed write is counted (in /ping) and logged. The
+queue is flushed when the server stops cleanly (SIGTERM: the ASGI lifespan's shutdown); a kill -9
+loses what was not yet written, at most about FLUSH_SECONDS of traffic.
 
 Accept: a missing header or */* gives application/json, like SageMaker's framework containers
 (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, default application/json), so a client sees the same
@@ -50,6 +61,7 @@ import sys
 import tarfile
 import tempfile
 import zlib
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +75,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from mlops_dagster.monitoring.capture import CaptureSettings, EndpointCapture
+
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
 INFERENCE_PY = Path(__file__).resolve().parents[2] / "training" / "inference.py"
 DEFAULT_ACCEPT = "application/json"
@@ -73,6 +87,10 @@ HOST = "127.0.0.1"
 LOG_MAX_BYTES = 10 * 1024 * 1024  # the default bound of --log-file (process.py passes its own)
 LOG_RECORD_CHARS = 8000  # a record longer than this (or a quarter of the bound) is cut
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
+INFERENCE_ID_MAX = 64  # InvokeEndpoint's InferenceId: 1 to 64 printable characters, not starting with a space
+FLUSH_SECONDS = 1.0  # capture: the writer writes what it holds at least this often
+CAPTURE_CLOSE_SECONDS = 8.0  # capture: how long a clean stop waits for the last write (process.py waits 10 s)
 
 log = logging.getLogger("mlops_dagster.serving")
 
@@ -149,6 +167,9 @@ class Endpoint:
         self.deploy_lock = asyncio.Lock()
         self.requests_total = 0
         self.started_at = utc_now()
+        self.capture: EndpointCapture | None = None  # created by the first deploy that captures
+        self.capture_root: str | None = None
+        self.capture_errors = 0  # captures that raised (a bug, not a store failure): counted, never the request's
 
     def denied(self, request: Request) -> Response | None:
         given = request.headers.get("x-admin-token")
@@ -163,6 +184,43 @@ class Endpoint:
         h = self.handlers
         data = h.input_fn(body, content_type, live.model.features)
         return h.output_fn(h.predict_fn(data, live.model), accept)
+
+    def configure_capture(self, spec: CaptureSpec | None) -> None:
+        """Capture as the deployed config says (None: stop capturing; the writer stays, idle)."""
+        if spec is None:
+            if self.capture is not None:
+                self.capture.settings = None
+            return
+        from mlops_dagster.resources.object_store import LocalObjectStore  # here: it imports dagster
+
+        if self.capture is None or self.capture_root != spec.store_root:
+            previous = self.capture
+            self.capture = EndpointCapture(LocalObjectStore(root=spec.store_root), flush_seconds=FLUSH_SECONDS)
+            self.capture_root = spec.store_root
+            if previous is not None:
+                previous.close(CAPTURE_CLOSE_SECONDS)
+        self.capture.settings = spec.settings
+        log.info("capturing %d%% of requests to %s", spec.settings.sampling_percentage, spec.settings.prefix)
+
+    def capture_request(self, body: bytes, request_type: str, response: Response, inference_id: str | None) -> None:
+        """Hand a served request to capture; whatever happens there is not the request's business."""
+        capture = self.capture
+        if capture is None or capture.settings is None:
+            return
+        try:
+            capture.capture(body, request_type, response.body, response.headers["content-type"], inference_id)
+        except Exception:  # a bug in building the record: logged and counted, the answer still goes out
+            self.capture_errors += 1
+            log.exception("capturing a request failed")
+
+    def capture_status(self) -> dict | None:
+        if self.capture is None:
+            return None
+        return {**self.capture.status(), "errors": self.capture_errors}
+
+    def close_capture(self) -> None:
+        if self.capture is not None and not self.capture.close(CAPTURE_CLOSE_SECONDS):
+            log.error("capture: the last write did not finish within %.0f s", CAPTURE_CLOSE_SECONDS)
 
 
 # --- HTTP helpers ----------------------------------------------------------------------------
@@ -218,9 +276,23 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 
 async def ping(request: Request) -> Response:
-    if request.app.state.endpoint.live is None:
+    ep: Endpoint = request.app.state.endpoint
+    if ep.live is None:
         return error(503, "no model is deployed")
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "capture": ep.capture_status()})
+
+
+def inference_id(request: Request) -> tuple[str | None, str | None]:
+    """(X-Amzn-SageMaker-Inference-Id, None) or (None, why it is refused), as InvokeEndpoint checks it."""
+    value = request.headers.get(INFERENCE_ID_HEADER)
+    if value is None:
+        return None, None
+    if not 1 <= len(value) <= INFERENCE_ID_MAX or value[0].isspace() or not value.isprintable():
+        return None, (
+            f"X-Amzn-SageMaker-Inference-Id must be 1 to {INFERENCE_ID_MAX} printable characters, "
+            "not starting with a space"
+        )
+    return value, None
 
 
 async def invocations(request: Request) -> Response:
@@ -238,6 +310,9 @@ async def invocations(request: Request) -> Response:
     declared = declared_length(request)
     if declared is not None and declared > MAX_BODY_BYTES:  # from the header: the body is never read
         return client_error(413, f"the body is {declared} bytes, above the limit of {MAX_BODY_BYTES}")
+    request_id, refused = inference_id(request)
+    if refused:
+        return client_error(400, refused)
     live = ep.live  # this request's model, whatever a deploy does meanwhile
     if live is None:
         return error(503, "no model is deployed")
@@ -254,7 +329,9 @@ async def invocations(request: Request) -> Response:
     except Exception as exc:
         log.exception("prediction failed on model %s", live.sha256[:12])
         return error(500, f"the model failed: {type(exc).__name__}: {exc}")
-    return Response(payload, media_type=media_type)
+    response = Response(payload, media_type=media_type)
+    ep.capture_request(body, request.headers.get("content-type", ""), response, request_id)
+    return response
 
 
 async def deploy(request: Request) -> Response:
@@ -270,18 +347,42 @@ async def deploy(request: Request) -> Response:
     async with ep.deploy_lock:  # one candidate at a time
         previous = ep.live
         if previous is not None and previous.sha256 == spec.sha256:
-            return JSONResponse({"changed": False, "live": previous.info()})
+            refused = await _configure_capture(ep, spec.capture)  # the config may differ in capture only
+            if refused is not None:
+                return refused
+            return JSONResponse({"changed": False, "live": previous.info(), "capture": ep.capture_status()})
         try:
             candidate = await run_in_threadpool(prepare_candidate, ep.handlers, spec, ep.model_root)
         except Exception as exc:
             reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
             log.warning("deploy of %s refused: %s", spec.sha256[:12], reason)
             return error(409, reason)
+        refused = await _configure_capture(ep, spec.capture)  # before the switch: a refusal keeps the old model
+        if refused is not None:
+            shutil.rmtree(candidate.version_dir, ignore_errors=True)
+            return refused
         ep.live = candidate  # the switch
         keep = {candidate.version_dir} | ({previous.version_dir} if previous else set())
         await run_in_threadpool(prune_versions, ep.model_root, keep)
     log.info("live model is now %s (%s) from %s", spec.sha256[:12], spec.model_package_arn, spec.model_data)
-    return JSONResponse({"changed": True, "live": candidate.info(), "previous": previous.info() if previous else None})
+    return JSONResponse(
+        {
+            "changed": True,
+            "live": candidate.info(),
+            "previous": previous.info() if previous else None,
+            "capture": ep.capture_status(),
+        }
+    )
+
+
+async def _configure_capture(ep: Endpoint, spec: CaptureSpec | None) -> Response | None:
+    """Apply the deploy's capture settings; a 409 answer if the capture store cannot be opened."""
+    try:
+        await run_in_threadpool(ep.configure_capture, spec)
+    except Exception as exc:
+        log.warning("capture settings refused: %s: %s", type(exc).__name__, exc)
+        return error(409, f"data capture cannot start: {type(exc).__name__}: {exc}")
+    return None
 
 
 async def status(request: Request) -> Response:
@@ -295,8 +396,25 @@ async def status(request: Request) -> Response:
             "requests_total": ep.requests_total,
             "started_at": ep.started_at,
             "pid": os.getpid(),
+            "capture": ep.capture_status(),
         }
     )
+
+
+async def flush_capture(request: Request) -> Response:
+    ep: Endpoint = request.app.state.endpoint
+    if (denied := ep.denied(request)) is not None:
+        return denied
+    if ep.capture is not None and not await run_in_threadpool(ep.capture.flush, CAPTURE_CLOSE_SECONDS):
+        return error(503, f"capture did not flush within {CAPTURE_CLOSE_SECONDS:.0f} s; see the log")
+    return JSONResponse({"capture": ep.capture_status()})
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette):
+    """On a clean stop (SIGTERM, Ctrl-C), after the last request: write what capture holds."""
+    yield
+    await run_in_threadpool(app.state.endpoint.close_capture)
 
 
 def create_app(token: str, model_root: Path, handlers: ModuleType | None = None) -> Starlette:
@@ -310,7 +428,9 @@ def create_app(token: str, model_root: Path, handlers: ModuleType | None = None)
             Route("/invocations", invocations, methods=["POST"]),
             Route("/admin/deploy", deploy, methods=["POST"]),
             Route("/admin/status", status, methods=["GET"]),
-        ]
+            Route("/admin/flush-capture", flush_capture, methods=["POST"]),
+        ],
+        lifespan=lifespan,
     )
     app.state.endpoint = Endpoint(handlers or load_handlers(), token, model_root, default_accept)
     return app
@@ -320,11 +440,35 @@ def create_app(token: str, model_root: Path, handlers: ModuleType | None = None)
 
 
 @dataclass(frozen=True)
+class CaptureSpec:
+    """A deploy's data capture: what to capture (CaptureSettings) into which local object store."""
+
+    settings: CaptureSettings
+    store_root: str
+
+    @classmethod
+    def from_json(cls, data: Any) -> CaptureSpec | None:
+        if data is None:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
+            raise ValueError('"capture" must be null or {"settings": {...}, "store_root": "/absolute/dir"}')
+        root = data.get("store_root")
+        if not isinstance(root, str) or not Path(root).is_absolute():
+            raise ValueError('"capture.store_root" must be the absolute path of the local object store')
+        try:
+            settings = CaptureSettings.from_dict(data["settings"])
+        except TypeError as exc:
+            raise ValueError(f'"capture.settings" is not a capture configuration ({exc})') from None
+        return cls(settings, root)
+
+
+@dataclass(frozen=True)
 class DeployRequest:
     model_data: Path
     sha256: str
     model_package_arn: str | None
     smoke_rows: list
+    capture: CaptureSpec | None = None
 
     @classmethod
     def from_json(cls, body: bytes) -> DeployRequest:
@@ -344,7 +488,7 @@ class DeployRequest:
             raise ValueError('"model_package_arn" must be a string')
         if not isinstance(rows, list) or not rows:
             raise ValueError('"smoke_rows" must be a non-empty list of rows to predict before the switch')
-        return cls(Path(model_data), sha256.lower(), arn, rows)
+        return cls(Path(model_data), sha256.lower(), arn, rows, CaptureSpec.from_json(data.get("capture")))
 
 
 def prepare_candidate(handlers: ModuleType, spec: DeployRequest, model_root: Path) -> LiveModel:
@@ -525,8 +669,10 @@ def main(argv: list[str] | None = None) -> None:
     log.info("endpoint %s (pid %d) serving on http://%s:%d", args.name, os.getpid(), *sock.getsockname()[:2])
     # log_config=None: uvicorn's loggers propagate to the root handler above instead of its own
     # stderr handlers, so they are formatted, cut and rotated like the rest.
+    # lifespan "on": its shutdown writes what capture holds (uvicorn re-raises SIGTERM after serve,
+    # so code after run() would not run).
     config = uvicorn.Config(
-        app, log_config=None, log_level="info", access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        app, log_config=None, log_level="info", access_log=False, lifespan="on", timeout_graceful_shutdown=5
     )
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -48,12 +48,16 @@ LOG_MAX_BYTES = 10 * 1024 * 1024  # <env>.log and <env>.log.1: at most about 20 
 ENV_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 # Runs the app module without importing mlops_dagster/__init__.py, which builds the whole Dagster
-# code location (seconds per start) that the server does not use. argv: <package dir> <app args>.
+# code location (seconds per start) that the server does not use, nor mlops_dagster/monitoring's
+# (the drift statistics, scipy): the server needs monitoring.capture only. argv: <package dir> <app args>.
 _BOOTSTRAP = (
     "import sys, types\n"
     "package = types.ModuleType('mlops_dagster')\n"
     "package.__path__ = [sys.argv.pop(1)]\n"
     "sys.modules['mlops_dagster'] = package\n"
+    "monitoring = types.ModuleType('mlops_dagster.monitoring')\n"
+    "monitoring.__path__ = [package.__path__[0] + '/monitoring']\n"
+    "sys.modules['mlops_dagster.monitoring'] = monitoring\n"
     "from mlops_dagster.serving.app import main\n"
     "main(sys.argv[1:])\n"
 )
@@ -89,6 +93,8 @@ class EndpointRecord:
     started_at: str | None = None
     log: str | None = None
     home: str | None = None  # $MLOPS_HOME: where deploy() updates this record
+    deployed_at: str | None = None  # when the live model was loaded (ISO 8601, UTC)
+    capture_destination: str | None = None  # {DestinationS3Uri}/{endpoint}/{variant}/ while capturing
 
     def public_dict(self) -> dict[str, Any]:
         """Everything but the admin token (for logs and Dagster metadata)."""
@@ -464,10 +470,14 @@ def deploy(
     model_package_arn: str | None,
     smoke_rows: Any,
     timeout: float = DEPLOY_TIMEOUT_SECONDS,
+    capture: dict | None = None,
 ) -> dict:
     """Make the server load ``model_data`` (checked against ``sha256``) and switch to it once its
-    smoke rows (lists of feature values, records, a numpy array or a DataFrame) predict. Returns the server's answer ({"changed", "live", ...}) and records the live
-    model in <env>.json. Raises DeployRefused (the old model still serves) with the server's reason."""
+    smoke rows (lists of feature values, records, a numpy array or a DataFrame) predict. Returns the
+    server's answer ({"changed", "live", "capture", ...}) and records the live model in <env>.json.
+    ``capture``: {"settings": CaptureSettings.to_dict(), "store_root": <local object store root>} to
+    capture requests, None not to (the same model with other capture settings changes only those).
+    Raises DeployRefused (the old model still serves) with the server's reason."""
     if hasattr(smoke_rows, "columns"):  # a DataFrame iterates over its column names: send records
         smoke_rows = smoke_rows.to_dict(orient="records")
     request = {
@@ -475,13 +485,14 @@ def deploy(
         "sha256": sha256,
         "model_package_arn": model_package_arn,
         "smoke_rows": list(smoke_rows),
+        "capture": capture,
     }
     answer = _admin(record, "POST", "/admin/deploy", request, timeout)
-    _record_live_model(record, answer["live"])
+    _record_live_model(record, answer["live"], answer.get("capture"))
     return answer
 
 
-def _record_live_model(record: EndpointRecord, live: dict) -> None:
+def _record_live_model(record: EndpointRecord, live: dict, capture: dict | None = None) -> None:
     if record.home is None:
         return
     home = Path(record.home)
@@ -496,21 +507,45 @@ def _record_live_model(record: EndpointRecord, live: dict) -> None:
                 model_package_arn=live["model_package_arn"],
                 sha256=live["sha256"],
                 model_data=live["model_data"],
+                deployed_at=live.get("loaded_at"),
+                capture_destination=(capture or {}).get("destination") if (capture or {}).get("enabled") else None,
             ),
         )
 
 
 def endpoint_status(record: EndpointRecord) -> dict:
-    """GET /admin/status: the live model (or None), request counts, the server's pid."""
+    """GET /admin/status: the live model (or None), request and capture counts, the server's pid."""
     return _admin(record, "GET", "/admin/status")
 
 
+def capture_status(record: EndpointRecord) -> dict | None:
+    """The server's data capture counts (captured, sampled_out, dropped, written, files,
+    failed_writes, failed_records, ...) from /ping; None before any deploy configured capture."""
+    status, _, data = _request(record, "GET", "/ping")
+    if status != 200:
+        raise EndpointError(f"endpoint {record.env}: GET /ping answered {status}: {data[:300]!r}")
+    return json.loads(data).get("capture")
+
+
+def flush_capture(record: EndpointRecord, timeout: float = 30.0) -> dict | None:
+    """Make the server write every request it captured so far; returns its capture counts."""
+    return _admin(record, "POST", "/admin/flush-capture", timeout=timeout)["capture"]
+
+
 def invoke(
-    record: EndpointRecord, body: bytes, content_type: str, accept: str | None = None, timeout: float = 60.0
+    record: EndpointRecord,
+    body: bytes,
+    content_type: str,
+    accept: str | None = None,
+    timeout: float = 60.0,
+    inference_id: str | None = None,
 ) -> InvokeResult:
-    """POST /invocations, as InvokeEndpoint would; any HTTP status is returned, not raised."""
+    """POST /invocations, as InvokeEndpoint would; any HTTP status is returned, not raised.
+    ``inference_id`` is sent as X-Amzn-SageMaker-Inference-Id (data capture's inferenceId)."""
     headers = {"Content-Type": content_type}
     if accept is not None:
         headers["Accept"] = accept
+    if inference_id is not None:
+        headers["X-Amzn-SageMaker-Inference-Id"] = inference_id
     status, returned_type, data = _request(record, "POST", "/invocations", body, headers, timeout)
     return InvokeResult(status, returned_type, data)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .records import BASE64, CSV, JSON, VARIANT, capture_prefix, inference_time, media_type
+from .records import BASE64, CSV, JSON, VARIANT, capture_prefix, media_type
 
 if TYPE_CHECKING:
     from mlops_dagster.resources.object_store import ObjectStore
@@ -203,12 +203,21 @@ class _NotUsual(Exception):
     """A record or a slice of lines is not what the fast path takes; the careful path reads it."""
 
 
-def _second_ceiling(value: datetime | None) -> str | None:
-    """The smallest whole-second inferenceTime (as text) that is >= ``value``."""
+def _window_key(value: datetime | None) -> str | None:
+    """``value`` rounded up to the millisecond as a time key: ISO 8601 without the Z, with a
+    three-digit fraction only when it is not zero. Keys of usual inferenceTimes (``_usual_time``)
+    compare as text the way the times compare: "...:05" < "...:05.250" < "...:06"."""
     if value is None:
         return None
-    whole = value.replace(microsecond=0)
-    return inference_time(whole if whole == value else whole + timedelta(seconds=1))
+    millisecond = -(-value.microsecond // 1000)
+    value = value.replace(microsecond=0) + timedelta(milliseconds=millisecond)
+    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    return text if value.microsecond == 0 else f"{text}.{value.microsecond // 1000:03d}"
+
+
+def _usual_time(stamp: str) -> bool:
+    """'2026-11-30T23:59:59Z' or '2026-11-30T23:59:59.123Z' (its key is the stamp without the Z)."""
+    return (len(stamp) == 20 or (len(stamp) == 24 and stamp[19] == ".")) and stamp[-1] == "Z" and stamp[10] == "T"
 
 
 class _ChunkBuilder:
@@ -225,8 +234,8 @@ class _ChunkBuilder:
         self.width = len(features)
         self.commas = self.width - 1
         self.start, self.end = start, end
-        # Canonical inferenceTimes ("...T12:00:00Z") compare as text against these.
-        self.start_text, self.end_text = _second_ceiling(start), _second_ceiling(end)
+        # The keys of usual inferenceTimes compare as text against these.
+        self.start_key, self.end_key = _window_key(start), _window_key(end)
         self.stats = stats
         self._reset()
 
@@ -262,7 +271,7 @@ class _ChunkBuilder:
             commas = self.commas
             texts = [i["data"].rstrip() for i in inputs]
             usual = (
-                all(len(s) == 20 and s[19] == "Z" and s[10] == "T" for s in stamps)
+                all(_usual_time(s) for s in stamps)
                 and all(i["encoding"] == CSV and i["observedContentType"].startswith("text/csv") for i in inputs)
                 and all(t.count(",") == commas and "\n" not in t and t for t in texts)
             )
@@ -275,6 +284,7 @@ class _ChunkBuilder:
             raise _NotUsual
         if not records:
             return
+        stamps = [s[:-1] for s in stamps]
         keep = self._in_window(stamps)
         if keep is not None:
             texts, predictions, stamps, event_ids, inference_ids = (
@@ -284,16 +294,16 @@ class _ChunkBuilder:
         self.inputs += texts
         self.row_counts += [1] * len(texts)
         self.outputs += predictions
-        self.times += [s[:19] for s in stamps]
+        self.times += stamps
         self.event_ids += event_ids
         self.inference_ids += [None if i is None else str(i) for i in inference_ids]
         numbers = range(first, first + len(lines)) if keep is None else [first + k for k in keep]
         self.where += [(uri, n) for n in numbers]
         self.rows += len(texts)
 
-    def _in_window(self, stamps: list[str]) -> list[int] | None:
-        """Indices of the canonical stamps in the window; None when all of them are."""
-        low, high = self.start_text, self.end_text
+    def _in_window(self, keys: list[str]) -> list[int] | None:
+        """Indices of the time keys in the window; None when all of them are."""
+        low, high, stamps = self.start_key, self.end_key, keys
         if (low is None or min(stamps) >= low) and (high is None or max(stamps) < high):
             return None
         keep = [k for k, s in enumerate(stamps) if (low is None or s >= low) and (high is None or s < high)]
@@ -316,8 +326,9 @@ class _ChunkBuilder:
         """The usual record (CSV rows, canonical time), appended or counted outside the window."""
         metadata = record["eventMetadata"]
         stamp = metadata["inferenceTime"]
-        if len(stamp) != 20 or stamp[19] != "Z" or stamp[10] != "T":
+        if not _usual_time(stamp):
             raise _NotUsual
+        key = stamp[:-1]
         data = record["captureData"]
         endpoint_input = data["endpointInput"]
         if endpoint_input["encoding"] != CSV or not endpoint_input["observedContentType"].startswith("text/csv"):
@@ -332,13 +343,11 @@ class _ChunkBuilder:
             predictions = _fast_output(output, len(lines))
             if predictions is None:
                 raise _NotUsual
-        if (self.start_text is not None and stamp < self.start_text) or (
-            self.end_text is not None and stamp >= self.end_text
-        ):
+        if (self.start_key is not None and key < self.start_key) or (self.end_key is not None and key >= self.end_key):
             self.stats.outside_window += 1
             return
         self.stats.records += 1
-        self._append(text, len(lines), predictions, stamp[:19], metadata, (uri, number))
+        self._append(text, len(lines), predictions, key, metadata, (uri, number))
 
     def _append(
         self,
@@ -401,14 +410,33 @@ class _ChunkBuilder:
         if not self.inputs:
             self._reset()
             return None
+        times = self._time_array()
         matrices = self._input_matrices()
         predictions = self._output_arrays()
         keep = [
-            i for i, (m, p) in enumerate(zip(matrices, predictions, strict=True)) if m is not None and p is not None
+            i
+            for i, (t, m, p) in enumerate(zip(times, matrices, predictions, strict=True))
+            if m is not None and p is not None and not np.isnat(t)
         ]
-        chunk = self._chunk(keep, matrices, predictions) if keep else None
+        chunk = self._chunk(keep, times, matrices, predictions) if keep else None
         self._reset()
         return chunk
+
+    def _time_array(self) -> np.ndarray:
+        """The records' times (datetime64[ms]); NaT, and the record counted bad, where one is not a time."""
+        try:
+            return np.array(self.times, dtype="datetime64[ms]")
+        except ValueError:  # e.g. month 13: find which
+            return self._times_one_by_one()
+
+    def _times_one_by_one(self) -> np.ndarray:
+        times = np.full(len(self.times), np.datetime64("NaT"), dtype="datetime64[ms]")
+        for i, key in enumerate(self.times):
+            try:
+                times[i] = np.datetime64(key, "ms")
+            except ValueError:
+                self.stats.bad(*self.where[i], f"eventMetadata.inferenceTime {key + 'Z'!r} is not a time")
+        return times
 
     def _input_matrices(self) -> list[np.ndarray | None]:
         """Each record's rows: the CSV texts in one conversion; if it fails, one by one."""
@@ -453,7 +481,7 @@ class _ChunkBuilder:
                 self.stats.bad(*self.where[i], f"endpointOutput is not predictions: {self.outputs[i][:60]!r}")
         return result
 
-    def _chunk(self, keep: list[int], matrices: list, outputs: list) -> CaptureChunk:
+    def _chunk(self, keep: list[int], times: np.ndarray, matrices: list, outputs: list) -> CaptureChunk:
         counts = [self.row_counts[i] for i in keep]
         matrix = np.concatenate([matrices[i] for i in keep]) if len(keep) > 1 else matrices[keep[0]]
         predictions = np.full(len(matrix), np.nan)
@@ -464,7 +492,7 @@ class _ChunkBuilder:
             else:
                 predictions[offset : offset + n] = outputs[i]
             offset += n
-        stamps = np.array([self.times[i] for i in keep], dtype="datetime64[ms]")
+        stamps = times[keep] if len(keep) < len(times) else times
         if len(matrix) == len(keep):  # one row per record (the usual case)
             times = stamps
             inference_ids = [self.inference_ids[i] for i in keep]

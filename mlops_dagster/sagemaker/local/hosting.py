@@ -23,8 +23,14 @@ Where this differs from SageMaker, on purpose:
   RegisterModel step records it); a model created with a direct ``ModelDataUrl`` must carry a
   tag ``mlops:model_sha256`` (CreateModel refuses it otherwise). An artifact without a recorded
   hash, or with another one, is refused and the model that serves keeps serving.
-- Constructs the local server cannot honour (async inference, shadow variants, data capture,
-  multi-model containers) are refused with a ValidationException, not silently ignored.
+- Constructs the local server cannot honour (async inference, shadow variants, multi-model
+  containers) are refused with a ValidationException, not silently ignored.
+- ``DataCaptureConfig`` is honoured: checked at CreateEndpointConfig (a shape SageMaker would
+  refuse is a ValidationException naming the field; ``KmsKeyId`` is accepted and not used: the
+  local store does not encrypt), sent to the server with each deploy, and the server captures to
+  the local ObjectStore (``mlops_dagster.monitoring.capture``). DescribeEndpoint reports it as
+  SageMaker does (``DataCaptureConfig``: EnableCapture, CaptureStatus, CurrentSamplingPercentage,
+  DestinationS3Uri). Only ``s3://`` destinations (SageMaker also takes https://).
 
 Endpoints whose deploy was cut short (the calling process died) or whose server process died are
 detected when they are next read (pid + create time, and /ping), so none stays ``Creating``,
@@ -46,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlops_dagster.monitoring.capture import CaptureConfigError, CaptureSettings, data_capture_summary
 from mlops_dagster.serving import process
 
 from .models import (
@@ -82,12 +89,13 @@ MODEL_FIELDS = (
     "VpcConfig",
     "EnableNetworkIsolation",
 )
-CONFIG_FIELDS = ("ProductionVariants", "KmsKeyId", "ExecutionRoleArn", "VpcConfig", "EnableNetworkIsolation")
+CONFIG_FIELDS = (
+    "ProductionVariants", "DataCaptureConfig", "KmsKeyId", "ExecutionRoleArn", "VpcConfig", "EnableNetworkIsolation",
+)  # fmt: skip
 UNSUPPORTED_CONFIG = {
     "AsyncInferenceConfig": "asynchronous inference",
     "ShadowProductionVariants": "shadow variants",
     "ExplainerConfig": "online explainability",
-    "DataCaptureConfig": "data capture",
 }
 
 HOSTING_SCHEMA = """
@@ -190,6 +198,7 @@ class Endpoint(Record):
             "EndpointArn": self.arn,
             "EndpointConfigName": self.config_name,
             "ProductionVariants": [self._variant_summary()] if self.live else None,
+            "DataCaptureConfig": (self.live or {}).get("data_capture"),
             "EndpointStatus": self.status,
             "FailureReason": self.failure_reason,
             "CreationTime": utc(self.created),
@@ -246,6 +255,7 @@ class Target:
     model_data_url: str
     expected_sha256: str | None
     environment: dict
+    data_capture: dict | None = None  # the config's DataCaptureConfig, as CreateEndpointConfig took it
 
     def source(self) -> str:
         via = f"model package {self.package_arn}, " if self.package_arn else ""
@@ -272,7 +282,25 @@ class Target:
             "weight": float(self.variant.get("InitialVariantWeight", 1.0)),
             "instance_count": int(self.variant.get("InitialInstanceCount", 1)),
             "deployed": time.time(),
+            "data_capture": data_capture_summary(self.data_capture),
         }
+
+    def capture(self, endpoint_name: str, store: ObjectStore | None) -> dict | None:
+        """What the server is sent to capture with (process.deploy's ``capture``); None: no capture."""
+        if not self.data_capture:
+            return None
+        try:
+            settings = CaptureSettings.from_data_capture_config(
+                self.data_capture, endpoint_name, self.variant["VariantName"]
+            )
+        except CaptureConfigError as err:  # checked at CreateEndpointConfig: only an old record gets here
+            raise Refused(f"endpoint config {self.config_name}: {err}") from None
+        if settings is None:
+            return None
+        root = getattr(store, "root", None)
+        if root is None:
+            raise Refused(f"endpoint config {self.config_name}: data capture needs the local object store")
+        return {"settings": settings.to_dict(), "store_root": str(Path(root).resolve())}
 
 
 # --- the backend -----------------------------------------------------------------------------
@@ -374,7 +402,7 @@ class HostingBackend:
         name = params["EndpointConfigName"]
         _check_name(name, "EndpointConfigName")
         for key, what in UNSUPPORTED_CONFIG.items():
-            if params.get(key) and (params[key].get("EnableCapture", True) if key == "DataCaptureConfig" else True):
+            if params.get(key):
                 raise ValidationError(f"endpoint config {name}: {key} ({what}) is not supported by the local service")
         variants = params["ProductionVariants"]
         if len(variants) != 1:
@@ -382,6 +410,13 @@ class HostingBackend:
                 f"endpoint config {name}: the local service serves one production variant per endpoint, got {len(variants)}"
             )
         _check_name(variants[0]["VariantName"], "VariantName")
+        if params.get("DataCaptureConfig") is not None:
+            try:
+                CaptureSettings.from_data_capture_config(
+                    params["DataCaptureConfig"], "check", variants[0]["VariantName"]
+                )
+            except CaptureConfigError as err:
+                raise ValidationError(f"endpoint config {name}: {err}") from None
         self.get_model(variants[0]["ModelName"])  # SageMaker also refuses a config of an unknown model
         arn = self.arn("endpoint-config", name)
         self._insert_request("hosting_endpoint_configs", name, arn, params, what="endpoint configuration")
@@ -542,9 +577,10 @@ class HostingBackend:
             live = target.live(sha256)
             self._set_pending_live(endpoint.arn, live)
             rows = self._smoke_rows(target, archive)
+            capture = target.capture(endpoint.name, self.store)
             ensured = process.ensure_endpoint(self.home, endpoint.env)
             started = ensured.started
-            process.deploy(ensured.record, archive, sha256, target.package_arn, rows)
+            process.deploy(ensured.record, archive, sha256, target.package_arn, rows, capture=capture)
         except (Refused, process.EndpointError) as err:  # DeployRefused is an EndpointError
             reason = err.reason if isinstance(err, (Refused, process.DeployRefused)) else str(err)
             return self._deploy_failed(endpoint, reason, creating, started)
@@ -596,7 +632,8 @@ class HostingBackend:
             image, url = image or package_container.get("Image"), package_container["ModelDataUrl"]
             environment.update(package_container.get("Environment") or {})
         environment.update(container.get("Environment") or {})
-        return Target(config_name, variant, model.name, image, package_arn, url, expected, environment)
+        capture = config.request.get("DataCaptureConfig")
+        return Target(config_name, variant, model.name, image, package_arn, url, expected, environment, capture)
 
     def _package_container(self, package_arn: str) -> tuple[dict, str | None]:
         """(InferenceSpecification.Containers[0], the recorded sha256 or None) of a registered package."""

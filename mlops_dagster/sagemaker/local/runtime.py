@@ -10,6 +10,9 @@ Errors are the ``ClientError``s the real service raises:
   ``OriginalMessage`` (the server's body) and ``LogStreamArn`` at the top of ``err.response``, as
   botocore parses them; the message points at the server's local log instead of CloudWatch;
 - ``413`` "HTTP content length exceeded ..." for a body over 6 MB, before it is sent.
+
+``InferenceId`` goes to the server as the ``X-Amzn-SageMaker-Inference-Id`` header, as on AWS: data
+capture records it as ``eventMetadata.inferenceId`` (1 to 64 printable characters, checked here).
 """
 
 from __future__ import annotations
@@ -106,8 +109,16 @@ class LocalSageMakerRuntime:
                 "ValidationError", f"TargetVariant {params['TargetVariant']} is not a variant of endpoint {name}"
             )
         content_type = params.get("ContentType") or DEFAULT_CONTENT_TYPE
+        inference_id = params.get("InferenceId")
+        if inference_id is not None and (
+            len(inference_id) > 64 or inference_id[0].isspace() or not inference_id.isprintable()
+        ):
+            raise runtime_error(
+                "ValidationError",
+                f"InferenceId {inference_id[:80]!r} must be 1 to 64 printable characters, not starting with a space",
+            )
         try:
-            result = process.invoke(record, body, content_type, params.get("Accept"))
+            result = process.invoke(record, body, content_type, params.get("Accept"), inference_id=inference_id)
         except process.EndpointError as err:
             raise self._unreachable(name, err) from None
         if result.status >= 400:
