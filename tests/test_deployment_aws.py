@@ -152,3 +152,53 @@ def test_staging_skips_without_an_approved_package_and_prod_follows_staging(aws)
     [refused] = _invoke(prod_endpoint, aws, staging_endpoint=stale, registered_model=_registered(pending))
     assert isinstance(refused, AssetObservation)
     assert refused.metadata["skipped"].value.startswith(f"staging gate: staging serves {approved}")
+
+
+def test_endpoint_configs_carry_data_capture_and_a_capture_change_updates_the_endpoint(aws):
+    client, package = aws["client"], _package(aws["client"])
+    _queue_predictions(5, times=12)
+
+    def deploy(**capture):
+        resources = {k: aws["defs"].resources[k] for k in ("settings", "sagemaker", "store")}
+        config = EndpointConfig(wait_delay_seconds=1, wait_max_attempts=5, **capture)
+        with build_asset_context(resources=resources) as context:
+            [output] = dev_endpoint(context, config=config, registered_model=_registered(package))
+        endpoint = client.describe_endpoint(EndpointName="mlops-pipeline-dev")
+        described = client.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        return output, described.get("DataCaptureConfig")
+
+    created, capture = deploy()
+    assert capture == {
+        "EnableCapture": True,
+        "InitialSamplingPercentage": 100,
+        "DestinationS3Uri": f"s3://{BUCKET}/mlops/datacapture",
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": {"CsvContentTypes": ["text/csv"], "JsonContentTypes": ["application/json"]},
+    }
+    prefix = f"s3://{BUCKET}/mlops/datacapture/mlops-pipeline-dev/AllTraffic/"
+    assert created.metadata["capture_destination"].value == prefix and created.value["capture_prefix"] == prefix
+    assert created.metadata["capture_sampling_percentage"].value == 100
+
+    same, _ = deploy()
+    assert same.value["changed"] is False and aws["updates"].calls == []
+
+    sampled, capture = deploy(capture_sampling_percentage=20, capture_destination=f"s3://{BUCKET}/elsewhere/")
+    assert sampled.value["changed"] is True and len(aws["updates"].calls) == 1  # same package, new config
+    assert capture["InitialSamplingPercentage"] == 20 and capture["DestinationS3Uri"] == f"s3://{BUCKET}/elsewhere"
+
+    off, capture = deploy(capture_enabled=False)
+    assert off.value["changed"] is True and capture in (None, {})
+    assert off.metadata["capture_destination"].value == "off" and off.value["capture_prefix"] is None
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("capture_destination", "https://bucket/x", "capture_destination must be an s3:// prefix"),
+        ("capture_destination", "s3://bucket/a//b", "empty segment"),
+        ("capture_sampling_percentage", 101, "less than or equal to 100"),
+    ],
+)
+def test_capture_settings_of_an_endpoint_are_checked(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        EndpointConfig(**{field: value})

@@ -2,7 +2,12 @@
 dev serves the latest registered model, staging the latest Approved one, prod the one staging
 serves once its smoke test passed. Updates are blue/green; a failed one leaves the old model
 serving. The same calls (create_model, create_endpoint_config, create/update_endpoint, the
-endpoint_in_service waiter, invoke_endpoint) run against SageMaker and the local service."""
+endpoint_in_service waiter, invoke_endpoint) run against SageMaker and the local service.
+
+Every endpoint captures its traffic (SageMaker's DataCaptureConfig, on both backends) unless its
+config says otherwise: capture_enabled, capture_sampling_percentage, capture_destination (default
+s3://{bucket}/{prefix}/datacapture). A change of these is a change of the endpoint config: the
+endpoint is updated (blue/green) even when the model is the same."""
 
 import io
 import json
@@ -24,12 +29,13 @@ from dagster import (
     job,
     op,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import naming
+from ..monitoring.capture import CONTENT_TYPE_HEADER, capture_prefix, default_capture_destination
 from ..naming import ENVIRONMENTS
 from ..resources.infrastructure import managed_tags, tag_list
-from ..resources.object_store import ObjectStore
+from ..resources.object_store import ObjectStore, key_prefix
 from ..resources.sagemaker import SageMaker
 from ..settings import Settings
 
@@ -45,6 +51,27 @@ class EndpointConfig(Config):
     )
     wait_delay_seconds: int = Field(default=15, ge=1, description="endpoint_in_service waiter delay")
     wait_max_attempts: int = Field(default=120, ge=1, description="endpoint_in_service waiter attempts")
+    capture_enabled: bool = Field(
+        default=True, description="capture requests and responses (SageMaker DataCaptureConfig) for monitoring"
+    )
+    capture_sampling_percentage: int = Field(
+        default=100, ge=0, le=100, description="percentage of requests captured (InitialSamplingPercentage)"
+    )
+    capture_destination: str | None = Field(
+        default=None,
+        description="s3:// prefix the capture files go under (default: s3://{bucket}/{prefix}/datacapture); "
+        "on aws the SageMaker role must be allowed to write there",
+    )
+
+    @field_validator("capture_destination")
+    @classmethod
+    def _s3_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith("s3://"):
+            raise ValueError(f"capture_destination must be an s3:// prefix (s3://bucket/folder), got {value!r}")
+        key_prefix(value.rstrip("/") + "/")  # InvalidKey (a ValueError) names what is wrong
+        return value.rstrip("/")
 
 
 def endpoint_name(settings: Settings, env: str) -> str:
@@ -58,15 +85,50 @@ def _not_found(err: ClientError) -> bool:
 
 def serving_package(client, name: str) -> tuple[str | None, dict | None]:
     """(model package ARN the endpoint serves, describe_endpoint) or (None, None) if no endpoint."""
+    package, endpoint, _ = serving_state(client, name)
+    return package, endpoint
+
+
+def serving_state(client, name: str) -> tuple[str | None, dict | None, dict | None]:
+    """(package ARN, describe_endpoint, describe_endpoint_config) of an endpoint; Nones if there is none."""
     try:
         endpoint = client.describe_endpoint(EndpointName=name)
     except ClientError as err:
         if _not_found(err):
-            return None, None
+            return None, None, None
         raise
     config = client.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
     model = client.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
-    return model.get("PrimaryContainer", {}).get("ModelPackageName"), endpoint
+    return model.get("PrimaryContainer", {}).get("ModelPackageName"), endpoint, config
+
+
+def data_capture_config(config: EndpointConfig, settings: Settings) -> dict | None:
+    """The DataCaptureConfig of CreateEndpointConfig for ``config``; None when capture is off.
+    CaptureContentTypeHeader is set so that CSV and JSON are captured as text (SageMaker would
+    base64-encode them without it)."""
+    if not config.capture_enabled:
+        return None
+    return {
+        "EnableCapture": True,
+        "InitialSamplingPercentage": config.capture_sampling_percentage,
+        "DestinationS3Uri": config.capture_destination or default_capture_destination(settings),
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        "CaptureContentTypeHeader": CONTENT_TYPE_HEADER,
+    }
+
+
+def _capture_key(capture: dict | None) -> tuple | None:
+    """What decides whether two DataCaptureConfigs capture the same way (None: no capture)."""
+    if not capture or not capture.get("EnableCapture", True):
+        return None
+    header = capture.get("CaptureContentTypeHeader") or {}
+    return (
+        capture["InitialSamplingPercentage"],
+        capture["DestinationS3Uri"].rstrip("/"),
+        tuple(sorted(option["CaptureMode"] for option in capture.get("CaptureOptions", []))),
+        tuple(sorted(header.get("CsvContentTypes") or [])),
+        tuple(sorted(header.get("JsonContentTypes") or [])),
+    )
 
 
 def smoke_rows(store: ObjectStore, registered_model: dict) -> list[list[float]]:
@@ -114,13 +176,19 @@ def deploy(
     settings: Settings,
     sagemaker: SageMaker,
 ) -> Output[dict]:
-    """Make ``env``'s endpoint serve ``package_arn`` (blue/green when it exists), then smoke-test it."""
+    """Make ``env``'s endpoint serve ``package_arn`` with ``config``'s data capture (blue/green when it
+    exists), then smoke-test it."""
     client, name = sagemaker.get_client(), endpoint_name(settings, env)
-    current, endpoint = serving_package(client, name)
-    changed = not (endpoint and endpoint["EndpointStatus"] == "InService" and current == package_arn)
+    current, endpoint, endpoint_config = serving_state(client, name)
+    capture = data_capture_config(config, settings)
+    same_capture = _capture_key((endpoint_config or {}).get("DataCaptureConfig")) == _capture_key(capture)
+    serving = endpoint is not None and endpoint["EndpointStatus"] == "InService" and current == package_arn
+    changed = not (serving and same_capture)
     if changed:
+        if serving:
+            context.log.info(f"{name}: its data capture settings change; updating its endpoint config")
         tags = tag_list(managed_tags(settings.pipeline_name))  # teardown_infrastructure deletes what carries them
-        _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint, tags)
+        _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint, tags, capture)
         current_after, endpoint = serving_package(client, name)
         if current_after != package_arn:
             raise Failure(
@@ -132,14 +200,23 @@ def deploy(
     predictions = smoke_test(sagemaker.get_runtime_client(), name, rows)
     context.log.info(f"{name} serves {package_arn}; smoke test predictions {predictions}")
     row = ",".join(repr(v) for v in rows[0])
+    destination = capture["DestinationS3Uri"] if capture else None
+    captured = capture_prefix(destination, name, VARIANT) if destination else None
+    deployed_at = endpoint["LastModifiedTime"].isoformat()  # when the endpoint last changed config
     return Output(
-        {"endpoint_name": name, "model_package_arn": package_arn, "smoke_test": "passed", "changed": changed},
+        {
+            "endpoint_name": name, "model_package_arn": package_arn, "smoke_test": "passed", "changed": changed,
+            "capture_destination": destination, "capture_prefix": captured, "deployed_at": deployed_at,
+        },  # fmt: skip
         metadata={
             "endpoint_name": name,
             "endpoint_arn": endpoint["EndpointArn"],
             "endpoint_link": sagemaker.console_link("endpoint", name),
             "model_package_arn": package_arn,
             "changed": changed,
+            "deployed_at": deployed_at,
+            "capture_destination": captured or "off",
+            "capture_sampling_percentage": config.capture_sampling_percentage if capture else 0,
             "smoke_test": "passed",
             "smoke_predictions": MetadataValue.json([round(p, 4) for p in predictions]),
             "curl": sagemaker.curl_command(name, row),
@@ -148,7 +225,7 @@ def deploy(
     )
 
 
-def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint, tags) -> None:
+def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, endpoint, tags, capture) -> None:
     stamp = time.strftime(naming.STAMP_FORMAT, time.gmtime())
     version = package_arn.rsplit("/", 1)[-1]
     resource_name = naming.deployment_name(name, version, stamp)
@@ -169,6 +246,7 @@ def _roll_out(context, client, env, name, package_arn, rows, config, sagemaker, 
             {"VariantName": VARIANT, "ModelName": resource_name, "InitialInstanceCount": config.instance_count,
              "InstanceType": config.instance_type}  # fmt: skip
         ],
+        **({"DataCaptureConfig": capture} if capture else {}),
         Tags=tags,
     )
     if endpoint is not None and endpoint["EndpointStatus"] == "Failed":
