@@ -8,7 +8,14 @@ process on the model as the endpoint loads it (model_fn), with one thread and wi
 threads as clients; "handlers" adds the CSV parsing and writing the endpoint does. The server is
 stopped at the end.
 
+Data capture, on and off in the same run: the same server is redeployed with the same model and
+a DataCaptureConfig of 100% (capture on, into a local object store in the temporary folder) or
+none (off), alternately for --capture-rounds rounds, and driven with single-row CSV requests
+from the clients. Goal (issue 10): capture adds <= 10% to the p50 latency. --quick runs only this
+comparison, shorter.
+
     .venv/bin/python bench/endpoint.py [--clients 8] [--rounds 2] [--seconds 5] [--single 1000] [--batches 100]
+                                       [--capture-rounds 4] [--quick]
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
 from mlops_dagster.datasets import BOSTON_FEATURES, BOSTON_TARGET, synthetic_boston
+from mlops_dagster.monitoring.capture import CONTENT_TYPE_HEADER, CaptureSettings
 from mlops_dagster.serving import process
 from mlops_dagster.serving.app import load_handlers
 
@@ -180,6 +188,49 @@ def phases(n: int, record, model, as_trained, bodies: list[bytes]) -> list[tuple
     ]
 
 
+def capture_spec(home: Path, percentage: int = 100) -> dict:
+    """A deploy's capture (what hosting sends for a DataCaptureConfig) into the bench's own store."""
+    settings = CaptureSettings.from_data_capture_config(
+        {
+            "InitialSamplingPercentage": percentage,
+            "DestinationS3Uri": "s3://bench/datacapture",
+            "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+            "CaptureContentTypeHeader": CONTENT_TYPE_HEADER,
+        },
+        "bench",
+    )
+    return {"settings": settings.to_dict(), "store_root": str(home / "s3")}
+
+
+def capture_comparison(args, record, archive: Path, sha256: str, X: np.ndarray, home: Path) -> None:
+    """Single-row CSV with capture on (100%) and off, same server and model, alternating rounds."""
+    bodies = csv_bodies(X, 1)
+    pooled: dict[str, Figures] = {}
+    for round_number in range(args.capture_rounds):
+        order = [("capture on (100%)", capture_spec(home)), ("capture off", None)]
+        for label, capture in order if round_number % 2 == 0 else order[::-1]:
+            process.deploy(record, archive, sha256, "arn:bench", X[:2], capture=capture)  # same model: capture only
+            figures = drive(label, args.clients, args.single, args.seconds, 1, http_client(record, bodies))
+            pooled[label] = pooled[label].add(figures) if label in pooled else figures
+        print(f"  capture round {round_number + 1} done, load average {_load()}", flush=True)
+    counts = process.flush_capture(record)
+    on, off = pooled["capture on (100%)"], pooled["capture off"]
+    print(f"\nsingle-row CSV, {args.clients} clients, {args.capture_rounds} alternating rounds of each")
+    print(f"  {'':<50} {'calls':>6} {'calls/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(on.line())
+    print(off.line())
+    p99 = [float(np.percentile(f.latencies, 99)) for f in (on, off)]
+    print(
+        f"  capture on / off: p50 {on.p50 / off.p50:4.2f}x ({(on.p50 / off.p50 - 1) * 100:+.1f}%, goal <= +10%),"
+        f" p99 {p99[0] / p99[1]:4.2f}x, throughput {on.throughput / off.throughput:4.2f}x"
+    )
+    print(
+        f"  captured {counts['captured']} of the {len(on.latencies)} requests sent with capture on; written"
+        f" {counts['written']} in {counts['files']} files, dropped {counts['dropped']}, failed writes"
+        f" {counts['failed_writes']}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -187,7 +238,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="time limit of each phase in each round")
     parser.add_argument("--single", type=int, default=1000, help="single-row calls per phase and round (at most)")
     parser.add_argument("--batches", type=int, default=100, help="1,000-row calls per phase and round (at most)")
+    parser.add_argument("--capture-rounds", type=int, default=4, help="rounds of capture on and off, alternating")
+    parser.add_argument("--quick", action="store_true", help="only the capture comparison, at most 3 s per phase")
     args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.single = min(args.seconds, 3.0), min(args.single, 600)
 
     with tempfile.TemporaryDirectory(prefix="mlops-bench-endpoint-") as tmp:
         home = Path(tmp) / "home"
@@ -214,11 +269,15 @@ def main() -> None:
             same = [float(v) for v in served.body.split()] == expected.tolist()
             print(f"model: random forest, 100 trees, fitted on 1,000 synthetic rows; {os.cpu_count()} CPUs here")
             print(f"endpoint: up in {up:.2f} s, first deploy {deployed:.2f} s; predictions equal in-process: {same}")
+            rounds = args.capture_rounds if args.quick else args.rounds
             print(
-                f"{args.rounds} rounds, phases in alternating order; a phase stops at its call count or after"
-                f" {args.seconds:.0f} s; load average {_load()}",
+                f"{rounds} rounds, phases in alternating order; a phase stops at {args.single} calls (single rows)"
+                f" or after {args.seconds:.0f} s; load average {_load()}",
                 flush=True,
             )
+            if args.quick:
+                capture_comparison(args, record, archive, sha256, X, home)
+                return
 
             pooled: dict[tuple[str, str], Figures] = {}
             for round_number in range(args.rounds):
@@ -246,6 +305,7 @@ def main() -> None:
                     f" p50 latency {endpoint.p50 / predict.p50:4.2f}x   vs handlers: throughput"
                     f" {endpoint.throughput / full.throughput:4.2f}x, p50 latency {endpoint.p50 / full.p50:4.2f}x"
                 )
+            capture_comparison(args, record, archive, sha256, X, home)
         finally:
             process.stop_endpoint(home, "bench")
 

@@ -10,7 +10,9 @@ from dagster import DagsterInstance
 from helpers import latest_metadata, materialize_assets
 
 from mlops_dagster import build_definitions
-from mlops_dagster.serving.process import is_alive, read_endpoint
+from mlops_dagster.datasets import BOSTON_FEATURES
+from mlops_dagster.monitoring.capture import iter_capture_files, read_capture
+from mlops_dagster.serving.process import flush_capture, is_alive, read_endpoint
 from mlops_dagster.settings import Settings
 
 GRAPH = [
@@ -72,6 +74,17 @@ def test_dev_staging_prod_with_gates_rollback_and_restart(world, mlops_home):
     row = dev["curl"].split("--data-binary '")[1].rstrip("'")
     prediction = _predict(defs, "mlops-pipeline-dev", row)
     assert isinstance(prediction, float)
+
+    # The dev endpoint captures every request by default (the smoke test's too), in SageMaker's layout.
+    destination = "s3://mlops-local/mlops/datacapture"
+    assert dev["capture_destination"] == f"{destination}/mlops-pipeline-dev/AllTraffic/"
+    assert flush_capture(record)["written"] >= 2
+    store = defs.resources["store"]
+    reading = read_capture(store, iter_capture_files(store, destination, "mlops-pipeline-dev"), BOSTON_FEATURES)
+    chunks = list(reading)
+    assert reading.stats.bad_records == 0 and reading.stats.rows >= 6  # 5 smoke rows, then ours
+    assert chunks[-1].features.iloc[-1].tolist() == [float(v) for v in row.split(",")]
+    assert chunks[-1].predictions[-1] == prediction
 
     # Approve version 1, then promote: staging serves it, prod follows staging.
     approve = defs.resolve_job_def("approve_model").execute_in_process(
