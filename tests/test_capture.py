@@ -256,7 +256,9 @@ def test_the_reader_returns_rows_predictions_ids_and_times(store):
 
 def test_the_reader_takes_json_instances_records_base64_and_quoted_csv(store):
     frame = ROWS.head(4)
-    instances = capture_part("INPUT", json.dumps({"instances": frame.iloc[:2].values.tolist()}), "application/json", "JSON")
+    instances = capture_part(
+        "INPUT", json.dumps({"instances": frame.iloc[:2].values.tolist()}), "application/json", "JSON"
+    )
     records = capture_part("INPUT", json.dumps(frame.iloc[2:3].to_dict(orient="records")), "application/json", "JSON")
     encoded = capture_part("INPUT", csv_rows(frame.iloc[3:4]), "text/csv", "BASE64")
     quoted = capture_part("INPUT", ",".join(f'"{v!r}"' for v in frame.iloc[3].tolist()), "text/csv", "CSV")
@@ -323,7 +325,9 @@ def test_one_bad_value_among_usual_records_costs_only_that_record(store):
     lines[3] = json.dumps(bad)
     (chunk,), stats = read_all(store, [put_lines(store, lines)])
     assert chunk.predictions.tolist() == [0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
-    assert stats.bad_records == 1 and "line 4: input: row 1, crim: 'nan' is not a finite number" in stats.bad_examples[0]
+    assert (
+        stats.bad_records == 1 and "line 4: input: row 1, crim: 'nan' is not a finite number" in stats.bad_examples[0]
+    )
 
 
 def test_the_window_prunes_hour_folders_and_filters_records(store):
@@ -407,7 +411,12 @@ class Endpoint:
         uris = iter_capture_files(self.store, destination, self.NAME)
         reading = read_capture(self.store, uris, BOSTON_FEATURES)
         chunks = list(reading)
-        return uris, (pd.concat([c.features for c in chunks], ignore_index=True) if chunks else None), chunks, reading.stats
+        return (
+            uris,
+            (pd.concat([c.features for c in chunks], ignore_index=True) if chunks else None),
+            chunks,
+            reading.stats,
+        )
 
 
 def capture_config(percentage: int = 100, destination: str = DESTINATION, header: bool = True) -> dict:
