@@ -109,7 +109,10 @@ def _lineage(client, store: ObjectStore, settings: Settings, trained_model: dict
             description="The new model's MSE is no worse than that of the model serving in prod.",
         )
     ],
-    description="The model package the pipeline's RegisterModel step created, with approval status and lineage.",
+    description=(
+        "The model package the pipeline's RegisterModel step created, with approval status, lineage and its drift "
+        "baselines (training data and validation predictions, in Model Monitor's formats, where the package names them)."
+    ),
 )
 def registered_model(
     context: AssetExecutionContext,

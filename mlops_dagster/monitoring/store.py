@@ -201,9 +201,10 @@ def write_model_baselines(
         )
     targets = [(locations.data, data)] + ([(locations.prediction, prediction)] if prediction is not None else [])
     for location, baseline in targets:
+        files, uris = baseline.files(), location.by_file()
         # Statistics last: a reader that finds statistics.json finds the other two as well.
         for name in (SAMPLE_FILE, CONSTRAINTS_FILE, STATISTICS_FILE):
-            store.put_bytes(location.by_file()[name], baseline.files()[name])
+            store.put_bytes(uris[name], files[name])
     return locations.uris()
 
 
