@@ -23,6 +23,7 @@ from mlops_dagster.monitoring.capture import default_capture_destination
 from mlops_dagster.monitoring.ground_truth import put_ground_truth
 from mlops_dagster.resources.object_store import LocalObjectStore
 from mlops_dagster.resources.sagemaker import LocalSageMaker
+from mlops_dagster.serving.process import is_alive
 
 ENDPOINT = "mlops-pipeline-dev"
 SHIFTED = ["rm", "lstat"]
@@ -351,3 +352,48 @@ def test_a_bad_window_setting_is_refused_naming_the_field(loop):
     from helpers import failure_text
 
     assert "endpoint_traffic config start='yesterday' is not an ISO-8601 time" in failure_text(result)
+
+
+# --- the whole local loop ----------------------------------------------------------------------
+
+GRAPH = [
+    "raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", "trained_model", "registered_model",
+    "dev_endpoint",
+]  # fmt: skip
+
+
+def test_the_local_loop_end_to_end_as_make_monitor_shows_it(settings, mlops_home):
+    """make run's graph up to the dev endpoint, then the demo (make monitor): a window like the
+    training data passes, a shifted one fails feature_drift naming the shifted features, the alert
+    sensor appends to alerts.jsonl and the drift trigger requests retraining. No server is left."""
+    from dagster import DagsterInstance
+    from helpers import materialize_assets
+
+    from mlops_dagster import build_definitions
+    from mlops_dagster.monitoring import demo
+    from mlops_dagster.serving.process import read_endpoint
+
+    defs = build_definitions(settings)
+    said: list[str] = []
+    # In memory: its event log takes the sensors' storage-id cursors (see the report on run-sharded SQLite).
+    with DagsterInstance.ephemeral() as instance:
+        try:
+            built = materialize_assets(defs, instance, GRAPH, {"raw_data": {"rows": 400}})
+            assert built.success
+            outcome = demo.run(settings, defs, instance, rows=300, batch=10, say=said.append)
+        finally:
+            stopped = defs.resolve_job_def("stop_endpoints").execute_in_process(instance=instance)
+            assert stopped.success
+    assert read_endpoint(mlops_home, "dev") is None or not is_alive(read_endpoint(mlops_home, "dev"))
+    text = "\n".join(said)
+    assert all(check.passed for check in outcome["like-training"].values()), text
+    assert "300 rows in 30 requests" in text
+    assert outcome["like-training"]["model_quality"].metadata["labelled_rows"].value == 300, text
+    drift = outcome["shifted"]["feature_drift"]
+    assert not drift.passed, text
+    assert set(drift.metadata["drifted_features"].value) == {"rm", "lstat", "ptratio"}, text
+    assert not outcome["shifted"]["prediction_drift"].passed, text  # all three shifts raise the price
+    alerts = [json.loads(line) for line in (mlops_home / "alerts.jsonl").read_text().splitlines()]
+    assert {a.get("check") for a in alerts} == {"feature_drift", "prediction_drift"}, text
+    [request] = outcome["sensors"]["run_requests"]
+    assert request.tags["mlops/trigger"] == "drift", text

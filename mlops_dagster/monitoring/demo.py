@@ -52,7 +52,9 @@ from .ground_truth import put_ground_truth
 from .store import load_model_baselines
 
 GROUP = "monitoring"
-DEFAULT_SHIFT = ("rm", "lstat", "ptratio")
+# More rooms, less lower-status population, fewer pupils per teacher: each one standard deviation,
+# all towards dearer houses, so the predictions drift as well.
+DEFAULT_SHIFT = ("rm", "-lstat", "-ptratio")
 CAPTURE_TIMEOUT_SECONDS = 30.0  # the endpoint writes its capture every second
 POLL_SECONDS = 0.25
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the demo prints what matters
@@ -102,8 +104,13 @@ def training_like(
     return train.sample(rows, replace=True, random_state=seed).reset_index(drop=True)
 
 
+def parse_shift(items: Sequence[str]) -> dict[str, int]:
+    """``["rm", "-lstat"]`` -> ``{"rm": 1, "lstat": -1}``: the feature and the direction it moves."""
+    return {item.strip().lstrip("+-"): -1 if item.strip().startswith("-") else 1 for item in items if item.strip()}
+
+
 def shift(frame: pd.DataFrame, stds: dict[str, float]) -> pd.DataFrame:
-    """``frame`` with each feature of ``stds`` moved up by that much (one training standard deviation)."""
+    """``frame`` with each feature of ``stds`` moved by that much (plus or minus one training std)."""
     out = frame.copy()
     for name, std in stds.items():
         out[name] = out[name] + std
@@ -250,13 +257,13 @@ def alert_and_trigger(
     cursor = CheckCursor(after=after).dump(keep_after=0)
     outcome = {}
     lines_before = _alert_lines(settings)
-    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
+    with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
         defs.resolve_sensor_def(ALERT_SENSOR)(context)
     alerts = _alert_lines(settings)[len(lines_before) :]
     outcome["alerts"] = alerts
     for alert in alerts:
         say(f"   ALERT appended to {alerts_file(settings)}: {alert.get('title')}")
-    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
+    with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
         result = defs.resolve_sensor_def(DRIFT_SENSOR)(context)
     requests = list(result.run_requests or []) if result is not None else []
     outcome["run_requests"] = requests
@@ -321,7 +328,8 @@ def run(
     record = dev_endpoint(settings)
     baselines = load_model_baselines(store, defs.resources["sagemaker"].get_client(), record.model_package_arn)
     features = baselines.data.features
-    unknown = [f for f in shifted if f not in features]
+    directions = parse_shift(shifted)
+    unknown = [f for f in directions if f not in features]
     if unknown:
         raise DemoError(f"cannot shift {unknown}: the served model's features are {features}")
     target = _target(instance)
@@ -330,10 +338,14 @@ def run(
     say(f"Dev endpoint {record.url} serves {record.model_package_arn}.")
 
     say("0. Judging what it served before this demo, so the demo's windows hold only its own requests.")
+    settle(record)
     report(judge(defs, instance, "before"), say)
 
     outcome = {}
-    stds = {f: float(baselines.data.feature_statistics(f)["numerical_statistics"]["std_dev"]) for f in shifted}
+    stds = {
+        f: sign * float(baselines.data.feature_statistics(f)["numerical_statistics"]["std_dev"])
+        for f, sign in directions.items()
+    }
     streams = [
         ("like-training", "1. Sending", training_like(settings, instance, store, features, target, rows, seed)),
         (
@@ -346,15 +358,15 @@ def run(
         what = (
             "rows like the training data"
             if label == "like-training"
-            else "rows with " + ", ".join(f"{f} +{s:.3g}" for f, s in stds.items()) + " (one training std each)"
+            else "rows with " + ", ".join(f"{f} {s:+.3g}" for f, s in stds.items()) + " (one training std each)"
         )
         say(f"{step} {len(frame):,} {what} in requests of {batch}.")
         sent = send(record, frame, features, target, batch)
         if sent.errors:
             say(f"   {len(sent.errors)} requests failed, first: {sent.errors[0]}")
+        settle(record)
         captured = wait_for_capture(store, destination, endpoint, features, sent)
         say(f"   {len(sent.ids)} requests answered; {captured} captured in {destination}/{endpoint}/")
-        _next_second()
         if label == "like-training" and sent.labels:
             uri = put_ground_truth(store, f"s3://{settings.bucket}/{settings.prefix}/groundtruth", sent.labels)
             say(f"   ground truth of these requests (by inference id) uploaded: {uri}")
@@ -373,11 +385,16 @@ def run(
     return outcome
 
 
-def _next_second() -> None:
-    """Wait for the next whole second: inferenceTime is to the second, and the window's end is a
-    whole second, so the last requests sent fall in this window, not the next."""
-    now = time.time()
-    time.sleep(1.0 - (now % 1.0) + 0.01)
+def settle(record: process.EndpointRecord) -> None:
+    """Let the window about to be judged hold every request sent so far: wait for the next whole
+    second (inferenceTime is to the second and a window ends on a whole second), then have the
+    endpoint write what its capture still buffers."""
+    time.sleep(1.0 - (time.time() % 1.0) + 0.01)
+    if process.flush_capture(record) is None:
+        raise DemoError(
+            f"the dev endpoint at {record.url} does not capture its requests: deploy it with data capture on "
+            "(dev_endpoint's capture_enabled, the default), then run `make monitor` again"
+        )
 
 
 def _target(instance: DagsterInstance) -> str:
@@ -390,7 +407,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlops_dagster.monitoring.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=600, help="rows per stream (default 600)")
     parser.add_argument("--batch", type=int, default=10, help="rows per request (default 10)")
-    parser.add_argument("--shift", default=",".join(DEFAULT_SHIFT), help="features of the second stream to move")
+    parser.add_argument(
+        "--shift",
+        default=",".join(DEFAULT_SHIFT),
+        help="features of the second stream to move up (-name: down), comma-separated",
+    )
     parser.add_argument("--retrain", action="store_true", help="also run the retraining the drift trigger requests")
     args = parser.parse_args(argv)
     if args.rows < 1 or args.batch < 1:
@@ -400,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     defs = build_definitions(settings)
     try:
-        shifted = [s.strip() for s in args.shift.split(",") if s.strip()]
+        shifted = args.shift.split(",")
         run(settings, defs, DagsterInstance.get(), args.rows, args.batch, shifted, retrain=args.retrain)
     except DemoError as err:
         print(f"make monitor: {err}", file=sys.stderr)
