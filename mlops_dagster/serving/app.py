@@ -17,7 +17,7 @@ response handed to a background writer (bounded queue, one .jsonl object per flu
 object store); X-Amzn-SageMaker-Inference-Id becomes the record's inferenceId. Capture never
 fails or delays a request: a full queue or a failed write is counted (in /ping) and logged. The
 queue is flushed when the server stops cleanly (SIGTERM: the ASGI lifespan's shutdown); a kill -9
-loses what was not yet written, at most about FLUSH_SECONDS of traffic.
+loses what was not yet written, at most about capture.FLUSH_SECONDS (1 s) of traffic.
 
 Accept: a missing header or */* gives application/json, like SageMaker's framework containers
 (SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, default application/json), so a client sees the same
@@ -75,7 +75,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mlops_dagster.monitoring.capture import CaptureSettings, EndpointCapture
+from .capture import CLOSE_SECONDS, CaptureSpec, ServerCapture
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
 INFERENCE_PY = Path(__file__).resolve().parents[2] / "training" / "inference.py"
@@ -89,8 +89,6 @@ LOG_RECORD_CHARS = 8000  # a record longer than this (or a quarter of the bound)
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
 INFERENCE_ID_MAX = 64  # InvokeEndpoint's InferenceId: 1 to 64 printable characters, not starting with a space
-FLUSH_SECONDS = 1.0  # capture: the writer writes what it holds at least this often
-CAPTURE_CLOSE_SECONDS = 8.0  # capture: how long a clean stop waits for the last write (process.py waits 10 s)
 
 log = logging.getLogger("mlops_dagster.serving")
 
@@ -167,9 +165,7 @@ class Endpoint:
         self.deploy_lock = asyncio.Lock()
         self.requests_total = 0
         self.started_at = utc_now()
-        self.capture: EndpointCapture | None = None  # created by the first deploy that captures
-        self.capture_root: str | None = None
-        self.capture_errors = 0  # captures that raised (a bug, not a store failure): counted, never the request's
+        self.capture = ServerCapture()
 
     def denied(self, request: Request) -> Response | None:
         given = request.headers.get("x-admin-token")
@@ -184,43 +180,6 @@ class Endpoint:
         h = self.handlers
         data = h.input_fn(body, content_type, live.model.features)
         return h.output_fn(h.predict_fn(data, live.model), accept)
-
-    def configure_capture(self, spec: CaptureSpec | None) -> None:
-        """Capture as the deployed config says (None: stop capturing; the writer stays, idle)."""
-        if spec is None:
-            if self.capture is not None:
-                self.capture.settings = None
-            return
-        from mlops_dagster.resources.object_store import LocalObjectStore  # here: it imports dagster
-
-        if self.capture is None or self.capture_root != spec.store_root:
-            previous = self.capture
-            self.capture = EndpointCapture(LocalObjectStore(root=spec.store_root), flush_seconds=FLUSH_SECONDS)
-            self.capture_root = spec.store_root
-            if previous is not None:
-                previous.close(CAPTURE_CLOSE_SECONDS)
-        self.capture.settings = spec.settings
-        log.info("capturing %d%% of requests to %s", spec.settings.sampling_percentage, spec.settings.prefix)
-
-    def capture_request(self, body: bytes, request_type: str, response: Response, inference_id: str | None) -> None:
-        """Hand a served request to capture; whatever happens there is not the request's business."""
-        capture = self.capture
-        if capture is None or capture.settings is None:
-            return
-        try:
-            capture.capture(body, request_type, response.body, response.headers["content-type"], inference_id)
-        except Exception:  # a bug in building the record: logged and counted, the answer still goes out
-            self.capture_errors += 1
-            log.exception("capturing a request failed")
-
-    def capture_status(self) -> dict | None:
-        if self.capture is None:
-            return None
-        return {**self.capture.status(), "errors": self.capture_errors}
-
-    def close_capture(self) -> None:
-        if self.capture is not None and not self.capture.close(CAPTURE_CLOSE_SECONDS):
-            log.error("capture: the last write did not finish within %.0f s", CAPTURE_CLOSE_SECONDS)
 
 
 # --- HTTP helpers ----------------------------------------------------------------------------
@@ -279,7 +238,7 @@ async def ping(request: Request) -> Response:
     ep: Endpoint = request.app.state.endpoint
     if ep.live is None:
         return error(503, "no model is deployed")
-    return JSONResponse({"status": "ok", "capture": ep.capture_status()})
+    return JSONResponse({"status": "ok", "capture": ep.capture.status()})
 
 
 def inference_id(request: Request) -> tuple[str | None, str | None]:
@@ -330,7 +289,8 @@ async def invocations(request: Request) -> Response:
         log.exception("prediction failed on model %s", live.sha256[:12])
         return error(500, f"the model failed: {type(exc).__name__}: {exc}")
     response = Response(payload, media_type=media_type)
-    ep.capture_request(body, request.headers.get("content-type", ""), response, request_id)
+    content_type_header = request.headers.get("content-type", "")
+    ep.capture.request(body, content_type_header, response.body, response.headers["content-type"], request_id)
     return response
 
 
@@ -350,7 +310,7 @@ async def deploy(request: Request) -> Response:
             refused = await _configure_capture(ep, spec.capture)  # the config may differ in capture only
             if refused is not None:
                 return refused
-            return JSONResponse({"changed": False, "live": previous.info(), "capture": ep.capture_status()})
+            return JSONResponse({"changed": False, "live": previous.info(), "capture": ep.capture.status()})
         try:
             candidate = await run_in_threadpool(prepare_candidate, ep.handlers, spec, ep.model_root)
         except Exception as exc:
@@ -370,7 +330,7 @@ async def deploy(request: Request) -> Response:
             "changed": True,
             "live": candidate.info(),
             "previous": previous.info() if previous else None,
-            "capture": ep.capture_status(),
+            "capture": ep.capture.status(),
         }
     )
 
@@ -378,7 +338,7 @@ async def deploy(request: Request) -> Response:
 async def _configure_capture(ep: Endpoint, spec: CaptureSpec | None) -> Response | None:
     """Apply the deploy's capture settings; a 409 answer if the capture store cannot be opened."""
     try:
-        await run_in_threadpool(ep.configure_capture, spec)
+        await run_in_threadpool(ep.capture.configure, spec)
     except Exception as exc:
         log.warning("capture settings refused: %s: %s", type(exc).__name__, exc)
         return error(409, f"data capture cannot start: {type(exc).__name__}: {exc}")
@@ -396,7 +356,7 @@ async def status(request: Request) -> Response:
             "requests_total": ep.requests_total,
             "started_at": ep.started_at,
             "pid": os.getpid(),
-            "capture": ep.capture_status(),
+            "capture": ep.capture.status(),
         }
     )
 
@@ -405,16 +365,16 @@ async def flush_capture(request: Request) -> Response:
     ep: Endpoint = request.app.state.endpoint
     if (denied := ep.denied(request)) is not None:
         return denied
-    if ep.capture is not None and not await run_in_threadpool(ep.capture.flush, CAPTURE_CLOSE_SECONDS):
-        return error(503, f"capture did not flush within {CAPTURE_CLOSE_SECONDS:.0f} s; see the log")
-    return JSONResponse({"capture": ep.capture_status()})
+    if not await run_in_threadpool(ep.capture.flush):
+        return error(503, f"capture did not flush within {CLOSE_SECONDS:.0f} s; see the log")
+    return JSONResponse({"capture": ep.capture.status()})
 
 
 @asynccontextmanager
 async def lifespan(app: Starlette):
     """On a clean stop (SIGTERM, Ctrl-C), after the last request: write what capture holds."""
     yield
-    await run_in_threadpool(app.state.endpoint.close_capture)
+    await run_in_threadpool(app.state.endpoint.capture.close)
 
 
 def create_app(token: str, model_root: Path, handlers: ModuleType | None = None) -> Starlette:
@@ -437,29 +397,6 @@ def create_app(token: str, model_root: Path, handlers: ModuleType | None = None)
 
 
 # --- deploying a candidate -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CaptureSpec:
-    """A deploy's data capture: what to capture (CaptureSettings) into which local object store."""
-
-    settings: CaptureSettings
-    store_root: str
-
-    @classmethod
-    def from_json(cls, data: Any) -> CaptureSpec | None:
-        if data is None:
-            return None
-        if not isinstance(data, dict) or not isinstance(data.get("settings"), dict):
-            raise ValueError('"capture" must be null or {"settings": {...}, "store_root": "/absolute/dir"}')
-        root = data.get("store_root")
-        if not isinstance(root, str) or not Path(root).is_absolute():
-            raise ValueError('"capture.store_root" must be the absolute path of the local object store')
-        try:
-            settings = CaptureSettings.from_dict(data["settings"])
-        except TypeError as exc:
-            raise ValueError(f'"capture.settings" is not a capture configuration ({exc})') from None
-        return cls(settings, root)
 
 
 @dataclass(frozen=True)
