@@ -58,8 +58,10 @@ promote: install $(DAGSTER_HOME)/dagster.yaml
 # The loop after deployment (after `make run`): requests like the training data, then shifted ones,
 # to the dev endpoint; the monitoring group judges each window, the drift check fails on the second,
 # an alert goes to $(MLOPS_HOME)/alerts.jsonl and the drift trigger requests retraining.
+# RETRAIN=1 also runs the retraining the drift trigger requests (only its emptiness is read).
+unexport RETRAIN
 monitor: install $(DAGSTER_HOME)/dagster.yaml
-	$(BIN)/python -m mlops_dagster.monitoring.demo
+	$(BIN)/python -m mlops_dagster.monitoring.demo $(if $(value RETRAIN),--retrain)
 
 lint: install
 	$(BIN)/ruff check mlops_dagster training tests bench

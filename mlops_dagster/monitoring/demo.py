@@ -280,7 +280,10 @@ def alert_and_trigger(
         )
         say(f"   retraining run {run.run_id[:8]}: {'succeeded' if run.success else 'FAILED'}")
     else:
-        say("   (run `make ui` to let the daemon launch such requests, or add --retrain to run it here)")
+        say(
+            "   (shown, not run: `make monitor RETRAIN=1` runs it here; under `make ui` the daemon's own "
+            f"{DRIFT_SENSOR} launches it)"
+        )
     return outcome
 
 
