@@ -397,3 +397,32 @@ def test_the_local_loop_end_to_end_as_make_monitor_shows_it(settings, mlops_home
     assert {a.get("check") for a in alerts} == {"feature_drift", "prediction_drift"}, text
     [request] = outcome["sensors"]["run_requests"]
     assert request.tags["mlops/trigger"] == "drift", text
+
+
+def test_ground_truth_lines_in_each_encoding_parse_and_bad_ones_are_counted(tmp_path):
+    from mlops_dagster.monitoring.ground_truth import ground_truth_files, read_ground_truth
+
+    store = LocalObjectStore(root=str(tmp_path))
+    prefix = "s3://bucket/groundtruth"
+    lines = [
+        {
+            "groundTruthData": {"data": "24.0", "encoding": "CSV"},
+            "eventMetadata": {"eventId": "a"},
+            "eventVersion": "0",
+        },
+        {"groundTruthData": {"data": "[21.5, 22.5]", "encoding": "JSON"}, "eventMetadata": {"eventId": "b"}},
+        {"groundTruthData": {"data": "MzAuMA==", "encoding": "BASE64"}, "eventMetadata": {"eventId": "c"}},
+        {"groundTruthData": {"data": "cheap", "encoding": "CSV"}, "eventMetadata": {"eventId": "d"}},
+        {"groundTruthData": {"data": "1.0"}, "eventMetadata": {}},
+    ]
+    text = "\n".join(json.dumps(line) for line in lines) + '\n{"groundTruthData": {"da\n'
+    store.put_bytes(f"{prefix}/2026/11/30/22/a.jsonl", text.encode())
+    store.put_bytes(f"{prefix}/2026/11/30/20/old.jsonl", b"not read: before the window's hour\n")
+    files = ground_truth_files(store, prefix, datetime(2026, 11, 30, 22, 15, tzinfo=UTC))
+    assert files == [f"{prefix}/2026/11/30/22/a.jsonl"]
+    truth = read_ground_truth(store, files)
+    assert truth.labels == {"a": [24.0], "b": [21.5, 22.5], "c": [30.0]}
+    assert (truth.records, truth.bad_records) == (6, 3)
+    assert [e.split(": ", 1)[0] for e in truth.bad_examples] == [f"{files[0]} line {n}" for n in (4, 5, 6)]
+    assert "is not numbers" in truth.bad_examples[0] and "no eventMetadata.eventId" in truth.bad_examples[1]
+    assert "not JSON" in truth.bad_examples[2]
