@@ -61,6 +61,23 @@ def instance():
 
 
 @pytest.fixture
+def ui_instance(tmp_path: Path):
+    """The instance `make ui` and `make monitor` use: a $DAGSTER_HOME holding config/dagster.yaml, so
+    its event log is Dagster's default run-sharded SQLite (storage ids restart in each run's shard)."""
+    import shutil
+
+    from dagster import DagsterInstance
+    from dagster._core.storage.event_log import SqliteEventLogStorage
+
+    home = tmp_path / "dagster-home"
+    home.mkdir()
+    shutil.copy(REPO / "config" / "dagster.yaml", home / "dagster.yaml")
+    with DagsterInstance.from_config(str(home)) as inst:
+        assert type(inst.event_log_storage) is SqliteEventLogStorage  # run-sharded (Consolidated... is not)
+        yield inst
+
+
+@pytest.fixture
 def local_only(monkeypatch):
     """Refuse (and record) every connection or DNS lookup that is not loopback."""
     from aws_helpers import block_remote_sockets
