@@ -77,6 +77,27 @@ def ui_instance(tmp_path: Path):
         yield inst
 
 
+@pytest.fixture(params=["in-memory", "run-sharded SQLite (make ui)", "consolidated SQLite"])
+def any_instance(request, tmp_path: Path):
+    """Each kind of event log in turn: storage ids are global in two and restart per run in make ui's."""
+    if request.param == "in-memory":
+        yield request.getfixturevalue("instance")
+    elif request.param.startswith("run-sharded"):
+        yield request.getfixturevalue("ui_instance")
+    else:
+        from dagster import instance_for_test
+
+        storage = {
+            "module": "dagster._core.storage.event_log",
+            "class": "ConsolidatedSqliteEventLogStorage",
+            "config": {"base_dir": str(tmp_path / "events")},
+        }
+        (tmp_path / "dagster").mkdir()
+        home = str(tmp_path / "dagster")
+        with instance_for_test(overrides={"event_log_storage": storage}, temp_dir=home, set_dagster_home=False) as inst:
+            yield inst
+
+
 @pytest.fixture
 def local_only(monkeypatch):
     """Refuse (and record) every connection or DNS lookup that is not loopback."""
