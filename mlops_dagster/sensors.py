@@ -9,27 +9,28 @@ in-flight execution that fell off that page. The run key is the execution ARN, s
 restarts never request the same execution twice.
 
 ``check_failure_alert_sensor`` alerts on failed ERROR asset checks. A WARN or non-blocking check
-that fails leaves its run green, so a run-failure sensor never sees it: this one reads the check
-evaluations from the event log (cursor: the last storage id read), once per evaluation, with a
-cooldown per check. ``run_failure_alert_sensor`` alerts on every failed run of the code location.
+that fails leaves its run green, so a run-failure sensor never sees it: this one reads the
+executions of its code location's checks from the event log's check index (numbered across runs on
+every storage, run-sharded SQLite included; cursor: per check, the last execution id read), once per
+evaluation, with a cooldown per check. ``run_failure_alert_sensor`` alerts on every failed run of the code location.
 """
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckSeverity,
     AssetSelection,
     DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DefaultSensorStatus,
-    EventRecordsFilter,
     RunFailureSensorContext,
     RunRequest,
     SensorEvaluationContext,
@@ -45,6 +46,9 @@ from .assets.registry import registered_model
 from .jobs import TRIGGER_DETAIL_TAG, TRIGGER_TAG
 from .resources.sagemaker import SageMaker
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecord
 
 PAGE = 50
 KEEP_HANDLED = 500  # ARNs remembered in the cursor; older ones are past the listed page anyway
@@ -186,14 +190,15 @@ def _execution_alert(settings: Settings, sagemaker: SageMaker, arn: str, summary
 
 # --- failed checks -------------------------------------------------------------------------------
 
-EVENT_PAGE = 500  # check evaluations read per tick; the rest on the next tick
+EXECUTION_PAGE = 100  # executions of one check read per query; the first tick reads one page
 
 
 @dataclass(frozen=True)
 class CheckEvent:
-    """One stored check evaluation."""
+    """One stored check evaluation; ``execution_id`` is its row in the check-execution index, which
+    every event log storage numbers across runs (event storage ids restart per run on run-sharded SQLite)."""
 
-    storage_id: int
+    execution_id: int
     timestamp: float
     run_id: str
     job: str | None
@@ -210,50 +215,99 @@ class CheckEvent:
 
 @dataclass
 class CheckCursor:
-    """The last storage id read, and when each check last raised an alert (or a retraining)."""
+    """Per check (by its key's user string): ``read``, the execution id up to which every execution
+    was read, and ``seen``, the evaluations read above it (an older execution whose run is still
+    going holds ``read`` back until it ends); and when each check last raised an alert (or a retraining)."""
 
-    after: int = 0
+    read: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, list[int]] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def load(cls, raw: str | None) -> "CheckCursor | None":
-        return cls(**json.loads(raw)) if raw else None
+        if not raw:
+            return None
+        body = json.loads(raw)
+        # A cursor of the storage-id era has no "read": its checks start over with the first tick's look-back.
+        return cls(read=body.get("read", {}), seen=body.get("seen", {}), last=body.get("last", {}))
 
     def dump(self, keep_after: float) -> str:
         # Entries older than the cooldown can no longer suppress anything.
         last = {k: t for k, t in self.last.items() if t >= keep_after}
-        return json.dumps({"after": self.after, "last": last}, sort_keys=True)
+        seen = {k: sorted(ids) for k, ids in self.seen.items() if ids}
+        return json.dumps({"read": self.read, "seen": seen, "last": last}, sort_keys=True)
 
     def cooling(self, key: str, at: float, cooldown: float) -> bool:
         """Was ``key`` alerted (or acted on) less than ``cooldown`` seconds before ``at``?"""
         return key in self.last and at - self.last[key] < cooldown
 
+    @classmethod
+    def past_latest(cls, instance: DagsterInstance, keys: list[AssetCheckKey]) -> "CheckCursor":
+        """A cursor past every execution of ``keys`` stored so far (a check never executed starts at 0:
+        its first evaluation is news, not history)."""
+        latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(keys)
+        return cls(read={key.to_user_string(): latest[key].id if key in latest else 0 for key in keys})
 
-def check_events(instance: DagsterInstance, after: int | None, lookback_seconds: float) -> tuple[list[CheckEvent], int]:
-    """Check evaluations stored after storage id ``after``, oldest first, and the id to resume from.
 
-    With no cursor yet (a sensor's first tick) only the latest evaluations of the last
-    ``lookback_seconds`` count: older failures are history, not news, and would all alert at once.
+def watched_checks(context: SensorEvaluationContext) -> list[AssetCheckKey]:
+    """The asset checks of the sensor's code location (the event log has no list of check keys)."""
+    repository = context.repository_def
+    if repository is None:
+        return []
+    return sorted(repository.asset_graph.asset_check_keys, key=lambda k: k.to_user_string())
+
+
+def _executions_after(
+    instance: DagsterInstance, key: AssetCheckKey, after: int | None
+) -> list["AssetCheckExecutionRecord"]:
+    """Executions of ``key`` with an id above ``after``, newest first; with no ``after``, one page."""
+    records: list[AssetCheckExecutionRecord] = []
+    before = None
+    while True:
+        page = instance.event_log_storage.get_asset_check_execution_history(key, limit=EXECUTION_PAGE, cursor=before)
+        fresh = [r for r in page if after is None or r.id > after]
+        records.extend(fresh)
+        if after is None or len(fresh) < EXECUTION_PAGE:
+            return records
+        before = page[-1].id
+
+
+def _running(instance: DagsterInstance, record: "AssetCheckExecutionRecord") -> bool:
+    """A planned execution whose run is still going may yet be evaluated; one whose run ended never will."""
+    run = instance.get_run_by_id(record.run_id) if record.run_id else None
+    return run is not None and not run.is_finished
+
+
+def check_events(
+    instance: DagsterInstance, keys: list[AssetCheckKey], cursor: CheckCursor, lookback_seconds: float
+) -> list[CheckEvent]:
+    """Evaluations of ``keys`` not read before, oldest first; ``cursor`` moves past them.
+
+    A check with no place in the cursor yet (the sensor's first tick) counts only its evaluations of
+    the last ``lookback_seconds``: older failures are history, not news, and would all alert at once.
     """
-    records_filter = EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after)
-    # get_event_records is deprecated for 2.0, but in 1.13 it is the one query over the
-    # evaluations of every check; its replacements read one check key at a time.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        records = list(instance.get_event_records(records_filter, limit=EVENT_PAGE, ascending=after is not None))
-    newest = max((r.storage_id for r in records), default=after or 0)
-    if after is None:
-        since = time.time() - lookback_seconds
-        records = sorted((r for r in records if r.timestamp >= since), key=lambda r: r.storage_id)
+    since = time.time() - lookback_seconds
     events = []
-    for record in records:
-        event = record.event_log_entry.dagster_event
-        if event is not None and isinstance(event.event_specific_data, AssetCheckEvaluation):
-            entry = record.event_log_entry
-            events.append(
-                CheckEvent(record.storage_id, entry.timestamp, entry.run_id, event.job_name, event.event_specific_data)
-            )
-    return events, newest
+    for key in keys:
+        name = key.to_user_string()
+        after, seen = cursor.read.get(name), set(cursor.seen.get(name, ()))
+        records = _executions_after(instance, key, after)
+        running = [
+            r.id for r in records if not isinstance(r.evaluation, AssetCheckEvaluation) and _running(instance, r)
+        ]
+        for record in records:
+            evaluation, entry = record.evaluation, record.event
+            if not isinstance(evaluation, AssetCheckEvaluation) or entry is None or record.id in seen:
+                continue
+            seen.add(record.id)
+            if after is None and entry.timestamp < since:
+                continue
+            job = entry.dagster_event.job_name if entry.dagster_event else None
+            events.append(CheckEvent(record.id, entry.timestamp, record.run_id, job, evaluation))
+        read = min(running) - 1 if running else max((r.id for r in records), default=after or 0)
+        cursor.read[name] = max(read, after or 0)
+        cursor.seen[name] = [i for i in seen if i > cursor.read[name]]
+    return sorted(events, key=lambda e: (e.timestamp, e.execution_id))
 
 
 def _iso(timestamp: float) -> str:
@@ -267,7 +321,7 @@ def check_alert(alerts: AlertSink, event: CheckEvent) -> Alert:
         kind="check_failed",
         title=f"check {evaluation.check_name} failed on {event.asset}",
         what=clip(evaluation.description or f"asset check {event.check_key} did not pass ({severity})", 1000),
-        event=f"check-evaluation:{event.storage_id}",
+        event=f"check-execution:{event.execution_id}",
         asset=event.asset,
         check=evaluation.check_name,
         run_id=event.run_id,
@@ -282,6 +336,11 @@ def check_alert(alerts: AlertSink, event: CheckEvent) -> Alert:
     )
 
 
+NO_DEFINITIONS = (
+    "no code location in the sensor's context, so no asset checks to read (build_sensor_context(definitions=...))"
+)
+
+
 @sensor(
     name="check_failure_alert_sensor",
     minimum_interval_seconds=30,
@@ -292,10 +351,13 @@ def check_alert(alerts: AlertSink, event: CheckEvent) -> Alert:
     ),
 )
 def check_failure_alert_sensor(context: SensorEvaluationContext, settings: Settings, alerts: AlertSink):
+    keys = watched_checks(context)
+    if not keys:
+        reason = NO_DEFINITIONS if context.repository_def is None else "the code location has no asset checks"
+        return SensorResult(cursor=context.cursor, skip_reason=reason)
     cooldown = settings.alert_cooldown_minutes * 60
-    cursor = CheckCursor.load(context.cursor)
-    events, newest = check_events(context.instance, cursor.after if cursor else None, cooldown)
-    cursor = cursor or CheckCursor()
+    cursor = CheckCursor.load(context.cursor) or CheckCursor()
+    events = check_events(context.instance, keys, cursor, cooldown)
     sent, cooled = 0, 0
     for event in events:
         evaluation = event.evaluation
@@ -304,13 +366,12 @@ def check_failure_alert_sensor(context: SensorEvaluationContext, settings: Setti
         if cursor.cooling(event.check_key, event.timestamp, cooldown):
             cooled += 1
             context.log.info(
-                f"{event.check_key} failed again (event {event.storage_id}): within its cooldown, no alert"
+                f"{event.check_key} failed again (execution {event.execution_id}): within its cooldown, no alert"
             )
             continue
         alerts.send(check_alert(alerts, event), context.log)
         cursor.last[event.check_key] = event.timestamp
         sent += 1
-    cursor.after = newest
     return SensorResult(
         cursor=cursor.dump(keep_after=time.time() - cooldown),
         skip_reason=f"{len(events)} check evaluations read: {sent} alerts sent, {cooled} within a cooldown",

@@ -10,8 +10,9 @@ into the model's lineage, and the UI shows them on the run.
   object and its version, so the same data never trains twice.
 - ``new_code_sensor``: the head commit of the code repository's branch (the local bare repository;
   CodeCommit GetBranch on aws). Its first tick records the commit and starts nothing.
-- ``drift_retraining_sensor``: a failed evaluation of a check whose name contains ``drift`` or
-  ``model_quality``, at most once per MLOPS_DRIFT_RETRAIN_HOURS.
+- ``drift_retraining_sensor``: a failed evaluation of a check of the code location whose name
+  contains ``drift`` or ``model_quality``, at most once per MLOPS_DRIFT_RETRAIN_HOURS (read like
+  ``check_failure_alert_sensor``'s: per check, from the event log's check index).
 
 They start SageMaker work, so on aws they start stopped unless MLOPS_AUTOMATION=on.
 """
@@ -39,7 +40,7 @@ from .infrastructure import read_code_commit
 from .jobs import retraining_job, trigger_tags
 from .resources.infrastructure import Infrastructure
 from .resources.object_store import LocalObjectStore, sha256_file, split_uri
-from .sensors import CheckCursor, check_events
+from .sensors import NO_DEFINITIONS, CheckCursor, check_events, watched_checks
 from .settings import Settings
 
 SETTLE_SECONDS = 5.0  # a local file modified more recently may still be being written: next tick
@@ -210,26 +211,29 @@ def is_drift_check(check_name: str) -> bool:
 
 
 def evaluate_drift(context: SensorEvaluationContext, settings: Settings):
+    keys = [key for key in watched_checks(context) if is_drift_check(key.name)]
+    if not keys:
+        reason = NO_DEFINITIONS if context.repository_def is None else "the code location has no drift checks"
+        return SensorResult(cursor=context.cursor, skip_reason=reason)
     period = settings.drift_retrain_hours * 3600
-    cursor = CheckCursor.load(context.cursor)
-    events, newest = check_events(context.instance, cursor.after if cursor else None, period)
-    cursor = cursor or CheckCursor()
+    cursor = CheckCursor.load(context.cursor) or CheckCursor()
+    events = check_events(context.instance, keys, cursor, period)
     requests = []
     for event in events:
-        if event.evaluation.passed or not is_drift_check(event.evaluation.check_name):
+        if event.evaluation.passed:
             continue
         if cursor.cooling(RETRAINED, event.timestamp, period):
-            context.log.info(f"{event.check_key} failed (event {event.storage_id}): retraining was requested "
+            context.log.info(f"{event.check_key} failed (execution {event.execution_id}): retraining was requested "
                              f"less than {settings.drift_retrain_hours} h before, none now")  # fmt: skip
             continue
         requests.append(
             RunRequest(
-                run_key=f"drift:{event.storage_id}",
+                # check key and execution id: unique across runs (and unlike the storage ids keyed before)
+                run_key=f"drift:{event.check_key}:{event.execution_id}",
                 tags=trigger_tags("drift", f"{event.check_key} failed in run {event.run_id}"),
             )
         )
         cursor.last[RETRAINED] = event.timestamp
-    cursor.after = newest
     dumped = cursor.dump(keep_after=time.time() - period)
     if requests:
         return SensorResult(run_requests=requests, cursor=dumped)

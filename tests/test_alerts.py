@@ -18,6 +18,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     DagsterEventType,
+    Definitions,
     Output,
     SensorResult,
     asset,
@@ -238,15 +239,18 @@ def _settings(home: Path, **env: str) -> Settings:
     return Settings.from_env({"MLOPS_HOME": str(home), **env})
 
 
-def _tick_checks(instance, settings, cursor=None) -> SensorResult:
+def _tick_checks(instance, settings, cursor=None, definitions=None) -> SensorResult:
+    """One tick of the sensor in a code location holding the stand-in asset and its checks."""
     sink = AlertSink(home=settings.home)
+    definitions = definitions or Definitions(assets=[_traffic({})])
     with build_sensor_context(
-        instance=instance, cursor=cursor, resources={"settings": settings, "alerts": sink}
+        instance=instance, cursor=cursor, definitions=definitions, resources={"settings": settings, "alerts": sink}
     ) as context:
         return check_failure_alert_sensor(context)
 
 
-def test_a_failed_error_check_alerts_once_even_though_its_run_is_green(mlops_home, instance):
+def test_a_failed_error_check_alerts_once_even_though_its_run_is_green(mlops_home, any_instance):
+    instance = any_instance
     settings = _settings(mlops_home)
     run_id = _materialize(instance, feature_drift=(False, ERROR), warn_only=(False, WARN))
     result = _tick_checks(instance, settings)
@@ -260,10 +264,11 @@ def test_a_failed_error_check_alerts_once_even_though_its_run_is_green(mlops_hom
 
     again = _tick_checks(instance, settings, result.cursor)  # re-tick: the cursor moved past it
     assert len(_lines(mlops_home)) == 1
-    assert json.loads(again.cursor)["after"] == json.loads(result.cursor)["after"]
+    assert json.loads(again.cursor)["read"] == json.loads(result.cursor)["read"]
 
 
-def test_a_check_failing_again_within_its_cooldown_does_not_alert_again(mlops_home, instance):
+def test_a_check_failing_again_within_its_cooldown_does_not_alert_again(mlops_home, any_instance):
+    instance = any_instance
     settings = _settings(mlops_home, MLOPS_ALERT_COOLDOWN_MINUTES="60")
     _materialize(instance, data_quality=(False, ERROR))
     first = _tick_checks(instance, settings)
@@ -281,7 +286,8 @@ def test_a_check_failing_again_within_its_cooldown_does_not_alert_again(mlops_ho
     assert [line["check"] for line in _lines(mlops_home)] == ["data_quality", "feature_drift", "data_quality"]
 
 
-def test_without_cooldown_every_failed_evaluation_alerts_once(mlops_home, instance):
+def test_without_cooldown_every_failed_evaluation_alerts_once(mlops_home, any_instance):
+    instance = any_instance
     settings = _settings(mlops_home, MLOPS_ALERT_COOLDOWN_MINUTES="0")
     first = _tick_checks(instance, settings)  # nothing yet: the cursor starts at the beginning
     _materialize(instance, data_quality=(False, ERROR))
@@ -292,15 +298,77 @@ def test_without_cooldown_every_failed_evaluation_alerts_once(mlops_home, instan
     assert len(events) == 2 and len(set(events)) == 2
 
 
-def test_the_first_tick_treats_failures_older_than_the_cooldown_as_history(mlops_home, instance):
+def test_the_first_tick_treats_failures_older_than_the_cooldown_as_history(mlops_home, any_instance):
+    instance = any_instance
     _materialize(instance, data_quality=(False, ERROR))
     settings = _settings(mlops_home, MLOPS_ALERT_COOLDOWN_MINUTES="0")  # look back 0 s
     first = _tick_checks(instance, settings)
     assert _lines(mlops_home) == []
-    assert json.loads(first.cursor)["after"] > 0
+    assert json.loads(first.cursor)["read"]["data_quality_report:data_quality"] > 0
     _materialize(instance, data_quality=(False, ERROR))
     _tick_checks(instance, settings, first.cursor)
     assert len(_lines(mlops_home)) == 1
+
+
+def test_failures_in_several_runs_each_alert_once_on_make_uis_run_sharded_event_log(mlops_home, ui_instance):
+    """Storage ids restart in each run's shard there: the sensor reads each check's executions instead."""
+    settings = _settings(mlops_home, MLOPS_ALERT_COOLDOWN_MINUTES="0")
+    first = _tick_checks(ui_instance, settings)
+    runs = [_materialize(ui_instance, data_quality=(False, ERROR)) for _ in range(2)]
+    second = _tick_checks(ui_instance, settings, first.cursor)
+    runs.append(_materialize(ui_instance, feature_drift=(False, ERROR), data_quality=(False, ERROR)))
+    third = _tick_checks(ui_instance, settings, second.cursor)
+    again = _tick_checks(ui_instance, settings, third.cursor)  # re-tick: nothing new
+    alerted = [(line["check"], line["run_id"]) for line in _lines(mlops_home)]
+    assert alerted == [("data_quality", runs[0]), ("data_quality", runs[1]),
+                       ("data_quality", runs[2]), ("feature_drift", runs[2])]  # fmt: skip
+    assert len({line["event"] for line in _lines(mlops_home)}) == 4
+    assert again.skip_reason.skip_message.startswith("0 check evaluations read")
+
+
+def _slow_traffic(entered: threading.Event, release: threading.Event):
+    """The stand-in asset whose data_quality check fails once ``release`` is set."""
+
+    @asset(name="data_quality_report", check_specs=[AssetCheckSpec(c, asset="data_quality_report") for c in CHECKS])
+    def report():
+        entered.set()
+        assert release.wait(timeout=120), "the test never released the slow run"
+        yield Output(1)
+        for name in CHECKS:
+            yield AssetCheckResult(check_name=name, passed=name != "data_quality", severity=ERROR)
+
+    return report
+
+
+def test_a_run_evaluating_after_a_later_run_still_alerts(mlops_home, ui_instance):
+    """Run A plans the check (its execution id comes first), run B evaluates it, the sensor ticks, and
+    only then does A evaluate: A's still-running execution holds the cursor back, so it is not skipped."""
+    settings = _settings(mlops_home, MLOPS_ALERT_COOLDOWN_MINUTES="0")
+    first = _tick_checks(ui_instance, settings)
+    entered, release, slow = threading.Event(), threading.Event(), {}
+    worker = threading.Thread(
+        target=lambda: slow.update(result=materialize([_slow_traffic(entered, release)], instance=ui_instance))
+    )
+    worker.start()
+    try:
+        assert entered.wait(timeout=120), "the slow run never started its asset"
+        later = _materialize(ui_instance, data_quality=(False, ERROR))
+        second = _tick_checks(ui_instance, settings, first.cursor)
+    finally:
+        release.set()
+        worker.join()
+    third = _tick_checks(ui_instance, settings, second.cursor)
+    _tick_checks(ui_instance, settings, third.cursor)
+    assert [line["run_id"] for line in _lines(mlops_home)] == [later, slow["result"].run_id]
+
+
+def test_without_its_code_location_the_check_sensor_skips_saying_why(mlops_home, instance):
+    sink = AlertSink(home=str(mlops_home))
+    resources = {"settings": _settings(mlops_home), "alerts": sink}
+    with build_sensor_context(instance=instance, cursor='{"read": {}}', resources=resources) as context:
+        result = check_failure_alert_sensor(context)
+    assert "no code location in the sensor's context" in result.skip_reason.skip_message
+    assert result.cursor == '{"read": {}}'
 
 
 # --- failed runs ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    Definitions,
     Output,
     SensorResult,
     SkipReason,
@@ -253,11 +254,14 @@ def _fail(instance, *checks: str) -> str:
 
 
 def _drift_tick(instance, settings, cursor=None) -> SensorResult:
-    with build_sensor_context(instance=instance, cursor=cursor) as context:
+    """One tick of the trigger in a code location holding the stand-in asset and its checks."""
+    definitions = Definitions(assets=[_monitoring(())])
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=definitions) as context:
         return evaluate_drift(context, settings)
 
 
-def test_a_failed_drift_check_requests_retraining_at_most_once_per_period(mlops_home, instance):
+def test_a_failed_drift_check_requests_retraining_at_most_once_per_period(mlops_home, any_instance):
+    instance = any_instance
     settings = _settings(mlops_home)  # 24 h
     first = _drift_tick(instance, settings)
     _fail(instance, "data_quality")  # not a drift check
@@ -284,7 +288,8 @@ def test_a_failed_drift_check_requests_retraining_at_most_once_per_period(mlops_
     assert "data_quality_report:model_quality failed" in again.tags["mlops/trigger_detail"]
 
 
-def test_drift_retraining_period_is_configurable(mlops_home, instance):
+def test_drift_retraining_period_is_configurable(mlops_home, any_instance):
+    instance = any_instance
     settings = _settings(mlops_home, MLOPS_DRIFT_RETRAIN_HOURS="0")
     first = _drift_tick(instance, settings)
     _fail(instance, "feature_drift")
@@ -294,11 +299,41 @@ def test_drift_retraining_period_is_configurable(mlops_home, instance):
         _settings(mlops_home, MLOPS_DRIFT_RETRAIN_HOURS="daily")
 
 
-def test_the_first_drift_tick_acts_on_a_failure_within_the_period(mlops_home, instance):
+def test_the_first_drift_tick_acts_on_a_failure_within_the_period(mlops_home, any_instance):
     """A drift found before the sensor's first tick (make monitor, then the daemon starts) still retrains."""
-    _fail(instance, "feature_drift")
-    [request] = _drift_tick(instance, _settings(mlops_home)).run_requests
+    _fail(any_instance, "feature_drift")
+    [request] = _drift_tick(any_instance, _settings(mlops_home)).run_requests
     assert request.tags["mlops/trigger"] == "drift"
+
+
+def test_drift_failures_in_several_runs_each_retrain_once_on_make_uis_run_sharded_event_log(mlops_home, ui_instance):
+    """Storage ids restart in each run's shard there: each failed run requests one retraining, keyed
+    by its check execution, and a re-tick requests none."""
+    settings = _settings(mlops_home, MLOPS_DRIFT_RETRAIN_HOURS="0")
+    first = _drift_tick(ui_instance, settings)
+    runs = [
+        _fail(ui_instance, "feature_drift"),
+        _fail(ui_instance, "data_quality"),
+        _fail(ui_instance, "model_quality"),
+    ]
+    second = _drift_tick(ui_instance, settings, first.cursor)
+    runs.append(_fail(ui_instance, "feature_drift"))
+    third = _drift_tick(ui_instance, settings, second.cursor)
+    again = _drift_tick(ui_instance, settings, third.cursor)
+    details = [r.tags["mlops/trigger_detail"] for r in [*second.run_requests, *third.run_requests]]
+    assert details == [f"data_quality_report:feature_drift failed in run {runs[0]}",
+                       f"data_quality_report:model_quality failed in run {runs[2]}",
+                       f"data_quality_report:feature_drift failed in run {runs[3]}"]  # fmt: skip
+    keys = [r.run_key for r in [*second.run_requests, *third.run_requests]]
+    assert len(set(keys)) == 3 and all(k.startswith("drift:data_quality_report:") for k in keys)
+    assert again.run_requests == [] and again.skip_reason.skip_message.startswith("0 check evaluations read")
+
+
+def test_without_its_code_location_the_drift_trigger_skips_saying_why(mlops_home, instance):
+    with build_sensor_context(instance=instance, cursor='{"read": {}}') as context:
+        result = evaluate_drift(context, _settings(mlops_home))
+    assert "no code location in the sensor's context" in result.skip_reason.skip_message
+    assert result.cursor == '{"read": {}}'
 
 
 # --- wiring: job, tags, default status ------------------------------------------------------------

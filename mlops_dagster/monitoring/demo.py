@@ -24,7 +24,6 @@ import json
 import sys
 import time
 import uuid
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,10 +33,8 @@ from urllib.parse import urlsplit
 import pandas as pd
 from dagster import (
     AssetKey,
-    DagsterEventType,
     DagsterInstance,
     Definitions,
-    EventRecordsFilter,
     ExecuteInProcessResult,
     RunsFilter,
     build_sensor_context,
@@ -230,13 +227,12 @@ def alerts_file(settings: Settings) -> Path:
     return Path(settings.home) / "alerts.jsonl"
 
 
-def latest_check_event(instance: DagsterInstance) -> int:
-    """Storage id of the newest check evaluation: the sensors' cursor before a run."""
-    records_filter = EventRecordsFilter(event_type=DagsterEventType.ASSET_CHECK_EVALUATION)
-    with warnings.catch_warnings():  # deprecated for 2.0; in 1.13 the one query over every check
-        warnings.simplefilter("ignore", DeprecationWarning)
-        records = instance.get_event_records(records_filter, limit=1, ascending=False)
-    return records[0].storage_id if records else 0
+def check_cursor_now(defs: Definitions, instance: DagsterInstance) -> str:
+    """The sensors' cursor before a run: past every execution of the code location's checks so far."""
+    from ..sensors import CheckCursor
+
+    keys = list(defs.get_repository_def().asset_graph.asset_check_keys)
+    return CheckCursor.past_latest(instance, keys).dump(keep_after=0)
 
 
 def sensor_daemon_live(instance: DagsterInstance) -> bool:
@@ -246,24 +242,21 @@ def sensor_daemon_live(instance: DagsterInstance) -> bool:
 
 
 def alert_and_trigger(
-    defs: Definitions, instance: DagsterInstance, settings: Settings, after: int, run_id: str, say, retrain: bool
+    defs: Definitions, instance: DagsterInstance, settings: Settings, cursor: str, run_id: str, say, retrain: bool
 ) -> dict:
-    """The alert sensor and the drift trigger on the evaluations since storage id ``after``: ticked
-    once here, or (when a daemon runs them) watched until they have acted."""
+    """The alert sensor and the drift trigger on the evaluations after ``cursor`` (``check_cursor_now``):
+    ticked once here, or (when a daemon runs them) watched until they have acted."""
     if sensor_daemon_live(instance):
         return _watch_daemon(instance, settings, run_id, say)
-    from ..sensors import CheckCursor
-
-    cursor = CheckCursor(after=after).dump(keep_after=0)
     outcome = {}
     lines_before = _alert_lines(settings)
-    with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as context:
         defs.resolve_sensor_def(ALERT_SENSOR)(context)
     alerts = _alert_lines(settings)[len(lines_before) :]
     outcome["alerts"] = alerts
     for alert in alerts:
         say(f"   ALERT appended to {alerts_file(settings)}: {alert.get('title')}")
-    with build_sensor_context(instance=instance, cursor=cursor, resources=defs.resources) as context:
+    with build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=defs.resources) as context:
         result = defs.resolve_sensor_def(DRIFT_SENSOR)(context)
     requests = list(result.run_requests or []) if result is not None else []
     outcome["run_requests"] = requests
@@ -374,12 +367,12 @@ def run(
             uri = put_ground_truth(store, f"s3://{settings.bucket}/{settings.prefix}/groundtruth", sent.labels)
             say(f"   ground truth of these requests (by inference id) uploaded: {uri}")
         say("   Materializing the monitoring group:")
-        after = latest_check_event(instance)
+        before = check_cursor_now(defs, instance)
         result = judge(defs, instance, label)
         outcome[label] = report(result, say)
         if label == "shifted":
             say("3. The alert sensor and the drift trigger see the failed checks:")
-            outcome["sensors"] = alert_and_trigger(defs, instance, settings, after, result.run_id, say, retrain)
+            outcome["sensors"] = alert_and_trigger(defs, instance, settings, before, result.run_id, say, retrain)
     drift = outcome["shifted"].get("feature_drift")
     if drift is not None and not drift.passed:
         say("Done: the first window passed, the shifted one failed feature_drift. See `make ui` for the runs.")
