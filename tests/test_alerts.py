@@ -362,6 +362,13 @@ def test_a_run_evaluating_after_a_later_run_still_alerts(mlops_home, ui_instance
     assert [line["run_id"] for line in _lines(mlops_home)] == [later, slow["result"].run_id]
 
 
+def test_a_cursor_of_the_storage_id_era_keeps_its_cooldowns_and_starts_each_check_over():
+    from mlops_dagster.sensors import CheckCursor
+
+    cursor = CheckCursor.load('{"after": 1234, "last": {"data_quality_report:data_quality": 5.0}}')
+    assert (cursor.read, cursor.seen, cursor.last) == ({}, {}, {"data_quality_report:data_quality": 5.0})
+
+
 def test_without_its_code_location_the_check_sensor_skips_saying_why(mlops_home, instance):
     sink = AlertSink(home=str(mlops_home))
     resources = {"settings": _settings(mlops_home), "alerts": sink}
