@@ -362,11 +362,10 @@ GRAPH = [
 ]  # fmt: skip
 
 
-def test_the_local_loop_end_to_end_as_make_monitor_shows_it(settings, mlops_home):
+def test_the_local_loop_end_to_end_as_make_monitor_shows_it(settings, mlops_home, ui_instance):
     """make run's graph up to the dev endpoint, then the demo (make monitor): a window like the
     training data passes, a shifted one fails feature_drift naming the shifted features, the alert
     sensor appends to alerts.jsonl and the drift trigger requests retraining. No server is left."""
-    from dagster import DagsterInstance
     from helpers import materialize_assets
 
     from mlops_dagster import build_definitions
@@ -375,15 +374,15 @@ def test_the_local_loop_end_to_end_as_make_monitor_shows_it(settings, mlops_home
 
     defs = build_definitions(settings)
     said: list[str] = []
-    # In memory: its event log takes the sensors' storage-id cursors (see the report on run-sharded SQLite).
-    with DagsterInstance.ephemeral() as instance:
-        try:
-            built = materialize_assets(defs, instance, GRAPH, {"raw_data": {"rows": 400}})
-            assert built.success
-            outcome = demo.run(settings, defs, instance, rows=300, batch=10, say=said.append)
-        finally:
-            stopped = defs.resolve_job_def("stop_endpoints").execute_in_process(instance=instance)
-            assert stopped.success
+    # The instance make monitor uses (run-sharded SQLite): the sensors' cursors must work there.
+    instance = ui_instance
+    try:
+        built = materialize_assets(defs, instance, GRAPH, {"raw_data": {"rows": 400}})
+        assert built.success
+        outcome = demo.run(settings, defs, instance, rows=300, batch=10, say=said.append)
+    finally:
+        stopped = defs.resolve_job_def("stop_endpoints").execute_in_process(instance=instance)
+        assert stopped.success
     assert read_endpoint(mlops_home, "dev") is None or not is_alive(read_endpoint(mlops_home, "dev"))
     text = "\n".join(said)
     assert all(check.passed for check in outcome["like-training"].values()), text
