@@ -272,9 +272,9 @@ class Baseline:
         missing = [n for n in BASELINE_FILES if n not in files]
         if missing:
             raise BaselineError(f"{where}: missing {', '.join(missing)}; recompute the baseline of the model")
-        statistics = _load(files[STATISTICS_FILE], f"{where}/{STATISTICS_FILE}")
-        constraints = _load(files[CONSTRAINTS_FILE], f"{where}/{CONSTRAINTS_FILE}")
-        sample = _load(files[SAMPLE_FILE], f"{where}/{SAMPLE_FILE}")
+        statistics = load_json_object(files[STATISTICS_FILE], f"{where}/{STATISTICS_FILE}")
+        constraints = load_json_object(files[CONSTRAINTS_FILE], f"{where}/{CONSTRAINTS_FILE}")
+        sample = load_json_object(files[SAMPLE_FILE], f"{where}/{SAMPLE_FILE}")
         return _validated(statistics, constraints, sample, where)
 
     @classmethod
@@ -340,7 +340,8 @@ def _dump(document: dict) -> bytes:
     return json.dumps(document, indent=2, allow_nan=False).encode("utf-8")
 
 
-def _load(data: bytes, where: str) -> dict:
+def load_json_object(data: bytes, where: str) -> dict:
+    """A baseline file's JSON object, or a BaselineError naming ``where``."""
     try:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -25,7 +25,6 @@ field holds it. No Dagster here; errors name the package, the file and what to d
 from __future__ import annotations
 
 import io
-import json
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from .baseline import (
     Baseline,
     BaselineError,
     compute_baseline,
+    load_json_object,
     prediction_baseline,
 )
 from .model_quality import ModelQualityError, validation_metrics
@@ -225,7 +225,7 @@ def load_model_baselines(store: ObjectStore, client, model_package_arn: str) -> 
             store, arn, "evaluation report (ModelMetrics.ModelQuality.Statistics)", locations.evaluation
         )
         try:
-            metrics = validation_metrics(_json(report, locations.evaluation))
+            metrics = validation_metrics(load_json_object(report, locations.evaluation))
         except ModelQualityError as err:
             raise BaselineError(f"model package {arn}: {locations.evaluation}: {err}") from err
     return ModelBaselines(data, prediction, metrics, locations.uris(), arn)
@@ -243,13 +243,3 @@ def _read_baseline(store: ObjectStore, arn: str, kind: str, location: BaselineLo
     return Baseline.from_files(
         files, where=f"model package {arn}: {kind} baseline {posixpath.dirname(location.statistics)}"
     )
-
-
-def _json(data: bytes, uri: str) -> dict:
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BaselineError(f"{uri} is not JSON: {err}") from err
-    if not isinstance(document, dict):
-        raise BaselineError(f"{uri} holds a JSON {type(document).__name__}, expected an object")
-    return document

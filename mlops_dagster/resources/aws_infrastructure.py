@@ -763,12 +763,7 @@ class AwsInfrastructure(Infrastructure):
         """In a bucket setup did not create: the versions under ``prefix/`` only; the bucket stays."""
         name, kept = f"s3://{self.bucket}", f"kept the bucket: {owner}"
         if not self.prefix:
-            return Removal(
-                "bucket",
-                name,
-                note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's",
-                kept=True,
-            )
+            return Removal.bucket_kept_whole(name, kept)
         versions, markers = self._delete_versions(s3, bucket, f"{self.prefix}/")
         deleted = [f"{versions} object versions under {name}/{self.prefix}/", f"{markers} delete markers"]
         if owner == ADOPTED:

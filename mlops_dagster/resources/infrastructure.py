@@ -240,6 +240,13 @@ class Removal:
     note: str = ""
     kept: bool = False
 
+    @classmethod
+    def bucket_kept_whole(cls, name: str, kept: str) -> Removal:
+        """A bucket setup did not create, with an empty MLOPS_PREFIX: nothing in it is only ours."""
+        return cls(
+            "bucket", name, note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's", kept=True
+        )
+
 
 def git_blob_id(data: bytes) -> str:
     """Git's object id of a file's bytes (CodeCommit reports the same blob ids)."""
@@ -509,12 +516,7 @@ class LocalInfrastructure(Infrastructure):
         kept = f"kept {path}: {FOREIGN}"
         self._record("bucket", self.bucket, None)
         if not self.prefix:
-            return Removal(
-                "bucket",
-                name,
-                note=f"{kept}; with an empty MLOPS_PREFIX no object in it is only the project's",
-                kept=True,
-            )
+            return Removal.bucket_kept_whole(name, kept)
         target = self._prefix_dir()
         objects = sum(1 for p in target.rglob("*") if p.is_file()) if target.is_dir() else 0
         if target.is_dir():
