@@ -376,7 +376,10 @@ def stop_endpoint(home: Path, env: str) -> bool:
         record_path(home, env).unlink(missing_ok=True)
         (endpoints_dir(home) / f"{env}.token").unlink(missing_ok=True)
         shutil.rmtree(endpoints_dir(home) / env, ignore_errors=True)
-        return stopped
+    from . import gateway  # here: gateway imports this module
+
+    gateway.stop_if_idle(home)  # the SageMaker Runtime gateway stops with the last endpoint server
+    return stopped
 
 
 def _terminate(record: EndpointRecord, grace: float = STOP_GRACE_SECONDS) -> bool:

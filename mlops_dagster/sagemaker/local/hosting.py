@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlops_dagster.monitoring.capture import CaptureConfigError, CaptureSettings, data_capture_summary
-from mlops_dagster.serving import process
+from mlops_dagster.serving import gateway, process
 
 from .models import (
     SHA256,
@@ -588,6 +588,9 @@ class HostingBackend:
             self._deploy_failed(endpoint, f"internal error: {type(err).__name__}: {err}", creating, started)
             raise
         self._finish(endpoint.arn, "InService", None, config_name, live)
+        # boto3 and the SDK reach InService endpoints through the gateway (runtime.json): up with the
+        # first one, restarted here if it died.
+        gateway.ensure_gateway(self.home, self.registry.region, self.registry.account_id)
         return self._endpoint_by_arn(endpoint.arn)
 
     def _deploy_failed(self, endpoint: Endpoint, reason: str, creating: bool, started: bool) -> Endpoint:
@@ -833,6 +836,8 @@ def _environment(name: str, tags: list[dict]) -> str:
     """The serving environment (endpoints/<env>.json): the mlops:environment tag, else the name."""
     env = next((t["Value"] for t in tags if t.get("Key") == ENVIRONMENT_TAG), name)
     try:
+        if env == gateway.RESERVED_ENV:
+            raise ValueError(f"{env!r} is reserved (endpoints/{gateway.RUNTIME_FILE} is the runtime gateway's)")
         return process.check_env(env)
     except ValueError as err:
         source = f"its {ENVIRONMENT_TAG} tag" if env != name else f"its name (no {ENVIRONMENT_TAG} tag)"
