@@ -6,8 +6,11 @@ opening the UI. It reads the Dagster instance at $DAGSTER_HOME.
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, MetadataValue
 
@@ -53,7 +56,13 @@ def _try_it(instance: DagsterInstance) -> None:
     for env in ("prod", "staging", "dev"):
         event = instance.get_latest_materialization_event(AssetKey(f"{env}_endpoint"))
         if event and event.asset_materialization and "curl" in event.asset_materialization.metadata:
-            print(f"Ask the {env} endpoint for a prediction:\n  {event.asset_materialization.metadata['curl'].value}\n")
+            metadata = event.asset_materialization.metadata
+            print(f"Ask the {env} endpoint for a prediction:\n  {metadata['curl'].value}\n")
+            if "endpoint_name" in metadata:
+                usage = runtime_usage(
+                    defs.resources["settings"].home, metadata["endpoint_name"].value, metadata["curl"].value
+                )
+                print(usage or "", end="")
             break
     event = instance.get_latest_materialization_event(AssetKey("registered_model"))
     if event and event.asset_materialization:
@@ -66,6 +75,31 @@ def _try_it(instance: DagsterInstance) -> None:
                 f"Model version {version} is {status['ModelApprovalStatus']}. Approve it, then deploy it to "
                 f"staging and prod:\n  make approve VERSION={version} COMMENT='reviewed'\n  make promote\n"
             )
+
+
+def runtime_usage(home: str | Path, endpoint_name: str, curl: str) -> str | None:
+    """How to call ``endpoint_name`` through the local SageMaker Runtime API (serving/gateway.py),
+    from Python and curl; None when no gateway is recorded (the aws backend, or no endpoint is up)."""
+    try:
+        gateway = json.loads((Path(home) / "endpoints" / "runtime.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    url, region = gateway["url"], gateway.get("region", "us-east-1")
+    row = re.search(r"--data-binary '([^']*)'", curl)
+    body = row.group(1) if row else "<one CSV row>"
+    return (
+        f"The same endpoint through the SageMaker Runtime API at {url} (boto3 and the SageMaker SDK work\n"
+        "unchanged; request signatures are not checked):\n"
+        f"  curl -s -X POST {url}/endpoints/{endpoint_name}/invocations -H 'Content-Type: text/csv' "
+        f"--data-binary '{body}'\n"
+        "  From Python:\n"
+        "    import boto3\n"
+        f'    runtime = boto3.client("sagemaker-runtime", endpoint_url="{url}", region_name="{region}")\n'
+        f'    answer = runtime.invoke_endpoint(EndpointName="{endpoint_name}", ContentType="text/csv", Body="{body}")\n'
+        '    print(answer["Body"].read().decode())\n'
+        f"  The SageMaker SDK: export AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME={url}, then\n"
+        f'    Predictor("{endpoint_name}", serializer=CSVSerializer(), deserializer=JSONDeserializer()).predict(rows)\n\n'
+    )
 
 
 if __name__ == "__main__":

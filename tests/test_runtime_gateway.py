@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,3 +205,24 @@ def test_the_gateways_file_name_is_not_an_endpoint_environment(served):
         Tags=[{"Key": "mlops:environment", "Value": "runtime"}],
     )
     assert "'runtime' is reserved" in err.response["Error"]["Message"]
+
+
+def test_make_runs_report_says_how_to_call_the_gateway(served, local_only, capsys, tmp_path):
+    from mlops_dagster.report import runtime_usage
+
+    row = ",".join(repr(float(v)) for v in ROWS.iloc[0])
+    curl = f"curl -s -X POST http://127.0.0.1:1/invocations -H 'Content-Type: text/csv' --data-binary '{row}'"
+    usage = runtime_usage(served.home, NAME, curl)
+    assert f"{served.url}/endpoints/{NAME}/invocations" in usage and row in usage
+    # The Python lines it prints run as they are and print the prediction.
+    lines = usage.splitlines()
+    start = lines.index("  From Python:") + 1
+    exec("\n".join(line.strip() for line in lines[start : start + 4]), {})  # noqa: S102 (our own text)
+    assert json.loads(capsys.readouterr().out)["predictions"] == pytest.approx(served.expected[:1], rel=1e-12)
+    assert local_only == []
+    # So does its curl line (where curl is installed).
+    command = next(line.strip() for line in lines if line.strip().startswith("curl "))
+    if shutil.which("curl"):
+        answer = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60, check=True)
+        assert json.loads(answer.stdout)["predictions"] == pytest.approx(served.expected[:1], rel=1e-12)
+    assert runtime_usage(tmp_path, NAME, curl) is None  # no gateway recorded: nothing to say
