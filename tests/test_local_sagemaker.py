@@ -451,8 +451,15 @@ def test_plan_orders_steps_by_references_and_depends_on():
         ([{"Name": "A", "Type": "Fail"}, {"Name": "A", "Type": "Fail"}], "two steps are named 'A'"),
         ([{"Name": "A", "Type": "Fail", "DependsOn": ["B"]}], "unknown step"),
         (
-            [{"Name": "A", "Type": "Fail", "DependsOn": ["B"]}, {"Name": "B", "Type": "Fail", "DependsOn": ["A"]}],
+            [
+                {"Name": "A", "Type": "Condition", "DependsOn": ["B"]},
+                {"Name": "B", "Type": "Condition", "DependsOn": ["A"]},
+            ],
             "cycle",
+        ),
+        (
+            [{"Name": "A", "Type": "Condition", "DependsOn": ["F"]}, {"Name": "F", "Type": "Fail"}],
+            "Step A can not depends on F: 'F' is a Fail step",
         ),
     ],
 )
@@ -896,7 +903,9 @@ def test_condition_false_runs_the_fail_step(sm: LocalSageMakerService, sdk_pipel
     execution = run_here(sm, sdk_pipeline, PipelineParameters=[{"Name": "MseThreshold", "Value": "0.001"}])
     assert execution["PipelineExecutionStatus"] == "Failed"
     reason = execution["FailureReason"]
-    assert reason.startswith("step 'MseAboveThreshold' (Fail) failed: model not registered: mse ")
+    assert reason.startswith(
+        "Step failure: One or multiple steps failed. step 'MseAboveThreshold' (Fail) failed: model not registered: mse "
+    )
     assert reason.endswith(" is above the MseThreshold 0.001")
     steps = steps_of(sm, execution["PipelineExecutionArn"])
     assert set(steps) == {"Preprocess", "Train", "Evaluate", "CheckQuality", "MseAboveThreshold"}

@@ -167,6 +167,13 @@ def _dependencies(step: StepDef, steps: dict[str, StepDef]) -> set[str]:
         raise DefinitionError(f"step '{step.name}' refers to unknown step(s) {', '.join(map(repr, unknown))}")
     if step.name in deps:
         raise DefinitionError(f"step '{step.name}' depends on itself")
+    for dep in sorted(deps):
+        if steps[dep].type == "Fail":
+            # SageMaker's CreatePipeline answer (a Fail step ends the execution; nothing runs after it).
+            raise DefinitionError(
+                f"Step {step.name} can not depends on {dep}: '{dep}' is a Fail step, which ends the execution; "
+                f"remove it from the DependsOn (and properties) of '{step.name}'"
+            )
     return deps
 
 

@@ -150,8 +150,13 @@ class Watch(threading.Thread):
 # --- running an execution --------------------------------------------------------------------
 
 
+# What SageMaker gives as an execution's FailureReason when a step failed (the SDK's integration
+# tests assert it); the local service adds which step failed and why after it.
+STEP_FAILURE = "Step failure: One or multiple steps failed."
+
+
 class StepFailed(Exception):
-    """A step ended Failed; the message is the execution's FailureReason."""
+    """A step ended Failed; the message (after STEP_FAILURE) is the execution's FailureReason."""
 
 
 class StepStopped(Exception):
@@ -189,7 +194,7 @@ class ExecutionRunner:
             try:
                 self._run_step(self.plan.steps[name])
             except StepFailed as err:
-                self._end("Failed", str(err))
+                self._end("Failed", f"{STEP_FAILURE} {err}")
                 return
             except StepStopped:
                 self._end("Stopped")
@@ -317,8 +322,10 @@ class ExecutionRunner:
     def _run_fail(self, step: interpreter.StepDef) -> None:
         self.backend.start_step(self.arn, step.name, step.type)
         message = interpreter.to_text(self._resolve(step, step.arguments.get("ErrorMessage", "")))
-        self.backend.update_step(self.arn, step.name, "Failed", message, {"Fail": {"ErrorMessage": message}})
-        raise StepFailed(f"step '{step.name}' (Fail) failed: {message}")
+        # As SageMaker: the step's FailureReason is the message, absent when the message is empty.
+        reason = message or None
+        self.backend.update_step(self.arn, step.name, "Failed", reason, {"Fail": {"ErrorMessage": message}})
+        raise StepFailed(f"step '{step.name}' (Fail) failed: {message or '(no ErrorMessage)'}")
 
 
 def run_execution(home: Path, store: ObjectStore, execution_arn: str, jobs: Any = None) -> str:
