@@ -715,4 +715,12 @@ def test_a_training_job_gets_an_allow_listed_environment(store, tmp_path, host_e
     sm = {k for k in env if k.startswith("SM_")}
     assert {"SM_MODEL_DIR", "SM_CHANNEL_TRAINING", "SM_HPS", "SM_TRAINING_ENV"} <= sm
     assert env["PYTHONPATH"] == seen["cwd"]  # the code folder only, not the parent's PYTHONPATH
-    assert_isolated(seen, {"MY_SETTING", *sm})
+    # What the image, the platform and the toolkit set besides SM_* (tests/test_training_contract.py).
+    contract = {
+        "SAGEMAKER_TRAINING_MODULE",
+        "TRAINING_JOB_NAME",
+        "SAGEMAKER_JOB_NAME",
+        "CURRENT_HOST",
+        "SAGEMAKER_REGION",
+    }
+    assert_isolated(seen, {"MY_SETTING", *sm, *contract})

@@ -6,8 +6,9 @@ uploaded after it exits 0; stdout and stderr go to ``log_path`` (the local Cloud
 interpreter (``sys.executable``) stands in for the scikit-learn container's python: the image
 URI of a request is not used.
 
-Training follows the sagemaker-training-toolkit, which the framework containers run: channels
-in ``input/data/<channel>`` and ``SM_CHANNEL_<CHANNEL>``; hyperparameters decoded from the SDK's
+Training follows the sagemaker-training-toolkit, which the framework containers run (its
+environment, config files and arguments are computed in ``contract``): channels in
+``input/data/<channel>`` and ``SM_CHANNEL_<CHANNEL>``; hyperparameters decoded from the SDK's
 JSON strings into ``SM_HPS``, ``SM_HP_<NAME>`` and ``--name value`` arguments; the code from
 ``sagemaker_submit_directory``; the model directory packed into
 ``<S3OutputPath>/<job>/output/model.tar.gz``; ``output/failure`` as the FailureReason.
@@ -50,10 +51,10 @@ from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
 from mlops_dagster.resources.object_store import ObjectStore, ObjectStoreError, split_uri
+from mlops_dagster.sagemaker.local import contract
 
 OPT_ML = "/opt/ml"
 PROCESSING_ROOT = "/opt/ml/processing/"  # SageMaker requires every processing LocalPath under it
-CURRENT_HOST = "algo-1"
 STOP_GRACE_SECONDS = 5.0
 FAILURE_REASON_LIMIT = 1024  # SageMaker truncates FailureReason to this length
 TAIL_LINES = 20
@@ -348,22 +349,23 @@ def _prepare_training(name: str, request: dict, store: ObjectStore, work_dir: Pa
     ml = _fresh_opt_ml(work_dir)
     given = _string_hyperparameters(request.get("HyperParameters"))
     decoded = {key: _decode_hyperparameter(value) for key, value in given.items()}
-    user_hps = {key: value for key, value in decoded.items() if not key.startswith("sagemaker_")}
+    _framework, user_hps = contract.split_hyperparameters(decoded)
     program = _required_string(decoded, "sagemaker_program")
     submit_dir = _required_string(decoded, "sagemaker_submit_directory")
 
-    dirs = _training_dirs(ml)
-    channels = _download_channels(request, store, ml / "input" / "data", note)
-    input_config = _write_training_config(dirs["input_config_dir"], given, request)
+    _training_dirs(ml)
+    _download_channels(request, store, ml / "input" / "data", note)
+    resource_config, data_config = _write_training_config(ml / "input" / "config", given, request)
     code_dir = ml / "code"
     _fetch_source_dir(store, submit_dir, work_dir / "staging", code_dir, note)
     _check_program(code_dir, program, submit_dir)
 
-    args = [_remap(arg, work_dir) for arg in _to_cmd_args(user_hps)]
-    env = _base_env()
+    args = [_remap(arg, work_dir) for arg in contract.to_cmd_args(user_hps)]
+    image = (request.get("AlgorithmSpecification") or {}).get("TrainingImage")
+    # In the container's order: the image's and the platform's variables, the request's, the toolkit's.
+    env = {**_base_env(), **contract.platform_env(name, image)}
     env.update(_remapped_environment(request.get("Environment"), work_dir))
-    job = _TrainingJobInfo(name, program, submit_dir, dirs, channels, input_config)
-    env.update(_training_env(job, decoded, user_hps, args))
+    env.update(contract.toolkit_env(ml, decoded, resource_config, data_config, env))
     # The toolkit puts the code folder on the path; a PYTHONPATH from the request's Environment follows it.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH")) if p)
     return _Launch([sys.executable, program, *args], code_dir, env, max_runtime, ml / "output" / "failure")
@@ -418,17 +420,6 @@ def _required_string(hyperparameters: dict, key: str) -> str:
     return value
 
 
-def _to_cmd_args(hyperparameters: dict) -> list[str]:
-    """The toolkit's to_cmd_args: sorted names, '--name value' ('-n' for one letter), str() values."""
-    args: list[str] = []
-    for key in sorted(hyperparameters):
-        value = hyperparameters[key]
-        if isinstance(value, dict):
-            value = ",".join(f"{k}={v}" for k, v in sorted(value.items()))
-        args += [f"--{key}" if len(key) > 1 else f"-{key}", str(value)]
-    return args
-
-
 def _download_channels(request: dict, store: ObjectStore, data_dir: Path, note: Note) -> dict[str, Path]:
     channels: dict[str, Path] = {}
     for channel in request.get("InputDataConfig") or []:
@@ -448,22 +439,15 @@ def _download_channels(request: dict, store: ObjectStore, data_dir: Path, note: 
     return channels
 
 
-def _write_training_config(config_dir: Path, hyperparameters: dict, request: dict) -> dict:
-    """hyperparameters.json (as given), resourceconfig.json and inputdataconfig.json (returned)."""
-    mode = (request.get("AlgorithmSpecification") or {}).get("TrainingInputMode") or "File"
-    input_config = {
-        c["ChannelName"]: {
-            "TrainingInputMode": c.get("InputMode") or mode,
-            "S3DistributionType": c["DataSource"]["S3DataSource"].get("S3DataDistributionType", "FullyReplicated"),
-            "RecordWrapperType": c.get("RecordWrapperType", "None"),
-            **({"ContentType": c["ContentType"]} if c.get("ContentType") else {}),
-        }
-        for c in request.get("InputDataConfig") or []
-    }
+def _write_training_config(config_dir: Path, hyperparameters: dict, request: dict) -> tuple[dict, dict]:
+    """hyperparameters.json (as given), resourceconfig.json and inputdataconfig.json (both returned)."""
+    instance_type = (request.get("ResourceConfig") or {}).get("InstanceType") or "local"
+    resource_config = contract.training_resource_config(instance_type)
+    data_config = contract.input_data_config(request)
     _write_json(config_dir / "hyperparameters.json", hyperparameters)
-    _write_json(config_dir / "resourceconfig.json", _resource_config())
-    _write_json(config_dir / "inputdataconfig.json", input_config)
-    return input_config
+    _write_json(config_dir / "resourceconfig.json", resource_config)
+    _write_json(config_dir / "inputdataconfig.json", data_config)
+    return resource_config, data_config
 
 
 def _fetch_source_dir(store: ObjectStore, uri: str, staging: Path, code_dir: Path, note: Note) -> None:
@@ -499,55 +483,6 @@ def _training_dirs(ml: Path) -> dict[str, Path]:
     for path in dirs.values():
         path.mkdir(parents=True, exist_ok=True)
     return dirs
-
-
-@dataclass
-class _TrainingJobInfo:
-    name: str
-    program: str
-    submit_dir: str
-    dirs: dict[str, Path]
-    channels: dict[str, Path]
-    input_config: dict
-
-
-def _training_env(job: _TrainingJobInfo, hyperparameters: dict, user_hps: dict, args: list[str]) -> dict[str, str]:
-    """The SM_* variables of the sagemaker-training-toolkit."""
-    channels = job.channels
-    log_level = hyperparameters.get("sagemaker_container_log_level", 20)
-    summary = {
-        **{key: str(path) for key, path in job.dirs.items()},
-        "job_name": job.name,
-        "current_host": CURRENT_HOST,
-        "hosts": [CURRENT_HOST],
-        "master_hostname": CURRENT_HOST,
-        "is_master": True,
-        "num_cpus": os.cpu_count() or 1,
-        "num_gpus": 0,
-        "network_interface_name": "lo",
-        "channel_input_dirs": {c: str(p) for c, p in channels.items()},
-        "hyperparameters": user_hps,
-        "additional_framework_parameters": {},
-        "module_dir": job.submit_dir,
-        "module_name": job.program.removesuffix(".py"),
-        "user_entry_point": job.program,
-        "log_level": log_level,
-        "resource_config": _resource_config(),
-        "input_data_config": job.input_config,
-    }
-    env = {f"SM_{key.upper()}": _env_value(value) for key, value in summary.items()}
-    env.update({f"SM_CHANNEL_{c.upper()}": str(p) for c, p in channels.items()})
-    env.update({f"SM_HP_{k.upper()}": _env_value(v) for k, v in user_hps.items()})
-    env["SM_CHANNELS"] = json.dumps(sorted(channels))
-    env["SM_HPS"] = json.dumps(user_hps)
-    env["SM_USER_ARGS"] = json.dumps(args)
-    env["SM_FRAMEWORK_PARAMS"] = "{}"
-    env["SM_TRAINING_ENV"] = json.dumps(summary)
-    return env
-
-
-def _env_value(value: object) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def _output_base(request: dict, name: str) -> str:
@@ -599,8 +534,8 @@ def _prepare_processing(name: str, request: dict, store: ObjectStore, work_dir: 
 
     config_dir = ml / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_dir / "processingjobconfig.json", {"ProcessingJobName": name, **request})
-    _write_json(config_dir / "resourceconfig.json", _resource_config())
+    _write_json(config_dir / "processingjobconfig.json", contract.processing_job_config(name, request))
+    _write_json(config_dir / "resourceconfig.json", contract.processing_resource_config())
 
     command = [_remap(str(part), work_dir) for part in [*entrypoint, *(app.get("ContainerArguments") or [])]]
     if _PYTHON.match(command[0]):
@@ -783,10 +718,6 @@ def _fresh_dir(path: Path) -> Path:
         shutil.rmtree(path)
     path.mkdir(parents=True)
     return path
-
-
-def _resource_config() -> dict:
-    return {"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST], "network_interface_name": "lo"}
 
 
 def _write_json(path: Path, value: object) -> None:
