@@ -7,7 +7,7 @@ read (parameters, execution variables, properties of steps that ran, objects in 
 Supported: ``Get`` of ``Parameters.*``, ``Execution.*`` and ``Steps.<step>.<property path>``;
 ``Std:Join``; ``Std:JsonGet`` over a PropertyFile or an S3Uri; conditions Equals, GreaterThan,
 GreaterThanOrEqualTo, LessThan, LessThanOrEqualTo, In, Not, Or; step types Processing, Training,
-Condition, RegisterModel, Fail. Anything else is reported by ``Plan.unsupported`` before a step
+Condition, RegisterModel, Fail, Model and Transform (model_steps.py). Anything else is reported by ``Plan.unsupported`` before a step
 runs, naming the construct and the step.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-SUPPORTED_STEP_TYPES = ("Processing", "Training", "Condition", "RegisterModel", "Fail")
+SUPPORTED_STEP_TYPES = ("Processing", "Training", "Condition", "RegisterModel", "Fail", "Model", "Transform")
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
 EXECUTION_VARIABLES = (
     "PipelineExecutionId",

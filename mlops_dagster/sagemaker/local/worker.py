@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import interpreter
+from . import interpreter, model_steps
 from .interpreter import ExpressionError, Plan, Scope, evaluate, evaluate_conditions, resolve_parameters
 from .models import (
     ACTIVE_EXECUTION,
@@ -233,6 +233,8 @@ class ExecutionRunner:
             "Condition": self._run_condition,
             "RegisterModel": self._run_register,
             "Fail": self._run_fail,
+            "Model": lambda s: model_steps.run_model_step(self, s),
+            "Transform": lambda s: model_steps.run_transform_step(self, s),
         }[step.type]
         runner(step)
 
