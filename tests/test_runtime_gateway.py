@@ -9,6 +9,7 @@ sdk_config). Every process a test starts is stopped by its fixture.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -226,3 +227,33 @@ def test_make_runs_report_says_how_to_call_the_gateway(served, local_only, capsy
         answer = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=60, check=True)
         assert json.loads(answer.stdout)["predictions"] == pytest.approx(served.expected[:1], rel=1e-12)
     assert runtime_usage(tmp_path, NAME, curl) is None  # no gateway recorded: nothing to say
+
+
+def test_a_failure_of_the_gateway_itself_is_internal_failure(tmp_path, monkeypatch):
+    """Called as ASGI (no server): a bug below the handler answers the runtime's InternalFailure (500)."""
+    from mlops_dagster.sagemaker.local.runtime import LocalSageMakerRuntime
+
+    def broken(self, **params):
+        raise RuntimeError("state.db is unreadable")
+
+    monkeypatch.setattr(LocalSageMakerRuntime, "invoke_endpoint", broken)
+    app = gateway.create_app(tmp_path, "us-east-1", "000000000000")
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"1,2", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "method": "POST", "path": f"/endpoints/{NAME}/invocations", "raw_path": b"",
+        "headers": [(b"content-type", b"text/csv")], "query_string": b"", "http_version": "1.1",
+        "scheme": "http", "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2), "root_path": "",
+    }  # fmt: skip
+    with pytest.raises(RuntimeError, match="state.db is unreadable"):  # re-raised to uvicorn, which logs it
+        asyncio.run(app(scope, receive, send))
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    assert start["status"] == 500
+    assert (b"x-amzn-errortype", b"InternalFailure") in start["headers"]
+    assert "RuntimeError: state.db is unreadable" in json.loads(body)["message"]

@@ -16,7 +16,8 @@ local service's own runtime client), so routing and errors are defined once:
 - an error is the runtime's rest-json error: the code in ``x-amzn-ErrorType``, the message in the
   JSON body's ``message``, modeled fields (ModelError's OriginalStatusCode, OriginalMessage,
   LogStreamArn) beside it, the status it names (ValidationError 400, ModelError 424). A body over
-  6 MB is 413 without an error type, which botocore reports as code "413".
+  6 MB is 413 without an error type, which botocore reports as code "413"; a failure of the
+  gateway itself is InternalFailure (500), its traceback in the log.
 
 SigV4 signatures are not checked (any credentials, any region in the signature, are accepted): the
 gateway listens on 127.0.0.1 only, like the endpoint servers it routes to.
@@ -154,12 +155,17 @@ def create_app(home: Path, region: str, account_id: str):
         message = f"{request.method} {request.url.path} is not an operation of the local SageMaker Runtime API"
         return JSONResponse({"message": message}, 404, {"x-amzn-ErrorType": "UnknownOperationException"})
 
+    async def internal_failure(request: Request, exc: Exception) -> Response:
+        # The traceback goes to runtime.log (Starlette re-raises to uvicorn after this answer).
+        message = f"the local SageMaker Runtime gateway failed: {type(exc).__name__}: {exc} (see its log)"
+        return JSONResponse({"message": message}, 500, {"x-amzn-ErrorType": "InternalFailure"})
+
     routes = [
         Route("/endpoints/{name}/invocations", invocations, methods=["POST"]),
         Route("/ping", ping, methods=["GET"]),
         Route("/{path:path}", unknown, methods=["GET", "POST", "PUT", "DELETE"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, exception_handlers={Exception: internal_failure})
 
 
 async def _body(request) -> bytes:
