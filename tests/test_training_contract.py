@@ -37,6 +37,7 @@ from test_local_jobs import (
 from mlops_dagster.resources.object_store import LocalObjectStore
 from mlops_dagster.sagemaker.local.jobs import run_processing_job
 
+ARN_PREFIX = "arn:aws:sagemaker:us-east-1:000000000000"
 TOOLKIT = "sagemaker-training"
 TOOLKIT_VERSION = "5.1.4"
 # pip's words for "the index could not be reached" (then the test skips; any other failure fails it).
@@ -159,7 +160,7 @@ def run_contract_job(store, tmp_path: Path, hyperparameters: dict[str, str]) -> 
         environment={"MY_SETTING": "x"},
     )
     name = "pipelines-exec1-Train-abc"
-    result = train(store, tmp_path, request, name)
+    result = train(store, tmp_path, request, name, job_arn=f"{ARN_PREFIX}:training-job/{name}")
     assert result.status == "Completed", result.failure_reason
     seen = json.loads(members(store, result.outputs["S3ModelArtifacts"])["seen.json"])
     return tmp_path / "work" / name / "opt" / "ml", seen
@@ -181,6 +182,7 @@ def test_training_environment_and_arguments_are_the_toolkits(store, tmp_path, to
     assert seen["argv"][1:] == toolkit["args"]
     # The platform's and the image's variables the toolkit reads (it would not notice them missing).
     assert job_env["TRAINING_JOB_NAME"] == "pipelines-exec1-Train-abc"
+    assert job_env["TRAINING_JOB_ARN"] == f"{ARN_PREFIX}:training-job/pipelines-exec1-Train-abc"
     assert job_env["SAGEMAKER_TRAINING_MODULE"] == "sagemaker_sklearn_container.training:main"
     assert json.loads(job_env["SM_TRAINING_ENV"])["job_name"] == "pipelines-exec1-Train-abc"
 
@@ -217,6 +219,7 @@ def test_training_config_files_are_sagemakers(store, tmp_path):
 
 # The developer guide's example of /opt/ml/config/processingjobconfig.json, as key paths.
 DOCUMENTED_PROCESSING_KEYS = {
+    "ProcessingJobArn",
     "ProcessingJobName",
     "AppSpecification",
     "AppSpecification.ImageUri",
@@ -271,7 +274,8 @@ def test_processing_config_files_are_the_documented_ones(store, tmp_path):
     request["Environment"] = {"OUT": "/opt/ml/processing/report", "KEY": "VALUE"}
     request["StoppingCondition"] = {"MaxRuntimeInSeconds": 86400}
     work = tmp_path / "work" / "Preprocess"
-    result = run_processing_job("Preprocess", request, store, work, tmp_path / "p.log")
+    arn = f"{ARN_PREFIX}:processing-job/preprocess"
+    result = run_processing_job("Preprocess", request, store, work, tmp_path / "p.log", job_arn=arn)
     assert result.status == "Completed", result.failure_reason
 
     config_dir = work / "opt" / "ml" / "config"
@@ -281,7 +285,7 @@ def test_processing_config_files_are_the_documented_ones(store, tmp_path):
     }
     config = json.loads((config_dir / "processingjobconfig.json").read_text())
     assert key_paths(config) == DOCUMENTED_PROCESSING_KEYS
-    assert config["ProcessingJobName"] == "Preprocess"
+    assert (config["ProcessingJobArn"], config["ProcessingJobName"]) == (arn, "Preprocess")
     assert config["AppSpecification"] == {
         "ImageUri": IMAGE,
         "ContainerEntrypoint": ["python3", "/opt/ml/processing/input/code/dump.py"],

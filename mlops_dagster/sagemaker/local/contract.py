@@ -91,16 +91,17 @@ def processing_resource_config() -> dict:
     return {"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST]}
 
 
-def processing_job_config(name: str, request: dict) -> dict:
+def processing_job_config(name: str, request: dict, job_arn: str | None = None) -> dict:
     """/opt/ml/config/processingjobconfig.json: the request in the documented shape, defaults filled in.
 
     Paths are the container's (``/opt/ml/processing/...``), as in the request. ProcessingJobArn is
-    left out: the local job runner is not told the job's ARN.
+    left out when the caller does not know the job's ARN.
     """
     app = request.get("AppSpecification") or {}
     cluster = (request.get("ProcessingResources") or {}).get("ClusterConfig") or {}
     outputs = request.get("ProcessingOutputConfig") or {}
     config = {
+        **({"ProcessingJobArn": job_arn} if job_arn else {}),
         "ProcessingJobName": name,
         "AppSpecification": {
             "ImageUri": app.get("ImageUri"),
@@ -183,9 +184,9 @@ def env_value(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def platform_env(job_name: str, image: str | None) -> dict[str, str]:
+def platform_env(job_name: str, image: str | None, job_arn: str | None = None) -> dict[str, str]:
     """What the image and the training platform set before the toolkit starts."""
-    env = {"TRAINING_JOB_NAME": job_name}
+    env = {"TRAINING_JOB_NAME": job_name, **({"TRAINING_JOB_ARN": job_arn} if job_arn else {})}
     if image and SKLEARN_IMAGE in image:
         env["SAGEMAKER_TRAINING_MODULE"] = SKLEARN_TRAINING_MODULE
     return env

@@ -132,15 +132,19 @@ def run_training_job(
     work_dir: Path,
     log_path: Path,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    job_arn: str | None = None,
 ) -> JobResult:
-    """Run a resolved CreateTrainingJob request (without TrainingJobName) and wait for it."""
+    """Run a resolved CreateTrainingJob request (without TrainingJobName) and wait for it.
+
+    ``job_arn``, when given, is in the container as SageMaker puts it there (TRAINING_JOB_ARN).
+    """
     work_dir = Path(work_dir).absolute()
     return _run_job(
         "training",
         name,
         Path(log_path),
         on_start,
-        prepare=lambda note: _prepare_training(name, request, store, work_dir, note),
+        prepare=lambda note: _prepare_training(name, request, store, work_dir, note, job_arn),
         collect=lambda note: _collect_training(name, request, store, work_dir, note),
     )
 
@@ -152,15 +156,19 @@ def run_processing_job(
     work_dir: Path,
     log_path: Path,
     on_start: Callable[[subprocess.Popen], None] | None = None,
+    job_arn: str | None = None,
 ) -> JobResult:
-    """Run a resolved CreateProcessingJob request (without ProcessingJobName) and wait for it."""
+    """Run a resolved CreateProcessingJob request (without ProcessingJobName) and wait for it.
+
+    ``job_arn``, when given, is in the container as SageMaker puts it there (processingjobconfig.json).
+    """
     work_dir = Path(work_dir).absolute()
     return _run_job(
         "processing",
         name,
         Path(log_path),
         on_start,
-        prepare=lambda note: _prepare_processing(name, request, store, work_dir, note),
+        prepare=lambda note: _prepare_processing(name, request, store, work_dir, note, job_arn),
         collect=lambda note: _collect_processing(request, store, work_dir, note),
     )
 
@@ -342,7 +350,9 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 # --------------------------------------------------------------------------- training
 
 
-def _prepare_training(name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note) -> _Launch:
+def _prepare_training(
+    name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note, job_arn: str | None = None
+) -> _Launch:
     _check_training_request(request)
     _output_base(request, name)  # a bad S3OutputPath fails now, not after the training
     max_runtime = _max_runtime(request)
@@ -363,7 +373,7 @@ def _prepare_training(name: str, request: dict, store: ObjectStore, work_dir: Pa
     args = [_remap(arg, work_dir) for arg in contract.to_cmd_args(user_hps)]
     image = (request.get("AlgorithmSpecification") or {}).get("TrainingImage")
     # In the container's order: the image's and the platform's variables, the request's, the toolkit's.
-    env = {**_base_env(), **contract.platform_env(name, image)}
+    env = {**_base_env(), **contract.platform_env(name, image, job_arn)}
     env.update(_remapped_environment(request.get("Environment"), work_dir))
     env.update(contract.toolkit_env(ml, decoded, resource_config, data_config, env))
     # The toolkit puts the code folder on the path; a PYTHONPATH from the request's Environment follows it.
@@ -507,7 +517,9 @@ def _pack(source: Path, archive: Path) -> Path:
 # --------------------------------------------------------------------------- processing
 
 
-def _prepare_processing(name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note) -> _Launch:
+def _prepare_processing(
+    name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note, job_arn: str | None = None
+) -> _Launch:
     cluster = (request.get("ProcessingResources") or {}).get("ClusterConfig") or {}
     _check_one_instance("ProcessingResources.ClusterConfig", cluster)
     max_runtime = _max_runtime(request)
@@ -534,7 +546,7 @@ def _prepare_processing(name: str, request: dict, store: ObjectStore, work_dir: 
 
     config_dir = ml / "config"
     config_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_dir / "processingjobconfig.json", contract.processing_job_config(name, request))
+    _write_json(config_dir / "processingjobconfig.json", contract.processing_job_config(name, request, job_arn))
     _write_json(config_dir / "resourceconfig.json", contract.processing_resource_config())
 
     command = [_remap(str(part), work_dir) for part in [*entrypoint, *(app.get("ContainerArguments") or [])]]
