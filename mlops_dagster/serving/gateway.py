@@ -11,8 +11,11 @@ local service's own runtime client), so routing and errors are defined once:
 - request headers as botocore sends them: Content-Type, Accept, X-Amzn-SageMaker-Custom-Attributes,
   X-Amzn-SageMaker-Inference-Id, X-Amzn-SageMaker-Target-Variant (and the other modeled ones,
   which the runtime refuses by name);
-- response headers Content-Type, x-Amzn-Invoked-Production-Variant, X-Amzn-SageMaker-Custom-Attributes
-  (when the model server sets them), x-amzn-RequestId;
+- response headers Content-Type, x-Amzn-Invoked-Production-Variant, x-amzn-RequestId, and
+  X-Amzn-SageMaker-Custom-Attributes when the runtime returns CustomAttributes. The local runtime
+  takes the request's CustomAttributes but does not pass them to the model server: training/
+  inference.py's handlers have no argument for them (nor in the scikit-learn container), so no
+  answer carries any, as from that container on AWS;
 - an error is the runtime's rest-json error: the code in ``x-amzn-ErrorType``, the message in the
   JSON body's ``message``, modeled fields (ModelError's OriginalStatusCode, OriginalMessage,
   LogStreamArn) beside it, the status it names (ValidationError 400, ModelError 424). A body over
