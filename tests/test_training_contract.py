@@ -82,35 +82,44 @@ def toolkit_python() -> Path:
     """The python of a venv holding the real toolkit: installed once, then reused from the cache."""
     venv = _toolkit_venv()
     python = venv / "bin" / "python"
-    marker = venv / "installed.txt"
     venv.parent.mkdir(parents=True, exist_ok=True)
     with open(venv.parent / f"{venv.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one installer at a time (parallel test workers)
-        if not marker.is_file():
-            shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            pip = subprocess.run(
-                [
-                    str(python),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    f"{TOOLKIT}=={TOOLKIT_VERSION}",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=900,
-            )
-            output = pip.stdout + pip.stderr
-            if pip.returncode != 0:
-                shutil.rmtree(venv, ignore_errors=True)
-                if any(text in output for text in OFFLINE_MARKERS):
-                    pytest.skip(f"{TOOLKIT}=={TOOLKIT_VERSION} cannot be installed: package index unreachable")
-                pytest.fail(f"pip install {TOOLKIT}=={TOOLKIT_VERSION} into {venv} failed:\n{output[-3000:]}")
-            marker.write_text(TOOLKIT_VERSION)
+        if not _toolkit_installed(python):
+            _install_toolkit(venv, python)
     return python
+
+
+def _toolkit_installed(python: Path) -> bool:
+    """The cached venv works and holds the pinned version (a moved or upgraded python breaks a venv)."""
+    if not python.exists():
+        return False
+    check = f"import importlib.metadata as m, sagemaker_training; print(m.version({TOOLKIT!r}))"
+    proc = subprocess.run([str(python), "-c", check], capture_output=True, text=True, timeout=120)
+    return proc.returncode == 0 and proc.stdout.strip() == TOOLKIT_VERSION
+
+
+def _install_toolkit(venv: Path, python: Path) -> None:
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    install = [
+        str(python),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+        f"{TOOLKIT}=={TOOLKIT_VERSION}",
+    ]
+    pip = subprocess.run(install, capture_output=True, text=True, timeout=900)
+    if pip.returncode == 0:
+        return
+    shutil.rmtree(venv, ignore_errors=True)
+    output = (pip.stdout + pip.stderr).strip()
+    if any(text in output for text in OFFLINE_MARKERS):
+        last = output.splitlines()[-1]
+        pytest.skip(f"{TOOLKIT}=={TOOLKIT_VERSION} cannot be installed, the package index is unreachable: {last}")
+    pytest.fail(f"pip install {TOOLKIT}=={TOOLKIT_VERSION} into {venv} failed:\n{output[-3000:]}")
 
 
 def run_toolkit(python: Path, ml: Path, container_env: dict[str, str], home: Path) -> dict:
