@@ -257,3 +257,13 @@ def test_a_failure_of_the_gateway_itself_is_internal_failure(tmp_path, monkeypat
     assert start["status"] == 500
     assert (b"x-amzn-errortype", b"InternalFailure") in start["headers"]
     assert "RuntimeError: state.db is unreadable" in json.loads(body)["message"]
+
+
+def test_an_endpoint_served_without_a_gateway_gets_one_when_it_is_next_read(served):
+    """An endpoint deployed before the gateway existed (or whose gateway was stopped alone): describing it starts one."""
+    gateway.stop_gateway(served.home)
+    assert not gateway.runtime_path(served.home).exists()
+    assert served.sm.describe_endpoint(EndpointName=NAME)["EndpointStatus"] == "InService"
+    record = gateway.read_gateway(served.home)
+    assert record is not None and gateway.is_alive(record)
+    served.url = record.url  # the port may differ: the tests after this one use the new address

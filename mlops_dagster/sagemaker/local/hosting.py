@@ -734,6 +734,8 @@ class HostingBackend:
             reason = self._dead_server_reason(endpoint)
             if reason:
                 self._set_state(endpoint.arn, "Failed", reason, expect=endpoint)
+            elif not gateway.runtime_path(self.home).exists():  # deployed before the gateway existed
+                gateway.ensure_gateway(self.home, self.registry.region, self.registry.account_id)
         else:
             return endpoint
         return self._endpoint_by_arn(endpoint.arn)
