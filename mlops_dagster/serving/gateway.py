@@ -28,8 +28,9 @@ gateway listens on 127.0.0.1 only, like the endpoint servers it routes to.
 While any local endpoint is up, ``$MLOPS_HOME/endpoints/runtime.json`` holds
 ``{"url": "http://127.0.0.1:<port>", ...}`` (written by temp file and rename; removed when the
 gateway stops). The hosting backend starts the gateway when an endpoint goes InService (again if
-it died), and ``process.stop_endpoint`` stops it with the last endpoint server. Its log is
-``endpoints/runtime.log``.
+it died), and when it reads an InService endpoint with a live server while no runtime.json exists
+(an endpoint deployed before the gateway existed); ``process.stop_endpoint`` stops it with the
+last endpoint server. Its log is ``endpoints/runtime.log`` (warnings and failures only).
 """
 
 from __future__ import annotations
