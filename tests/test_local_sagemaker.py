@@ -515,7 +515,8 @@ def test_pipeline_crud(sm: LocalSageMakerService, model):
 
     with pytest.raises(ClientError) as err:
         sm.create_pipeline(PipelineName="p-1", PipelineDefinition=body, RoleArn=ROLE)
-    assert code(err.value) == "ConflictException" and err.value.operation_name == "CreatePipeline"
+    assert code(err.value) == "ValidationException" and err.value.operation_name == "CreatePipeline"
+    assert "Pipeline with name (p-1) already exists" in str(err.value)
     for bad_name, bad_body in (("p-2", "{not json"), ("bad_name!", body)):
         with pytest.raises(ClientError) as err:
             sm.create_pipeline(PipelineName=bad_name, PipelineDefinition=bad_body, RoleArn=ROLE)

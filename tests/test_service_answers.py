@@ -180,3 +180,61 @@ def test_pipeline_variables_print_and_compare_as_strings(sm, session):
     fail, _ = fail_and_condition(run(sm, pipeline, MyInteger=0))
     expected = "condition greater than check return: true and left side param str is 1 and right side param int is 0"
     assert fail["FailureReason"] == expected
+
+
+def test_parallelism_configuration_is_recorded_on_create_and_update(sm, session):
+    """Mirrors test_workflow.py::test_create_and_update_with_parallelism_config: DescribePipeline
+    answers the ParallelismConfiguration given to CreatePipeline, then the one given to UpdatePipeline;
+    the SDK's upsert works, as CreatePipeline of an existing name is a ValidationException "already exists"."""
+    from sagemaker.workflow.callback_step import CallbackOutput, CallbackOutputTypeEnum, CallbackStep
+
+    output = CallbackOutput(output_name="output", output_type=CallbackOutputTypeEnum.String)
+    steps = [
+        CallbackStep(
+            name=f"callback-step{count}",
+            sqs_queue_url="https://sqs.us-east-2.amazonaws.com/123456789012/MyQueue",
+            inputs={"arg1": "foo"},
+            outputs=[output],
+        )
+        for count in range(500)
+    ]
+    parameters = [ParameterInteger(name="InstanceCount", default_value=2)]
+    pipeline = Pipeline(name="parallel", parameters=parameters, steps=steps, sagemaker_session=session)
+    arn = pipeline.create(ROLE, parallelism_config={"MaxParallelExecutionSteps": 50})["PipelineArn"]
+    assert arn == "arn:aws:sagemaker:us-east-1:000000000000:pipeline/parallel"
+    assert pipeline.describe()["ParallelismConfiguration"]["MaxParallelExecutionSteps"] == 50
+    pipeline.parameters = [ParameterInteger(name="InstanceCount", default_value=1)]
+    assert pipeline.upsert(ROLE, parallelism_config={"MaxParallelExecutionSteps": 55})["PipelineArn"] == arn
+    assert pipeline.describe()["ParallelismConfiguration"]["MaxParallelExecutionSteps"] == 55
+    # An update without it keeps it, as any UpdatePipeline field left out.
+    sm.update_pipeline(PipelineName="parallel", PipelineDescription="described")
+    assert pipeline.describe()["ParallelismConfiguration"] == {"MaxParallelExecutionSteps": 55}
+
+
+def test_a_state_db_from_before_parallelism_is_migrated(mlops_home: Path):
+    """A pipelines table without the parallelism column (an earlier state.db) gains it on open."""
+    import sqlite3
+
+    path = mlops_home / "sagemaker" / "state.db"
+    path.parent.mkdir(parents=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "CREATE TABLE pipelines (name TEXT PRIMARY KEY, arn TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL,"
+            " description TEXT, definition TEXT NOT NULL, role_arn TEXT, created REAL NOT NULL,"
+            " modified REAL NOT NULL, last_run REAL)"
+        )
+        arn = "arn:aws:sagemaker:us-east-1:000000000000:pipeline/old"
+        conn.execute(
+            "INSERT INTO pipelines VALUES ('old', ?, 'old', NULL, '{\"Steps\": []}', NULL, 1, 1, NULL)", (arn,)
+        )
+    conn.close()
+    service = LocalSageMakerService(mlops_home, LocalObjectStore(root=str(mlops_home / "s3")))
+    assert "ParallelismConfiguration" not in service.describe_pipeline(PipelineName="old")
+    body = '{"Version": "2020-12-01", "Parameters": [], "Steps": []}'
+    service.create_pipeline(
+        PipelineName="new",
+        PipelineDefinition=body,
+        RoleArn=ROLE,
+        ParallelismConfiguration={"MaxParallelExecutionSteps": 2},
+    )
+    assert service.describe_pipeline(PipelineName="new")["ParallelismConfiguration"] == {"MaxParallelExecutionSteps": 2}

@@ -186,6 +186,7 @@ RecordT = TypeVar("RecordT", bound=Record)
 
 @dataclass
 class Pipeline(Record):
+    JSON_FIELDS = ("parallelism",)
     name: str
     arn: str
     display_name: str
@@ -195,6 +196,8 @@ class Pipeline(Record):
     created: float
     modified: float
     last_run: float | None
+    # ParallelismConfiguration as given (recorded and answered; the local worker runs one step at a time).
+    parallelism: dict | None = None
 
     def describe(self) -> dict:
         return _drop_none(
@@ -211,6 +214,7 @@ class Pipeline(Record):
                 "LastRunTime": utc(self.last_run),
                 "CreatedBy": {},
                 "LastModifiedBy": {},
+                "ParallelismConfiguration": self.parallelism,
             }
         )
 
@@ -491,7 +495,8 @@ class Package(Record):
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pipelines (
     name TEXT PRIMARY KEY, arn TEXT NOT NULL UNIQUE, display_name TEXT NOT NULL, description TEXT,
-    definition TEXT NOT NULL, role_arn TEXT, created REAL NOT NULL, modified REAL NOT NULL, last_run REAL
+    definition TEXT NOT NULL, role_arn TEXT, created REAL NOT NULL, modified REAL NOT NULL, last_run REAL,
+    parallelism TEXT
 );
 CREATE TABLE IF NOT EXISTS executions (
     arn TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, pipeline_name TEXT NOT NULL, pipeline_arn TEXT NOT NULL,
@@ -588,6 +593,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_clock REAL NOT NULL DEFAULT 0")
         if "heartbeat_boot" not in columns:
             conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_boot TEXT")  # NULL: boot unknown
+        if "parallelism" not in {row["name"] for row in conn.execute("PRAGMA table_info(pipelines)")}:
+            conn.execute("ALTER TABLE pipelines ADD COLUMN parallelism TEXT")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -659,7 +666,13 @@ class LocalSageMakerBackend:
     # pipelines
 
     def create_pipeline(
-        self, name: str, definition: str, role_arn: str | None, display_name: str | None, description: str | None
+        self,
+        name: str,
+        definition: str,
+        role_arn: str | None,
+        display_name: str | None,
+        description: str | None,
+        parallelism: dict | None = None,
     ) -> Pipeline:
         if not PIPELINE_NAME.match(name or ""):
             raise ValidationError(f"pipeline name {name!r} must match {PIPELINE_NAME.pattern}")
@@ -668,10 +681,14 @@ class LocalSageMakerBackend:
         arn = self.arn("pipeline", name)
         with self.db.write() as conn:
             if conn.execute("SELECT 1 FROM pipelines WHERE arn = ?", (arn,)).fetchone():
-                raise ConflictError(f"pipeline {name} already exists ({arn}); use UpdatePipeline to change it")
+                # SageMaker's answer (ValidationException, "already exists"): the SDK's Pipeline.upsert reads it.
+                raise ValidationError(
+                    "Pipeline names must be unique within an AWS account and region. "
+                    f"Pipeline with name ({name}) already exists ({arn}); use UpdatePipeline to change it"
+                )
             conn.execute(
-                "INSERT INTO pipelines VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (name, arn, display_name or name, description, definition, role_arn, now, now),
+                "INSERT INTO pipelines VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (name, arn, display_name or name, description, definition, role_arn, now, now, _dumps(parallelism)),
             )
         return self.get_pipeline(name)
 
@@ -682,6 +699,7 @@ class LocalSageMakerBackend:
         role_arn: str | None = None,
         display_name: str | None = None,
         description: str | None = None,
+        parallelism: dict | None = None,
     ) -> Pipeline:
         if definition is not None:
             _parse_definition(definition, name)
@@ -690,6 +708,7 @@ class LocalSageMakerBackend:
             "role_arn": role_arn,
             "display_name": display_name,
             "description": description,
+            "parallelism": _dumps(parallelism),
         }
         with self.db.write() as conn:
             current = self._pipeline(conn, name)

@@ -148,6 +148,7 @@ class LocalSageMakerService:
             params.get("RoleArn"),
             params.get("PipelineDisplayName"),
             params.get("PipelineDescription"),
+            params.get("ParallelismConfiguration"),
         )
         return {"PipelineArn": pipeline.arn}
 
@@ -159,6 +160,7 @@ class LocalSageMakerService:
             role_arn=params.get("RoleArn"),
             display_name=params.get("PipelineDisplayName"),
             description=params.get("PipelineDescription"),
+            parallelism=params.get("ParallelismConfiguration"),
         )
         return {"PipelineArn": pipeline.arn}
 
