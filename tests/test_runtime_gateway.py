@@ -267,3 +267,24 @@ def test_an_endpoint_served_without_a_gateway_gets_one_when_it_is_next_read(serv
     record = gateway.read_gateway(served.home)
     assert record is not None and gateway.is_alive(record)
     served.url = record.url  # the port may differ: the tests after this one use the new address
+
+
+def test_a_gateway_with_no_endpoint_left_exits_by_itself(tmp_path):
+    """Endpoints gone without stop_endpoint's hook (a wiped folder, a caller that died): it does not linger."""
+    before = set(process._children)
+    record = gateway.ensure_gateway(tmp_path, "us-east-1", "000000000000")  # no endpoint record at all
+    try:
+        assert gateway.is_alive(record)
+        deadline = gateway.WATCH_SECONDS * 2 + process.START_DEADLINE_SECONDS  # bounds the wait only
+        # SIGTERM to itself: uvicorn shuts down, then re-raises the signal (the exit status says which)
+        assert process._children[record.pid].wait(deadline) == -signal.SIGTERM
+        assert not gateway.runtime_path(tmp_path).exists()
+    finally:
+        stop_all_children(before)
+
+
+def stop_all_children(before: set[int]) -> None:
+    for pid, proc in list(process._children.items()):
+        if pid not in before and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

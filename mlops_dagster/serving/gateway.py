@@ -41,9 +41,11 @@ import fcntl
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -58,6 +60,7 @@ from . import process
 
 RUNTIME_FILE = "runtime.json"  # endpoints/runtime.json: the interface other tools read
 RESERVED_ENV = "runtime"  # an endpoint environment of this name would overwrite runtime.json
+WATCH_SECONDS = 5.0  # how often the gateway checks that it is still needed (see _watch)
 MAX_BODY_BYTES = 6 * 1024 * 1024  # read past this only to drain the request; the runtime answers 413
 # Request headers -> InvokeEndpoint parameters (botocore's sagemaker-runtime model, lower-cased).
 HEADER_PARAMS = {
@@ -199,9 +202,33 @@ def main(argv: list[str] | None = None) -> None:
     if sock.getsockname()[0] != process.HOST:
         raise SystemExit(f"refusing to serve on {sock.getsockname()[0]}: the gateway binds {process.HOST} only")
     app = create_app(args.home, args.region, args.account_id)
+    threading.Thread(target=_watch, args=(args.home,), name="idle-watch", daemon=True).start()
     log.info("SageMaker Runtime gateway (pid %d) on http://%s:%d", os.getpid(), *sock.getsockname()[:2])
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _watch(home: Path) -> None:
+    """Exit (SIGTERM to this process: uvicorn shuts down cleanly) when the gateway is not needed or
+    not ours any more: no endpoint record for two checks in a row (the endpoints went away without
+    stop_endpoint's hook, e.g. a wiped folder), or runtime.json names another process. A gateway is
+    then never left behind by a caller that died or could not stop it."""
+    idle = 0
+    while True:
+        time.sleep(WATCH_SECONDS)
+        record = read_gateway(home)
+        if record is None or record.pid != os.getpid():
+            log.info("runtime.json does not name this gateway (pid %d) any more: exiting", os.getpid())
+            break
+        directory = process.endpoints_dir(home)
+        idle = 0 if any(p.name != RUNTIME_FILE for p in directory.glob("*.json")) else idle + 1
+        if idle >= 2:
+            log.info("no local endpoint is recorded in %s: exiting", directory)
+            with _locked(home):
+                if (current := read_gateway(home)) is not None and current.pid == os.getpid():
+                    runtime_path(home).unlink(missing_ok=True)
+            break
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --- the process -----------------------------------------------------------------------------
