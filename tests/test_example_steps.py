@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -128,8 +129,12 @@ def test_transform_step_predicts_every_object_under_the_prefix(sm, model_data, s
     first = [float(v) for v in sm.store.get_bytes(outputs[0]).decode().split()]
     assert first == pytest.approx([1.0, 6.0])
     assert [float(v) for v in sm.store.get_bytes(outputs[1]).decode().split()] == pytest.approx([5.0])
-    step = steps_of(sm, arn)["Batch"]
-    assert step["Metadata"]["TransformJob"]["Arn"].startswith("arn:aws:sagemaker:us-east-1:")
+    job_arn = steps_of(sm, arn)["Batch"]["Metadata"]["TransformJob"]["Arn"]
+    (summary,) = sm.list_transform_jobs()["TransformJobSummaries"]
+    assert summary["TransformJobArn"] == job_arn and summary["TransformJobStatus"] == "Completed"
+    job = sm.describe_transform_job(TransformJobName=summary["TransformJobName"])
+    assert job["TransformOutput"]["S3OutputPath"] == f"s3://{BUCKET}/predictions"
+    assert job["ModelName"] == sm.list_models()["Models"][0]["ModelName"]
 
 
 def test_transform_step_fails_naming_the_bad_object(sm, model_data):
@@ -140,3 +145,53 @@ def test_transform_step_fails_naming_the_bad_object(sm, model_data):
     step = steps_of(sm, arn)["Batch"]
     assert step["StepStatus"] == "Failed"
     assert f"s3://{BUCKET}/batch/short.csv: " in step["FailureReason"]
+    (summary,) = sm.list_transform_jobs()["TransformJobSummaries"]
+    job = sm.describe_transform_job(TransformJobName=summary["TransformJobName"])
+    assert job["TransformJobStatus"] == "Failed" and job["FailureReason"] in step["FailureReason"]
+
+
+def test_fail_step_reads_the_model_steps_model_name(sm, model_data):
+    """Mirrors (the CreateModel half of) test_model_steps.py::
+    test_pytorch_training_model_registration_and_creation_without_custom_inference: a Fail step's
+    message joins ``step_model_create.properties.ModelName``, which contains the ModelStep's name."""
+    from sagemaker.workflow.fail_step import FailStep
+    from sagemaker.workflow.functions import Join
+
+    session = PipelineSession(boto_session=local_boto_session(sm.store, BUCKET, "us-east-1"), default_bucket=BUCKET)
+    model = Model(image_uri=IMAGE, model_data=model_data, role=ROLE, sagemaker_session=session)
+    step_model_create = ModelStep(name="pytorch-model", step_args=model.create(instance_type="ml.m5.large"))
+    step_fail = FailStep(
+        name="fail-step",
+        error_message=Join(on=", ", values=["create model", step_model_create.properties.ModelName]),
+    )
+    pipeline = Pipeline(name="model-name", steps=[step_model_create, step_fail], sagemaker_session=session)
+    sm.create_pipeline(PipelineName="model-name", PipelineDefinition=pipeline.definition(), RoleArn=ROLE)
+    arn = sm.start_pipeline_execution(PipelineName="model-name")["PipelineExecutionArn"]
+    worker.run_execution(sm.home, sm.store, arn)
+    steps = steps_of(sm, arn)
+    assert steps["pytorch-model-CreateModel"]["StepStatus"] == "Succeeded"
+    assert steps["fail-step"]["StepStatus"] == "Failed"
+    assert "pytorch-model" in steps["fail-step"]["FailureReason"]
+    (created,) = sm.list_models()["Models"]
+    assert steps["fail-step"]["FailureReason"] == f"create model, {created['ModelName']}"
+
+
+@pytest.mark.parametrize(
+    ("option", "named"),
+    [
+        ({"DataProcessing": {"InputFilter": "$[1:]"}}, "DataProcessing (InputFilter, JoinSource, OutputFilter)"),
+        ({"TransformInput": {"CompressionType": "Gzip"}}, "CompressionType 'Gzip'"),
+    ],
+)
+def test_transform_options_the_local_service_lacks_are_refused_by_name(option, named):
+    from mlops_dagster.sagemaker.local.model_steps import TransformError, batch_transform
+
+    request = {
+        "ModelName": "m",
+        "TransformInput": {"DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://b/in/"}}},
+        "TransformOutput": {"S3OutputPath": "s3://b/out"},
+    }
+    for key, value in option.items():
+        request[key] = {**request.get(key, {}), **value}
+    with pytest.raises(TransformError, match=rf"^{re.escape(named)} is not supported by the local batch transform"):
+        batch_transform(request, {"ModelDataUrl": "s3://b/model.tar.gz"}, store=None)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import tempfile
-import time
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -73,29 +72,68 @@ def _tag_sha256(request: dict, store: ObjectStore) -> None:
 
 
 def run_transform_step(runner: ExecutionRunner, step: StepDef) -> None:
-    """A batch transform through the serving handlers; properties as DescribeTransformJob's."""
-    runner.backend.start_step(runner.arn, step.name, step.type)
+    """A batch transform through the serving handlers, recorded as a transform job
+    (DescribeTransformJob, ListTransformJobs); the step's properties are DescribeTransformJob's."""
+    runner.backend.start_step(runner.arn, step.name, step.type, "Starting")
     name = generated_name(runner.execution.id, step.name)
     request = runner._resolve(step, step.arguments, TransformJobName=name)
-    started = time.time()
+    job = runner.backend.create_job(name, "transform", request, runner.arn, step.name)
+    runner.backend.update_step(runner.arn, step.name, "Executing", metadata={"TransformJob": {"Arn": job.arn}})
+    reason = None
     try:
         model = hosting_for(runner).get_model(str(request.get("ModelName")))
         batch_transform(request, model.container(), runner.store)
-    except SageMakerError as err:
-        runner._fail(step, f"transform job {name} failed: {err}")
-    except TransformError as err:
-        runner._fail(step, f"transform job {name} failed: {err}")
-    arn = runner.backend.arn("transform-job", name)
-    runner.properties[step.name] = {
-        **request,
-        "TransformJobName": name,
-        "TransformJobArn": arn,
-        "TransformJobStatus": "Completed",
-        "CreationTime": utc(started),
-        "TransformStartTime": utc(started),
-        "TransformEndTime": utc(time.time()),
+    except (SageMakerError, TransformError) as err:
+        reason = str(err)
+    job = runner.backend.finish_job(name, "Failed" if reason else "Completed", reason, {}, None)
+    if reason:
+        runner._fail(step, f"transform job {name} failed: {reason}")
+    runner.properties[step.name] = job.describe()
+    runner.backend.update_step(runner.arn, step.name, "Succeeded")
+
+
+_TRANSFORM_FIELDS = (
+    "ModelName",
+    "MaxConcurrentTransforms",
+    "ModelClientConfig",
+    "MaxPayloadInMB",
+    "BatchStrategy",
+    "Environment",
+    "TransformInput",
+    "TransformOutput",
+    "DataCaptureConfig",
+    "TransformResources",
+    "DataProcessing",
+    "ExperimentConfig",
+)
+
+
+def describe_transform_job(job: Any) -> dict:
+    """DescribeTransformJob's answer for a transform ``models.Job``."""
+    response = {
+        "TransformJobName": job.name,
+        "TransformJobArn": job.arn,
+        "TransformJobStatus": job.status,
+        "FailureReason": job.failure_reason,
+        "CreationTime": utc(job.created),
+        "TransformStartTime": utc(job.created),
+        "TransformEndTime": utc(job.ended),
     }
-    runner.backend.update_step(runner.arn, step.name, "Succeeded", metadata={"TransformJob": {"Arn": arn}})
+    response.update({k: job.request[k] for k in _TRANSFORM_FIELDS if k in job.request})
+    return {k: v for k, v in response.items() if v is not None}
+
+
+def transform_job_summary(job: Any) -> dict:
+    summary = {
+        "TransformJobName": job.name,
+        "TransformJobArn": job.arn,
+        "CreationTime": utc(job.created),
+        "TransformEndTime": utc(job.ended),
+        "LastModifiedTime": utc(job.modified),
+        "TransformJobStatus": job.status,
+        "FailureReason": job.failure_reason,
+    }
+    return {k: v for k, v in summary.items() if v is not None}
 
 
 def batch_transform(request: dict, container: dict, store: ObjectStore) -> list[str]:
@@ -103,6 +141,9 @@ def batch_transform(request: dict, container: dict, store: ObjectStore) -> list[
     source = request["TransformInput"]["DataSource"]["S3DataSource"]
     if source.get("S3DataType", "S3Prefix") != "S3Prefix":
         raise TransformError(f"S3DataType {source.get('S3DataType')!r} is not supported locally; use S3Prefix")
+    unsupported = _unsupported_options(request)
+    if unsupported:
+        raise TransformError(f"{unsupported} is not supported by the local batch transform; remove it")
     prefix, output = source["S3Uri"], request["TransformOutput"]["S3OutputPath"].rstrip("/")
     keys = [k for k in store.list(prefix) if not k.endswith("/")]
     if not keys:
@@ -117,6 +158,17 @@ def batch_transform(request: dict, container: dict, store: ObjectStore) -> list[
         store.put_bytes(target, result)
         written.append(target)
     return written
+
+
+def _unsupported_options(request: dict) -> str | None:
+    """The first option that would change the output, which the local transform does not implement."""
+    if request.get("DataProcessing"):
+        return "DataProcessing (InputFilter, JoinSource, OutputFilter)"
+    if request["TransformInput"].get("CompressionType", "None") != "None":
+        return f"CompressionType {request['TransformInput']['CompressionType']!r}"
+    if request["TransformOutput"].get("KmsKeyId"):
+        return "TransformOutput.KmsKeyId"
+    return None
 
 
 def _load_model(container: dict, store: ObjectStore) -> tuple[ModuleType, Any]:

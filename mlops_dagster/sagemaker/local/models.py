@@ -342,6 +342,10 @@ class Job(Record):
     log_path: str
 
     def describe(self) -> dict:
+        if self.kind == "transform":
+            from .model_steps import describe_transform_job  # the Transform step's module
+
+            return describe_transform_job(self)
         return self._describe_training() if self.kind == "training" else self._describe_processing()
 
     def _describe_training(self) -> dict:
@@ -393,6 +397,10 @@ class Job(Record):
         return int(self.ended - self.started) if self.started and self.ended else None
 
     def summary(self) -> dict:
+        if self.kind == "transform":
+            from .model_steps import transform_job_summary
+
+            return transform_job_summary(self)
         if self.kind == "training":
             return _drop_none(
                 {
@@ -929,7 +937,7 @@ class LocalSageMakerBackend:
 
     def create_job(self, name: str, kind: str, request: dict, execution_arn: str | None, step_name: str | None) -> Job:
         now = time.time()
-        resource = "training-job" if kind == "training" else "processing-job"
+        resource = f"{kind}-job"  # training-job, processing-job, transform-job
         with self.db.write() as conn:
             conn.execute(
                 "INSERT INTO jobs (name, kind, arn, execution_arn, step_name, status, request, created, modified, log_path)"

@@ -262,6 +262,14 @@ class LocalSageMakerService:
     def list_processing_jobs(self, **params: Any) -> dict:
         return self._list_jobs("processing", "ProcessingJobSummaries", params)
 
+    @operation("DescribeTransformJob")
+    def describe_transform_job(self, **params: Any) -> dict:
+        return self.backend.get_job(params["TransformJobName"], "transform").describe()
+
+    @operation("ListTransformJobs")
+    def list_transform_jobs(self, **params: Any) -> dict:
+        return self._list_jobs("transform", "TransformJobSummaries", params)
+
     def _list_jobs(self, kind: str, key: str, params: dict) -> dict:
         jobs = [j for j in self.backend.list_jobs(kind) if (params.get("NameContains") or "") in j.name]
         if params.get("StatusEquals"):
