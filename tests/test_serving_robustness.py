@@ -231,3 +231,15 @@ def test_a_killed_server_is_dead_without_a_ping(home: Path, artifact, probes):
     process._children[record.pid].wait(10)
     assert not process.is_alive(record)
     assert probes == [record.port]  # the process is gone: no /ping was even tried
+
+
+def test_a_small_wall_clock_correction_does_not_make_a_live_server_another_process():
+    """psutil's start time is boot time (wall clock) + ticks: an NTP correction between the record and
+    the check moves it a little; that is still the same process, a different start is not."""
+    import psutil
+
+    from mlops_dagster.serving import process
+
+    started = psutil.Process().create_time()
+    assert process._same_process(os.getpid(), started + 0.3)
+    assert not process._same_process(os.getpid(), started + 5.0)

@@ -37,6 +37,10 @@ from typing import Any
 
 import psutil
 
+# A process's start time is boot time (wall clock) + ticks since boot: a wall-clock step or NTP
+# correction moves it for every reader. A pid reused within a second by another process is not a real risk.
+START_TIME_TOLERANCE = 1.0
+
 HOST = "127.0.0.1"
 START_DEADLINE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
@@ -189,7 +193,7 @@ def _same_process(pid: int, created: float) -> bool:
     _reap(pid)
     try:
         process = psutil.Process(pid)
-        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - created) < 0.01
+        return process.status() != psutil.STATUS_ZOMBIE and abs(process.create_time() - created) < START_TIME_TOLERANCE
     except psutil.Error:
         return False
 
