@@ -862,7 +862,7 @@ a, _ = p.parse_known_args()
 with open(os.path.join(os.environ["SM_CHANNEL_TRAINING"], "train.csv")) as f:
     ys = [float(r[a.target]) for r in csv.DictReader(f)]
 with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.json"), "w") as f:
-    json.dump({"mean": sum(ys) / len(ys)}, f)
+    json.dump({"mean": sum(ys) / len(ys), "job_arn": os.environ.get("TRAINING_JOB_ARN")}, f)
 """
 EVALUATE = """\
 import argparse, csv, json, os, tarfile
@@ -941,6 +941,9 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
         assert_shape(model, training, "DescribeTrainingJob")
         assert training["TrainingJobStatus"] == "Completed" and training["HyperParameters"]["target"] == '"medv"'
         assert store.exists(training["ModelArtifacts"]["S3ModelArtifacts"])
+        with tarfile.open(fileobj=io.BytesIO(store.get_bytes(training["ModelArtifacts"]["S3ModelArtifacts"]))) as tar:
+            # The container sees its own job's ARN, as SageMaker's training platform sets it.
+            assert json.load(tar.extractfile("model.json"))["job_arn"] == training["TrainingJobArn"]
         models.add(training["ModelArtifacts"]["S3ModelArtifacts"])
         channel = training["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
         assert arn.rsplit("/", 1)[-1] in channel  # resolved from Preprocess's output, per execution

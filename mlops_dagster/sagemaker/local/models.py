@@ -1336,7 +1336,8 @@ def _process_matches(pid: int, created: float | None) -> bool:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
-        return created is None or abs(proc.create_time() - created) < 0.01
+        # Within 1 s: a wall-clock or NTP correction moves psutil's start times (boot time + ticks).
+        return created is None or abs(proc.create_time() - created) < 1.0
     except psutil.Error:
         return False
 

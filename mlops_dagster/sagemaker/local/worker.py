@@ -272,6 +272,7 @@ class ExecutionRunner:
                 self.backend.job_dir(name),
                 self.backend.job_log_path(name),
                 on_start=on_start,
+                job_arn=job.arn,  # TRAINING_JOB_ARN / ProcessingJobArn, as SageMaker gives the container
             )
         except Exception as err:  # a bug or an I/O error in the job runner: the job and step fail, with why
             log.exception("job %s", name)
