@@ -113,3 +113,19 @@ def aws():
 
     with mock_aws():
         yield
+
+
+@pytest.fixture
+def sm_in_process(mlops_home: Path):
+    """The local SageMaker service whose executions run in this process (``worker.run_execution``),
+    not in detached workers: for tests that drive one execution step by step."""
+    import os
+    from types import SimpleNamespace
+
+    from mlops_dagster.resources.object_store import LocalObjectStore
+    from mlops_dagster.sagemaker.local import LocalSageMakerService
+
+    service = LocalSageMakerService(mlops_home, LocalObjectStore(root=str(mlops_home / "s3")))
+    service.backend.launcher = lambda arn: SimpleNamespace(pid=os.getpid())
+    service.backend.stale_after_seconds = 3600
+    return service

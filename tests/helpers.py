@@ -60,12 +60,10 @@ def run_data_assets(
 
 
 def check_evaluations(result: ExecuteInProcessResult) -> dict:
-    """check name -> AssetCheckEvaluation of the run."""
-    return {
-        e.event_specific_data.check_name: e.event_specific_data
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
+    """check name -> AssetCheckEvaluation of the run (the same reading make monitor prints)."""
+    from mlops_dagster.monitoring.demo import checks_of
+
+    return checks_of(result)
 
 
 def failure_text(result: ExecuteInProcessResult) -> str:

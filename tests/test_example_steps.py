@@ -11,8 +11,6 @@ import json
 import os
 import re
 import tarfile
-from pathlib import Path
-from types import SimpleNamespace
 
 import joblib
 import pytest
@@ -24,7 +22,6 @@ from sagemaker.workflow.pipeline_context import PipelineSession
 from sagemaker.workflow.steps import TransformStep
 from sklearn.linear_model import LinearRegression
 
-from mlops_dagster.resources.object_store import LocalObjectStore
 from mlops_dagster.sagemaker.local import LocalSageMakerService, worker
 from mlops_dagster.sagemaker.offline import local_boto_session
 
@@ -34,11 +31,9 @@ IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2
 
 
 @pytest.fixture
-def sm(mlops_home: Path) -> LocalSageMakerService:
-    service = LocalSageMakerService(mlops_home, LocalObjectStore(root=str(mlops_home / "s3")))
-    service.backend.launcher = lambda arn: SimpleNamespace(pid=os.getpid())  # run below, in this process
-    service.backend.stale_after_seconds = 3600
-    return service
+def sm(sm_in_process: LocalSageMakerService) -> LocalSageMakerService:
+    """Executions run in this process (worker.run_execution), not in detached workers."""
+    return sm_in_process
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ integration tests drive the real one; the worker runs in this process.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import sagemaker
@@ -32,12 +30,9 @@ STEP_FAILURE = "Step failure: One or multiple steps failed"
 
 
 @pytest.fixture
-def sm(mlops_home: Path) -> LocalSageMakerService:
-    service = LocalSageMakerService(mlops_home, LocalObjectStore(root=str(mlops_home / "s3")))
-    # Executions run in this process (run_execution below), not in detached workers.
-    service.backend.launcher = lambda arn: SimpleNamespace(pid=os.getpid())
-    service.backend.stale_after_seconds = 3600
-    return service
+def sm(sm_in_process: LocalSageMakerService) -> LocalSageMakerService:
+    """Executions run in this process (worker.run_execution), not in detached workers."""
+    return sm_in_process
 
 
 @pytest.fixture

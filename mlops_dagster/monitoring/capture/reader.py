@@ -446,10 +446,7 @@ class _ChunkBuilder:
             return result
         bulk = _csv_floats("\n".join(self.inputs[i] for i in texts), self.width)  # type: ignore[misc]
         if bulk is not None and np.isfinite(bulk).all():
-            offset = 0
-            for i in texts:
-                result[i] = bulk[offset : offset + self.row_counts[i]]
-                offset += self.row_counts[i]
+            self._split(bulk, texts, result)
             return result
         for i in texts:
             try:
@@ -459,6 +456,13 @@ class _ChunkBuilder:
                 self.stats.bad(*self.where[i], str(err))
         return result
 
+    def _split(self, bulk: np.ndarray, records: list[int], result: list) -> None:
+        """Hand each record its own rows of ``bulk`` (the records' texts parsed as one)."""
+        offset = 0
+        for i in records:
+            result[i] = bulk[offset : offset + self.row_counts[i]]
+            offset += self.row_counts[i]
+
     def _output_arrays(self) -> list[np.ndarray | list[float] | bool | None]:
         """Each record's predictions: an array, True when not captured (NaNs), None when bad."""
         texts = [i for i, value in enumerate(self.outputs) if isinstance(value, str)]
@@ -467,11 +471,7 @@ class _ChunkBuilder:
             return result
         bulk = _csv_floats(",".join(self.outputs[i] for i in texts).replace(",", "\n"), 1)  # type: ignore[misc]
         if bulk is not None:
-            bulk = bulk.ravel()
-            offset = 0
-            for i in texts:
-                result[i] = bulk[offset : offset + self.row_counts[i]]
-                offset += self.row_counts[i]
+            self._split(bulk.ravel(), texts, result)
             return result
         for i in texts:
             try:  # output_fn writes a prediction that is not finite as null
