@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from mlops_dagster.resources.object_store import LocalObjectStore
+from mlops_dagster.sagemaker.local import opt_ml
 from mlops_dagster.sagemaker.local.jobs import JobResult, run_processing_job, run_training_job, stop_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +40,20 @@ JOB_OUTPUTS = "s3://mlops-local/mlops/pipelines-"  # where any training job of t
 @pytest.fixture
 def store(mlops_home: Path) -> LocalObjectStore:
     return LocalObjectStore(root=str(mlops_home / "s3"))
+
+
+@pytest.fixture(params=["namespace", "remap"])
+def opt_ml_mode(request, monkeypatch) -> str:
+    """Each way a job gets its /opt/ml (see opt_ml), forced; the namespace only where this machine has one."""
+    if request.param == "namespace" and not opt_ml.probe()[0]:
+        pytest.skip(f"no mount namespace for /opt/ml on this machine: {opt_ml.probe()[1]}")
+    monkeypatch.setenv(opt_ml.MODE_VARIABLE, request.param)
+    return request.param
+
+
+def seen_ml(mode: str, work: Path) -> str:
+    """Where the script of a job in ``work`` sees its /opt/ml."""
+    return "/opt/ml" if mode == "namespace" else f"{work}/opt/ml"
 
 
 def script(text: str) -> str:
@@ -215,7 +230,7 @@ DUMP_TRAIN = script(
 # --------------------------------------------------------------------------- training
 
 
-def test_training_job_follows_the_container_contract(store, tmp_path):
+def test_training_job_follows_the_container_contract(store, tmp_path, opt_ml_mode):
     put_training_data(store)
     store.put_bytes(f"{EXEC}/Preprocess/output/test/test.csv", b"not a channel\n")
     put_sourcedir(store, {"train.py": DUMP_TRAIN})
@@ -239,7 +254,8 @@ def test_training_job_follows_the_container_contract(store, tmp_path):
 
     seen = json.loads(model["seen.json"])
     work = tmp_path / "work" / name
-    code_dir = work / "opt" / "ml" / "code"
+    ml = seen_ml(opt_ml_mode, work)
+    code_dir = Path(ml) / "code"
     # sagemaker_* are not arguments; the rest are, sorted, with the toolkit's str() of decoded values.
     assert seen["argv"] == ["train.py", "--flag", "True", "-k", "3", "--n_estimators", "100", "--target", "medv"]
     assert seen["executable"] == sys.executable
@@ -249,9 +265,9 @@ def test_training_job_follows_the_container_contract(store, tmp_path):
     assert seen["hyperparameters"] == request["HyperParameters"]  # as given, still JSON-encoded
 
     env = seen["env"]
-    assert env["SM_CHANNEL_TRAINING"] == str(work / "opt/ml/input/data/training")
-    assert env["SM_MODEL_DIR"] == str(work / "opt/ml/model")
-    assert env["SM_OUTPUT_DATA_DIR"] == str(work / "opt/ml/output/data")
+    assert env["SM_CHANNEL_TRAINING"] == f"{ml}/input/data/training"
+    assert env["SM_MODEL_DIR"] == f"{ml}/model"
+    assert env["SM_OUTPUT_DATA_DIR"] == f"{ml}/output/data"
     assert json.loads(env["SM_CHANNELS"]) == ["training", "validation"]
     assert json.loads(env["SM_HPS"]) == {"target": "medv", "n_estimators": 100, "flag": True, "k": 3}
     assert (env["SM_HP_TARGET"], env["SM_HP_N_ESTIMATORS"], env["SM_HP_FLAG"]) == ("medv", "100", "true")
@@ -261,7 +277,7 @@ def test_training_job_follows_the_container_contract(store, tmp_path):
     assert json.loads(env["SM_TRAINING_ENV"])["job_name"] == name
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(code_dir)
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert (env["MY_SETTING"], env["MY_PATH"]) == ("x", f"{work}/opt/ml/model/extra")
+    assert (env["MY_SETTING"], env["MY_PATH"]) == ("x", f"{ml}/model/extra")
     # No way out: the parent's credentials and project state are not passed on.
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLOPS_HOME", "DAGSTER_HOME"):
         assert key not in env
@@ -526,7 +542,7 @@ def preprocess_request(store, target: str = "medv") -> dict:
     return request
 
 
-def test_processing_job_remaps_paths_and_uploads_outputs(store, tmp_path):
+def test_processing_job_remaps_paths_and_uploads_outputs(store, tmp_path, opt_ml_mode):
     work = tmp_path / "work" / "pipelines-exec1-Preprocess-abc"
     log = tmp_path / "logs" / "nested" / "Preprocess.log"
     result = run_processing_job("pipelines-exec1-Preprocess-abc", preprocess_request(store), store, work, log)
@@ -542,7 +558,7 @@ def test_processing_job_remaps_paths_and_uploads_outputs(store, tmp_path):
     assert store.get_bytes(f"{out}/train/train.csv") == b"a,medv\n1,2\n"
 
     report = json.loads(store.get_bytes(f"{out}/report/report.json"))
-    ml = f"{work}/opt/ml/processing"
+    ml = f"{seen_ml(opt_ml_mode, work)}/processing"
     script_path = f"{ml}/input/code/preprocess.py"
     assert report["argv"] == [script_path, "--input-dir", f"{ml}/input", "--output-dir", ml, "--target", "medv"]
     assert report["executable"] == sys.executable  # "python3" is this interpreter
@@ -672,7 +688,7 @@ def assert_isolated(seen: dict, extra: set[str]) -> None:
     assert "" not in seen["sys_path"]
 
 
-def test_a_processing_job_gets_an_allow_listed_environment(store, tmp_path, host_environment):
+def test_a_processing_job_gets_an_allow_listed_environment(store, tmp_path, host_environment, opt_ml_mode):
     work = tmp_path / "work" / "Preprocess"
     code_uri = "s3://mlops-local/mlops/code/dump.py"
     store.put_bytes(code_uri, DUMP_ENVIRONMENT.encode())
@@ -692,17 +708,18 @@ def test_a_processing_job_gets_an_allow_listed_environment(store, tmp_path, host
 
     seen = json.loads(store.get_bytes(f"{EXEC}/Preprocess/output/report/seen.json"))
     env = seen["env"]
-    assert (env["MY_SETTING"], env["OUT"]) == ("from the request", f"{work}/opt/ml/processing/report")
+    ml = seen_ml(opt_ml_mode, work)
+    assert (env["MY_SETTING"], env["OUT"]) == ("from the request", f"{ml}/processing/report")
     assert env["TZ"] == "Europe/Paris"  # the request's Environment overrides the host's
     seen["env"] = {**env, "TZ": HOST["TZ"]}
     assert_isolated(seen, {"OUT", "MY_SETTING"})
     assert "PYTHONPATH" not in env
     # python <script> puts the script's folder first, not the working directory (work_dir).
-    assert seen["sys_path"][0] == f"{work}/opt/ml/processing/input/code"
+    assert seen["sys_path"][0] == f"{ml}/processing/input/code"
     assert seen["cwd"] == str(work) and str(work) not in seen["sys_path"]
 
 
-def test_a_training_job_gets_an_allow_listed_environment(store, tmp_path, host_environment):
+def test_a_training_job_gets_an_allow_listed_environment(store, tmp_path, host_environment, opt_ml_mode):
     put_training_data(store)
     put_sourcedir(store, {"train.py": DUMP_ENVIRONMENT})
     request = training_request({"training": TRAIN_URI}, environment={"MY_SETTING": "from the request"})

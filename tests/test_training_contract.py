@@ -26,6 +26,7 @@ from test_local_jobs import (
     TRAIN_URI,
     VALIDATION_URI,
     members,
+    opt_ml_mode,  # noqa: F401 (a fixture)
     processing_input,
     processing_request,
     put_sourcedir,
@@ -35,6 +36,7 @@ from test_local_jobs import (
 )
 
 from mlops_dagster.resources.object_store import LocalObjectStore
+from mlops_dagster.sagemaker.local import opt_ml
 from mlops_dagster.sagemaker.local.jobs import run_processing_job
 
 ARN_PREFIX = "arn:aws:sagemaker:us-east-1:000000000000"
@@ -122,13 +124,26 @@ def _install_toolkit(venv: Path, python: Path) -> None:
     pytest.fail(f"pip install {TOOLKIT}=={TOOLKIT_VERSION} into {venv} failed:\n{output[-3000:]}")
 
 
-def run_toolkit(python: Path, ml: Path, container_env: dict[str, str], home: Path) -> dict:
-    """Environment(), to_env_vars() and to_cmd_args() of the real toolkit, on the job's /opt/ml folder."""
-    env = {**container_env, "SAGEMAKER_BASE_DIR": str(ml), "HOME": str(home), "TMPDIR": str(home)}
-    proc = subprocess.run([str(python), "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+def run_toolkit(python: Path, ml: Path, container_env: dict[str, str], home: Path, mode: str) -> dict:
+    """Environment(), to_env_vars() and to_cmd_args() of the real toolkit, on the job's /opt/ml folder.
+
+    As the job saw it: bound on /opt/ml in a mount namespace (the toolkit's default base dir), or
+    at its own path (SAGEMAKER_BASE_DIR).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**container_env, "HOME": str(home), "TMPDIR": str(home)}
+    command = [str(python), "-c", PROBE]
+    if mode == "namespace":
+        stage = home / "stage"
+        stage.mkdir()
+        command = opt_ml.launcher_command(str(ml), str(stage), "/", command)
+        base_dir = "/opt/ml"
+    else:
+        env["SAGEMAKER_BASE_DIR"] = base_dir = str(ml)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     answer = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert answer["base_dir"] == str(ml)  # the toolkit read this job's folder, not /opt/ml
+    assert answer["base_dir"] == base_dir  # the toolkit read this job's folder
     return answer
 
 
@@ -176,14 +191,20 @@ def run_contract_job(store, tmp_path: Path, hyperparameters: dict[str, str]) -> 
 
 
 @pytest.mark.parametrize("hyperparameters", [HYPERPARAMETERS, {}], ids=["hyperparameters", "none"])
-def test_training_environment_and_arguments_are_the_toolkits(store, tmp_path, toolkit_python, hyperparameters):
+def test_training_environment_and_arguments_are_the_toolkits(
+    store,
+    tmp_path,
+    toolkit_python,
+    hyperparameters,
+    opt_ml_mode,  # noqa: F811 (the fixture imported above)
+):
     ml, seen = run_contract_job(store, tmp_path, hyperparameters)
     job_env = seen["env"]
     # The toolkit starts in the container's environment: everything but what it sets itself.
     container_env = {
         k: v for k, v in job_env.items() if not k.startswith("SM_") and k not in (*TOOLKIT_SETS, "PYTHONPATH")
     }
-    toolkit = run_toolkit(toolkit_python, ml, container_env, tmp_path / "toolkit-home")
+    toolkit = run_toolkit(toolkit_python, ml, container_env, tmp_path / "toolkit-home", opt_ml_mode)
 
     local_sm = {k: v for k, v in job_env.items() if k.startswith("SM_")}
     assert differences(toolkit["env_vars"], local_sm) == {}
@@ -194,6 +215,7 @@ def test_training_environment_and_arguments_are_the_toolkits(store, tmp_path, to
     assert job_env["TRAINING_JOB_ARN"] == f"{ARN_PREFIX}:training-job/pipelines-exec1-Train-abc"
     assert job_env["SAGEMAKER_TRAINING_MODULE"] == "sagemaker_sklearn_container.training:main"
     assert json.loads(job_env["SM_TRAINING_ENV"])["job_name"] == "pipelines-exec1-Train-abc"
+    assert job_env["SM_MODEL_DIR"] == ("/opt/ml/model" if opt_ml_mode == "namespace" else f"{ml}/model")
 
 
 def test_training_config_files_are_sagemakers(store, tmp_path):

@@ -1,8 +1,12 @@
 """SageMaker Training and Processing jobs, run on this machine as subprocesses (no Docker).
 
 What SageMaker does with a container, done with directories: ``<work_dir>/opt/ml`` stands in for
-``/opt/ml``; inputs are downloaded from the ObjectStore before the script runs and outputs are
-uploaded after it exits 0; stdout and stderr go to ``log_path`` (the local CloudWatch). This
+``/opt/ml``. On Linux the script sees it at ``/opt/ml`` itself (a private mount namespace, see
+``opt_ml``), so scripts that hard-code ``/opt/ml`` paths run unmodified and the environment and
+arguments name ``/opt/ml`` as the container's do; elsewhere ``/opt/ml`` paths in arguments and
+environment are remapped to the work folder (a script that touches a literal one fails by name).
+Inputs are downloaded from the ObjectStore before the script runs and outputs are uploaded from
+the work folder after it exits 0; stdout and stderr go to ``log_path`` (the local CloudWatch). This
 interpreter (``sys.executable``) stands in for the scikit-learn container's python: the image
 URI of a request is not used.
 
@@ -13,7 +17,7 @@ JSON strings into ``SM_HPS``, ``SM_HP_<NAME>`` and ``--name value`` arguments; t
 ``sagemaker_submit_directory``; the model directory packed into
 ``<S3OutputPath>/<job>/output/model.tar.gz``; ``output/failure`` as the FailureReason.
 Processing: each input to its ``LocalPath``, ``ContainerEntrypoint`` + ``ContainerArguments``
-with ``/opt/ml`` paths remapped, each output's ``LocalPath`` to its ``S3Uri``.
+(with ``/opt/ml`` paths remapped when there is no namespace), each output's ``LocalPath`` to its ``S3Uri``.
 
 A job's environment is a container's, not this shell's (see ``HOST_ENV_NAMES``): the contract's
 ``SM_*`` variables, the request's ``Environment``, and from the host only what a process needs to
@@ -51,7 +55,7 @@ from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
 from mlops_dagster.resources.object_store import ObjectStore, ObjectStoreError, split_uri
-from mlops_dagster.sagemaker.local import contract
+from mlops_dagster.sagemaker.local import contract, opt_ml
 
 OPT_ML = "/opt/ml"
 PROCESSING_ROOT = "/opt/ml/processing/"  # SageMaker requires every processing LocalPath under it
@@ -110,13 +114,44 @@ def _client_error(message: str) -> JobSetupError:
     return JobSetupError(f"ClientError: {message}")
 
 
+@dataclass(frozen=True)
+class _View:
+    """A job's /opt/ml: ``<work_dir>/opt/ml`` on the host, which the script sees at /opt/ml itself
+    (``namespace``, see opt_ml) or at its host path, with /opt/ml paths remapped (``why_not`` says why)."""
+
+    work_dir: Path
+    namespace: bool
+    why_not: str
+
+    @property
+    def host_ml(self) -> Path:
+        return self.work_dir / "opt" / "ml"
+
+    @property
+    def seen_ml(self) -> Path:
+        return Path(OPT_ML) if self.namespace else self.host_ml
+
+    def seen(self, value: str) -> str:
+        """A container path (or any value) as the script must be given it."""
+        return value if self.namespace else _remap(value, self.work_dir)
+
+
+def _view(work_dir: Path) -> _View:
+    try:
+        namespace, why_not = opt_ml.job_mode()
+    except opt_ml.ModeError as exc:
+        raise _client_error(str(exc)) from exc
+    return _View(work_dir, namespace, why_not)
+
+
 @dataclass
 class _Launch:
     command: list[str]
-    cwd: Path
+    cwd: Path  # as the script sees it
     env: dict[str, str]
     max_runtime: int | None
     failure_file: Path
+    view: _View
 
 
 Note = Callable[[str], None]
@@ -218,7 +253,7 @@ def _run_job(
         with tempfile.TemporaryDirectory(prefix="mlops-job-", ignore_cleanup_errors=True) as scratch:
             launch.env = {**_scratch_env(Path(scratch)), **launch.env}  # the request's Environment may set them
             try:
-                proc = _launch(launch, log)
+                proc = _launch(launch, log, Path(scratch))
             except JobSetupError as exc:
                 return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
             try:
@@ -231,9 +266,9 @@ def _run_job(
                 _signal_group(proc.pid, signal.SIGKILL)
                 proc.wait()
         script_seconds = time.monotonic() - started
-        note(f"=== {kind} job {name}: script ran {script_seconds:.3f} s ===")
-
+        # Before the next note: the outcome reads the end of the script's own output.
         result = _outcome(proc, timed_out, launch, log_path, script_output_starts)
+        note(f"=== {kind} job {name}: script ran {script_seconds:.3f} s ===")
         result.script_seconds = script_seconds
         if result.status == "Completed":
             try:
@@ -243,11 +278,19 @@ def _run_job(
         return _finish(note, kind, name, result)
 
 
-def _launch(launch: _Launch, log: BinaryIO) -> subprocess.Popen:
+def _launch(launch: _Launch, log: BinaryIO, scratch: Path) -> subprocess.Popen:
+    command, cwd = launch.command, launch.cwd
+    if launch.view.namespace:
+        # The launcher binds the work folder on /opt/ml, changes to cwd (which may be under /opt/ml)
+        # and execs the command: the job's process is the script's, as without it.
+        stage = scratch / "opt"
+        stage.mkdir()
+        command = opt_ml.launcher_command(str(launch.view.host_ml), str(stage), str(cwd), command)
+        cwd = launch.view.work_dir
     try:
         return subprocess.Popen(
-            launch.command,
-            cwd=launch.cwd,
+            command,
+            cwd=cwd,
             env=launch.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -279,7 +322,7 @@ def _outcome(proc: subprocess.Popen, timed_out: bool, launch: _Launch, log_path:
         )
         return JobResult("Failed", reason, {}, code, log_path)
     if code != 0:
-        return JobResult("Failed", _algorithm_error(code, launch.failure_file, log_path, offset), {}, code, log_path)
+        return JobResult("Failed", _algorithm_error(code, launch, log_path, offset), {}, code, log_path)
     return JobResult("Completed", None, {}, code, log_path)
 
 
@@ -293,14 +336,27 @@ def _finish(note: Note, kind: str, name: str, result: JobResult) -> JobResult:
     return result
 
 
-def _algorithm_error(code: int, failure_file: Path, log_path: Path, offset: int) -> str:
-    """The script's own failure file if it wrote one (SageMaker's rule), else the end of its log."""
-    if failure_file.is_file():
-        text = failure_file.read_text(errors="replace").strip()
+def _algorithm_error(code: int, launch: _Launch, log_path: Path, offset: int) -> str:
+    """The script's own failure file if it wrote one (SageMaker's rule), else the end of its log.
+
+    Without a namespace, a script that failed on a literal /opt/ml path is told so by name; with
+    one, a launcher that could not bind /opt/ml is a ClientError.
+    """
+    if launch.failure_file.is_file():
+        text = launch.failure_file.read_text(errors="replace").strip()
         if text:
             return ("AlgorithmError: " + text)[:FAILURE_REASON_LIMIT]
     how = f"killed by signal {_signal_name(-code)}" if code < 0 else f"exit code {code}"
     tail = _log_tail(log_path, offset)
+    last = tail.splitlines()[-1] if tail else ""
+    if launch.view.namespace and code == opt_ml.SETUP_FAILED and last.startswith(opt_ml.SETUP_FAILED_PREFIX):
+        return f"ClientError: {last} (set {opt_ml.MODE_VARIABLE}=remap to run jobs without it)"
+    if not launch.view.namespace:
+        literal = opt_ml.literal_path_failure(tail, str(launch.view.host_ml), launch.view.why_not)
+        if literal:
+            head = literal + ". Last lines of the log:\n"
+            room = FAILURE_REASON_LIMIT - len(head)
+            return (head + (tail[-room:] if room > 0 else ""))[:FAILURE_REASON_LIMIT]
     head = f"AlgorithmError: {how}" + (", last lines of the log:\n" if tail else " (the script printed nothing)")
     return head + tail[-(FAILURE_REASON_LIMIT - len(head)) :]
 
@@ -356,6 +412,7 @@ def _prepare_training(
     _check_training_request(request)
     _output_base(request, name)  # a bad S3OutputPath fails now, not after the training
     max_runtime = _max_runtime(request)
+    view = _view(work_dir)
     ml = _fresh_opt_ml(work_dir)
     given = _string_hyperparameters(request.get("HyperParameters"))
     decoded = {key: _decode_hyperparameter(value) for key, value in given.items()}
@@ -370,15 +427,17 @@ def _prepare_training(
     _fetch_source_dir(store, submit_dir, work_dir / "staging", code_dir, note)
     _check_program(code_dir, program, submit_dir)
 
-    args = [_remap(arg, work_dir) for arg in contract.to_cmd_args(user_hps)]
+    args = [view.seen(arg) for arg in contract.to_cmd_args(user_hps)]
     image = (request.get("AlgorithmSpecification") or {}).get("TrainingImage")
     # In the container's order: the image's and the platform's variables, the request's, the toolkit's.
     env = {**_base_env(), **contract.platform_env(name, image, job_arn)}
-    env.update(_remapped_environment(request.get("Environment"), work_dir))
-    env.update(contract.toolkit_env(ml, decoded, resource_config, data_config, env))
+    env.update(_remapped_environment(request.get("Environment"), view))
+    env.update(contract.toolkit_env(view.seen_ml, decoded, resource_config, data_config, env))
     # The toolkit puts the code folder on the path; a PYTHONPATH from the request's Environment follows it.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(code_dir), env.get("PYTHONPATH")) if p)
-    return _Launch([sys.executable, program, *args], code_dir, env, max_runtime, ml / "output" / "failure")
+    seen_code = view.seen_ml / "code"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(seen_code), env.get("PYTHONPATH")) if p)
+    command = [sys.executable, program, *args]
+    return _Launch(command, seen_code, env, max_runtime, ml / "output" / "failure", view)
 
 
 def _collect_training(name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note) -> dict:
@@ -530,6 +589,7 @@ def _prepare_processing(
             "AppSpecification.ContainerEntrypoint is required locally (an image's own entry point needs Docker)"
         )
     outputs = _processing_outputs(request, work_dir)  # a bad output fails now, not after the script
+    view = _view(work_dir)
     ml = _fresh_opt_ml(work_dir)
 
     for index, item in enumerate(request.get("ProcessingInputs") or []):
@@ -549,12 +609,12 @@ def _prepare_processing(
     _write_json(config_dir / "processingjobconfig.json", contract.processing_job_config(name, request, job_arn))
     _write_json(config_dir / "resourceconfig.json", contract.processing_resource_config())
 
-    command = [_remap(str(part), work_dir) for part in [*entrypoint, *(app.get("ContainerArguments") or [])]]
+    command = [view.seen(str(part)) for part in [*entrypoint, *(app.get("ContainerArguments") or [])]]
     if _PYTHON.match(command[0]):
         command[0] = sys.executable  # the container's python is this one
     env = _base_env()
-    env.update(_remapped_environment(request.get("Environment"), work_dir))
-    return _Launch(command, work_dir, env, max_runtime, ml / "output" / "failure")
+    env.update(_remapped_environment(request.get("Environment"), view))
+    return _Launch(command, work_dir, env, max_runtime, ml / "output" / "failure", view)
 
 
 def _collect_processing(request: dict, store: ObjectStore, work_dir: Path, note: Note) -> dict:
@@ -686,12 +746,12 @@ def _remap(value: str, work_dir: Path) -> str:
     return value
 
 
-def _remapped_environment(environment: object, work_dir: Path) -> dict[str, str]:
+def _remapped_environment(environment: object, view: _View) -> dict[str, str]:
     if not environment:
         return {}
     if not isinstance(environment, dict):
         raise _client_error(f"Environment must be a map of strings, got {type(environment).__name__}")
-    return {str(k): _remap(str(v), work_dir) for k, v in environment.items()}
+    return {str(k): view.seen(str(v)) for k, v in environment.items()}
 
 
 def _base_env() -> dict[str, str]:
