@@ -117,11 +117,12 @@ def csv_body(frame: pd.DataFrame) -> str:
 
 
 def test_inference_py_fits_the_container():
-    """The scikit-learn 1.2-1 container: Python 3.9, and numpy, pandas, scikit-learn, joblib only."""
+    """The scikit-learn 1.2-1 container: Python 3.9, and numpy, pandas, scikit-learn, joblib only
+    (and Flask, the container's server, imported only while answering its worker's request)."""
     tree = ast.parse(INFERENCE_PY.read_text(), feature_version=(3, 9))
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    allowed = set(sys.stdlib_module_names) | {"numpy", "pandas", "sklearn", "joblib"}
+    allowed = set(sys.stdlib_module_names) | {"numpy", "pandas", "sklearn", "joblib", "flask"}
     assert {name.split(".")[0] for name in imported} <= allowed
 
 
@@ -226,6 +227,43 @@ def test_unsupported_media_types_have_their_own_exceptions(loaded):
     assert not isinstance(raised.value, ValueError)  # not mistaken for a bad row
     with pytest.raises(inference.UnsupportedAccept):
         inference.output_fn(np.array([1.0]), "text/html")
+    statuses = {error.__name__: error.status for error in inference.REFUSALS}
+    assert statuses == {"InvalidInput": 400, "UnsupportedContentType": 415, "UnsupportedAccept": 406}
+
+
+def test_inference_py_runs_without_flask_or_sagemaker_containers(loaded, monkeypatch):
+    """Outside the container's worker a refusal is raised, even where Flask is importable."""
+    monkeypatch.setitem(sys.modules, "flask", None)  # import flask fails
+    monkeypatch.setitem(sys.modules, "sagemaker_containers", object())
+    with pytest.raises(inference.InvalidInput, match="the request has no rows"):
+        inference.input_fn("", "text/csv", loaded.features)
+    monkeypatch.delitem(sys.modules, "sagemaker_containers")
+    with pytest.raises(inference.UnsupportedAccept, match="Accept image/png offers nothing"):
+        inference.output_fn(np.array([1.0]), "image/png")
+
+
+@pytest.mark.parametrize(
+    "default, accept, returned",
+    [
+        ("text/csv", None, "text/csv"),
+        ("text/csv", "*/*", "text/csv"),
+        ("text/plain", None, None),
+        (None, "", "application/json"),
+    ],
+)
+def test_negotiate_follows_the_containers_default_accept(monkeypatch, default, accept, returned):
+    if default is None:
+        monkeypatch.delenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", raising=False)
+    else:
+        monkeypatch.setenv("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", default)
+    assert inference.negotiate(accept) == returned
+
+
+def test_text_bodies_lose_a_byte_order_mark_as_bytes_do(loaded):
+    row = ",".join(["1"] * len(loaded.features))
+    from_text = inference.input_fn("\ufeff" + row, "text/csv", loaded.features)
+    from_bytes = inference.input_fn(("\ufeff" + row).encode(), "text/csv", loaded.features)
+    assert from_text.tolist() == from_bytes.tolist() == [[1.0] * len(loaded.features)]
 
 
 def test_output_fn_csv_lines_and_json(artifacts):
@@ -329,10 +367,17 @@ def test_unsupported_accept_is_406(live_a, accept):
     assert result.status == 406 and "Accept" in error_of(result)
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-npy", ""])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-npy"])
 def test_unsupported_content_type_is_415(live_a, content_type):
     result = process.invoke(live_a, csv_body(ROWS.head(1)).encode(), content_type)
     assert result.status == 415 and "text/csv or application/json" in error_of(result)
+
+
+def test_an_empty_content_type_is_json_as_in_the_container(live_a, artifacts):
+    result = process.invoke(live_a, csv_body(ROWS.head(1)).encode(), "")
+    assert result.status == 400 and error_of(result).startswith("the body is not valid JSON")
+    body = json.dumps({"instances": ROWS.head(2).to_numpy().tolist()}).encode()
+    assert predictions(process.invoke(live_a, body, "")) == artifacts["a"].predict(ROWS.head(2))
 
 
 def test_malformed_rows_are_400_naming_the_row(live_a):

@@ -13,7 +13,22 @@ as `text/csv` (no header) or `application/json`: {"instances": [[...], ...]},
 numbers (JSON numbers or numeric text). A bad row raises InvalidInput (a ValueError) naming
 the row, counted from 1, and the reason; so does a body nested too deeply to parse.
 
-Standard library, numpy, pandas, scikit-learn and joblib only; no syntax newer than 3.9.
+Statuses, the same locally and on AWS (decided here, so that a client that works against a local
+endpoint works against the real one). Each refusal carries its HTTP status: InvalidInput 400,
+UnsupportedContentType 415, UnsupportedAccept 406, and the answer is JSON {"error": message}.
+The local server (app.py) maps the exceptions to those answers. In the container, the
+sagemaker-containers 2.8.6 worker wraps any exception a handler raises in its ClientError and
+Flask answers 500 with a generic HTML page (checked against the real worker:
+tests/test_serving_container.py). So while answering that worker's request (a Flask request
+context, sagemaker_containers loaded) input_fn returns the refusal instead of raising it,
+predict_fn passes it on, and output_fn turns it into a Flask response with its status: the
+worker returns a response from output_fn as it is. Anything else (a model failure) is 500 on both.
+Accept is negotiated here too (lists, q-values, text/* and */*), since the worker hands the
+header over as sent; it maps only a missing header or exactly */* to
+SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT (default application/json).
+
+Standard library, numpy, pandas, scikit-learn and joblib only (Flask, which the container serves
+with, is imported only when answering its worker); no syntax newer than 3.9.
 """
 
 import csv
@@ -21,6 +36,7 @@ import io
 import json
 import math
 import os
+import sys
 
 import joblib
 import numpy as np
@@ -39,13 +55,48 @@ _loaded_features = None
 class InvalidInput(ValueError):
     """The request body cannot be turned into rows of features (the client's mistake)."""
 
+    status = 400
+
 
 class UnsupportedContentType(Exception):
     """The request's Content-Type is neither text/csv nor application/json."""
 
+    status = 415
+
 
 class UnsupportedAccept(Exception):
     """The response cannot be written in the requested media type."""
+
+    status = 406
+
+
+REFUSALS = (InvalidInput, UnsupportedContentType, UnsupportedAccept)
+
+
+class Refusal:
+    """A refused request on its way from input_fn to output_fn in the container (see the top)."""
+
+    def __init__(self, error):
+        self.status = error.status
+        self.message = str(error)
+
+
+def _worker_request():
+    """True while answering a request of the container's sagemaker-containers (Flask) worker."""
+    if "sagemaker_containers" not in sys.modules:
+        return False
+    try:
+        import flask
+    except ImportError:
+        return False
+    return flask.has_request_context()
+
+
+def _refusal_response(refusal):
+    import flask
+
+    body = json.dumps({"error": refusal.message})
+    return flask.Response(body, status=refusal.status, mimetype=JSON)
 
 
 class Model:
@@ -109,6 +160,15 @@ def _features(model_dir, estimator):
 
 def input_fn(request_body, request_content_type, features=None):
     """Parse a CSV or JSON body into a float matrix, one column per feature in training order."""
+    try:
+        return _parse(request_body, request_content_type, features)
+    except (InvalidInput, UnsupportedContentType) as exc:
+        if _worker_request():
+            return Refusal(exc)
+        raise
+
+
+def _parse(request_body, request_content_type, features):
     features = features if features is not None else _loaded_features
     if features is None:
         raise RuntimeError("no feature names: load a model with model_fn first, or pass features")
@@ -182,8 +242,8 @@ def _text(body):
             return bytes(body).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise InvalidInput(f"the body is not UTF-8 text ({exc})") from None
-    if isinstance(body, str):
-        return body
+    if isinstance(body, str):  # the worker decodes text/csv and application/json, keeping a BOM
+        return body[1:] if body.startswith("\ufeff") else body
     raise InvalidInput(f"the body must be bytes or text, not {type(body).__name__}")
 
 
@@ -269,6 +329,8 @@ def _number(number, name, value):
 
 def predict_fn(data, model):
     """Predict with the feature names the estimator was fitted with (no scikit-learn warning)."""
+    if isinstance(data, Refusal):
+        return data
     X = data
     if getattr(model.estimator, "feature_names_in_", None) is not None:
         X = pd.DataFrame(data, columns=model.features)
@@ -277,14 +339,57 @@ def predict_fn(data, model):
 
 def output_fn(prediction, accept):
     """text/csv: one prediction per line; application/json: {"predictions": [...]}."""
-    kind = media_type(accept)
+    if isinstance(prediction, Refusal):
+        return _refusal_response(prediction)
+    kind = negotiate(accept)
+    if kind is None:
+        refused = UnsupportedAccept(
+            f"Accept {accept} offers nothing this endpoint writes; use text/csv or application/json"
+        )
+        if _worker_request():
+            return _refusal_response(Refusal(refused))
+        raise refused
     values = np.asarray(prediction).tolist()
     if kind == CSV:
         lines = (",".join(map(_cell, v)) if isinstance(v, list) else _cell(v) for v in values)
         return "".join(line + "\n" for line in lines), CSV
-    if kind == JSON:
-        return json.dumps({"predictions": _finite_or_none(values)}), JSON
-    raise UnsupportedAccept(f"Accept {accept!r} is not supported; use text/csv or application/json")
+    return json.dumps({"predictions": _finite_or_none(values)}), JSON
+
+
+_WILDCARDS = {"text/*": CSV, "application/*": JSON}
+
+
+def negotiate(accept):
+    """The response type for an Accept header, or None when nothing offered is written here.
+
+    Of a list, the supported type with the highest q wins (the first on a tie); text/* means
+    text/csv, application/* application/json, */* (and no header) the default of
+    SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, as the container's worker has it.
+    """
+    default = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or JSON
+    default = default if default in MEDIA_TYPES else None  # a default written nowhere: 406
+    if accept is None or not accept.strip():
+        return default
+    best, best_q = None, 0.0
+    for offer in accept.split(","):
+        kind, _, params = offer.partition(";")
+        kind = kind.strip().lower()
+        choice = default if kind == "*/*" else _WILDCARDS.get(kind, kind if kind in MEDIA_TYPES else None)
+        quality = _quality(params)
+        if choice is not None and quality > best_q:
+            best, best_q = choice, quality
+    return best
+
+
+def _quality(params):
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
 
 
 def _cell(value):

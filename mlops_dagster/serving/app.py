@@ -3,9 +3,10 @@
     GET  /ping           200 when a model is live, 503 before the first deploy; the JSON body
                          has the data capture counts ({"status": "ok", "capture": {...}})
     POST /invocations    Content-Type text/csv or application/json; the response type follows
-                         Accept (below). 400 malformed rows (the row and reason), JSON nested
-                         too deeply or a bad X-Amzn-SageMaker-Inference-Id, 406 Accept, 413 body
-                         over 6 MB, 415 Content-Type, 503 no model, 500 model failure
+                         Accept (below). 400 malformed rows (the row and reason) or JSON nested
+                         too deeply, 406 Accept, 415 Content-Type: {"error": reason}, decided by
+                         inference.py; 500 model failure (an HTML page, as Flask's); 400 a bad
+                         X-Amzn-SageMaker-Inference-Id, 413 body over 6 MB, 503 no model
     POST /admin/deploy   X-Admin-Token; {"model_data", "sha256", "model_package_arn", "smoke_rows",
                          "capture": null | {"settings": CaptureSettings, "store_root": dir}}
     GET  /admin/status   X-Admin-Token; the live model, request and capture counts
@@ -19,10 +20,16 @@ fails or delays a request: a full queue or a failed write is counted (in /ping) 
 queue is flushed when the server stops cleanly (SIGTERM: the ASGI lifespan's shutdown); a kill -9
 loses what was not yet written, at most about capture.FLUSH_SECONDS (1 s) of traffic.
 
-Accept: a missing header or */* gives application/json, like SageMaker's framework containers
-(SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT, default application/json), so a client sees the same
-response type locally and on AWS. text/* means text/csv, application/* application/json; of a
-list, the supported type with the highest q wins (the first one on a tie).
+Same answers as the container. /invocations hands the handlers what the scikit-learn container's
+worker (sagemaker-containers 2.8.6, Flask) hands them, and answers what that worker answers for
+the same request (tests/test_serving_container.py runs the real worker and compares): the
+Content-Type is the ContentType or Content-Type header, else application/json; the body is text
+(UTF-8, undecodable bytes replaced) for exactly text/csv or application/json, else bytes; Accept
+is passed as sent, a missing header or */* being SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT (default
+application/json). inference.py then negotiates Accept and refuses a request with its status
+(400/415/406), which it also makes the container answer. Still different: /ping's body (the
+worker's is empty), the 500 page (the worker's does not name the failure), and 400 inference id /
+413 / 503, which are the runtime's answers on AWS, not the container's.
 
 A deploy loads the candidate beside the live model: sha256 of model.tar.gz checked before
 anything is extracted or unpickled, extraction with tarfile's "data" filter into a fresh
@@ -46,6 +53,7 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import html
 import importlib.util
 import ipaddress
 import json
@@ -72,7 +80,7 @@ import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .capture import CLOSE_SECONDS, CaptureSpec, ServerCapture
@@ -81,7 +89,6 @@ MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
 INFERENCE_PY = Path(__file__).resolve().parents[2] / "training" / "inference.py"
 DEFAULT_ACCEPT = "application/json"
 CSV, JSON = "text/csv", "application/json"
-WILDCARDS = {"text/*": CSV, "application/*": JSON}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 HOST = "127.0.0.1"
 LOG_MAX_BYTES = 10 * 1024 * 1024  # the default bound of --log-file (process.py passes its own)
@@ -117,6 +124,16 @@ def utc_now() -> str:
 
 def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def server_error(message: str) -> HTMLResponse:
+    """500 as the container's Flask worker answers it (text/html), but naming the failure: the
+    container's page is generic, its reason only in the endpoint's log."""
+    page = (
+        '<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 3.2 Final//EN">\n<title>500 Internal Server Error</title>\n'
+        f"<h1>Internal Server Error</h1>\n<p>{html.escape(message)}</p>\n"
+    )
+    return HTMLResponse(page, status_code=500)
 
 
 def client_error(status: int, message: str) -> JSONResponse:
@@ -178,37 +195,27 @@ class Endpoint:
     def invoke(self, live: LiveModel, body: bytes, content_type: str, accept: str) -> tuple[str, str]:
         """One request, run in a worker thread on the model the request started with."""
         h = self.handlers
-        data = h.input_fn(body, content_type, live.model.features)
+        data = h.input_fn(worker_content(body, content_type), content_type, live.model.features)
         return h.output_fn(h.predict_fn(data, live.model), accept)
 
 
 # --- HTTP helpers ----------------------------------------------------------------------------
 
 
-def negotiate(header: str | None, default: str) -> str | None:
-    """The response media type for an Accept header, or None if nothing offered is supported."""
-    if header is None or not header.strip():
-        return default
-    best, best_q = None, 0.0
-    for offer in header.split(","):
-        kind, _, params = offer.partition(";")
-        kind = kind.strip().lower()
-        choice = default if kind == "*/*" else WILDCARDS.get(kind, kind if kind in (CSV, JSON) else None)
-        quality = _quality(params)
-        if choice is not None and quality > best_q:
-            best, best_q = choice, quality
-    return best
+def worker_headers(request: Request, default_accept: str) -> tuple[str, str]:
+    """(content type, accept) as the container's worker (sagemaker_containers._worker.Request)
+    reads them: ContentType or Content-Type, else application/json; Accept as sent, unless it is
+    missing, empty or exactly */* (then the default)."""
+    headers = request.headers
+    content_type = headers.get("contenttype") or headers.get("content-type") or JSON
+    accept = headers.get("accept")
+    return content_type, accept if accept and accept != "*/*" else default_accept
 
 
-def _quality(params: str) -> float:
-    for param in params.split(";"):
-        name, _, value = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                return float(value)
-            except ValueError:
-                return 0.0
-    return 1.0
+def worker_content(body: bytes, content_type: str) -> bytes | str:
+    """The body as the worker hands it to input_fn: text for exactly text/csv or application/json
+    (werkzeug's get_data(as_text=True): UTF-8, undecodable bytes replaced), bytes otherwise."""
+    return body.decode("utf-8", "replace") if content_type in (CSV, JSON) else body
 
 
 def declared_length(request: Request) -> int | None:
@@ -256,16 +263,7 @@ def inference_id(request: Request) -> tuple[str | None, str | None]:
 
 async def invocations(request: Request) -> Response:
     ep: Endpoint = request.app.state.endpoint
-    content_type = ep.handlers.media_type(request.headers.get("content-type"))
-    if content_type not in (CSV, JSON):
-        shown = request.headers.get("content-type") or "none"
-        return client_error(415, f"Content-Type {shown} is not supported; use text/csv or application/json")
-    accept = negotiate(request.headers.get("accept"), ep.default_accept)
-    if accept is None:
-        return client_error(
-            406,
-            f"Accept {request.headers.get('accept')} offers nothing this endpoint writes; use text/csv or application/json",
-        )
+    content_type, accept = worker_headers(request, ep.default_accept)
     declared = declared_length(request)
     if declared is not None and declared > MAX_BODY_BYTES:  # from the header: the body is never read
         return client_error(413, f"the body is {declared} bytes, above the limit of {MAX_BODY_BYTES}")
@@ -283,11 +281,11 @@ async def invocations(request: Request) -> Response:
     live.requests += 1
     try:
         payload, media_type = await run_in_threadpool(ep.invoke, live, body, content_type, accept)
-    except ep.handlers.InvalidInput as exc:  # a malformed row, or JSON nested too deeply to parse
-        return client_error(400, str(exc))
+    except ep.handlers.REFUSALS as exc:  # a bad row, Content-Type or Accept: the status is inference.py's
+        return client_error(exc.status, str(exc))
     except Exception as exc:
         log.exception("prediction failed on model %s", live.sha256[:12])
-        return error(500, f"the model failed: {type(exc).__name__}: {exc}")
+        return server_error(f"the model failed: {type(exc).__name__}: {exc}")
     response = Response(payload, media_type=media_type)
     content_type_header = request.headers.get("content-type", "")
     ep.capture.request(body, content_type_header, response.body, response.headers["content-type"], request_id)
