@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -250,3 +252,27 @@ def test_the_launcher_says_why_it_could_not_bind(tmp_path, namespace):
     assert proc.returncode == opt_ml.SETUP_FAILED
     assert proc.stderr.startswith(f"{opt_ml.SETUP_FAILED_PREFIX}: ")
     assert str(tmp_path / "missing") in proc.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root (to drop it) and setpriv")
+def test_an_unprivileged_user_gets_the_bind_too(namespace):
+    """Users' laptops are not root: the launcher needs no privilege (run here as nobody)."""
+    scratch = Path(tempfile.mkdtemp(prefix="mlops-opt-ml-nobody-"))
+    try:
+        ml, stage = scratch / "ml", scratch / "stage"
+        ml.mkdir()
+        stage.mkdir()
+        (ml / "input.txt").write_text("from the host")
+        for folder in (scratch, ml, stage):
+            folder.chmod(0o777)
+        command = opt_ml.launcher_command(
+            str(ml), str(stage), "/", ["sh", "-c", "id -u; cat /opt/ml/input.txt; echo written > /opt/ml/out.txt"]
+        )
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        proc = subprocess.run([*drop, *command], capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stderr) == (0, "")
+        assert proc.stdout.splitlines() == ["65534", "from the host"]  # the user keeps its own id
+        assert (ml / "out.txt").read_text() == "written\n"
+        assert (ml / "out.txt").stat().st_uid == 65534
+    finally:
+        shutil.rmtree(scratch)
