@@ -20,7 +20,7 @@ How the mode is chosen (``job_mode``), once per process and cached:
   work folder (see jobs.py) and a script that touches a literal ``/opt/ml`` path fails with a
   FailureReason naming that path and what to do (``literal_path_failure``).
 
-Why a Python launcher rather than the ``unshare``/``mount`` programs: the namespace, the id maps
+Why a Python launcher (``opt_ml_launcher``) rather than the ``unshare``/``mount`` programs: the namespace, the id maps
 and the mounts are a handful of system calls made by the job's own process, which then ``exec``s
 the script: no extra process stands between the job runner and the script, so signals sent to
 the job's process group reach the script, its exit code is the job's, and its output goes to the
@@ -30,8 +30,6 @@ job's log, exactly as without a namespace. It needs only the standard library (i
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import os
 import re
@@ -39,20 +37,14 @@ import subprocess
 import sys
 import tempfile
 
-OPT_ML = "/opt/ml"
+from mlops_dagster.sagemaker.local import opt_ml_launcher
+from mlops_dagster.sagemaker.local.opt_ml_launcher import MARKER, OPT_ML, SETUP_FAILED, SETUP_FAILED_PREFIX
+
+__all__ = ["OPT_ML", "SETUP_FAILED", "SETUP_FAILED_PREFIX", "job_mode", "launcher_command", "literal_path_failure"]
+
 MODE_VARIABLE = "MLOPS_LOCAL_OPT_ML"
 MODES = ("auto", "namespace", "remap")
 PROBE_TIMEOUT_SECONDS = 30
-SETUP_FAILED = 125  # the launcher's exit code when it could not set the namespace up (as env(1) uses it)
-SETUP_FAILED_PREFIX = "mlops-local: cannot bind the job's folder on /opt/ml"
-_MARKER = "mlops-opt-ml-probe"
-
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-MS_BIND = 4096
-MS_MOVE = 8192
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
 
 
 class ModeError(Exception):
@@ -85,7 +77,7 @@ def probe() -> tuple[bool, str]:
         ml, stage = os.path.join(scratch, "ml"), os.path.join(scratch, "stage")
         os.mkdir(ml)
         os.mkdir(stage)
-        with open(os.path.join(ml, _MARKER), "w"):
+        with open(os.path.join(ml, MARKER), "w"):
             pass
         try:
             proc = subprocess.run(
@@ -109,7 +101,7 @@ def launcher_command(host_ml: str, stage: str, cwd: str, command: list[str]) -> 
     ``stage`` is an empty folder private to the job (the tmpfs for /opt is built there).
     ``command == ["--check"]`` only checks that the bind works.
     """
-    return [sys.executable, "-I", "-S", os.path.abspath(__file__), host_ml, stage, cwd, "--", *command]
+    return [sys.executable, "-I", "-S", os.path.abspath(opt_ml_launcher.__file__), host_ml, stage, cwd, "--", *command]
 
 
 # --------------------------------------------------------------------------- remap mode's failures
@@ -147,97 +139,3 @@ def literal_path_failure(output: str, host_ml: str, why: str) -> str | None:
         "SM_OUTPUT_DATA_DIR; a processing job's LocalPaths passed as ContainerArguments), or run on Linux "
         f"with unprivileged user namespaces enabled ({MODE_VARIABLE}=auto)"
     )
-
-
-# --------------------------------------------------------------------------- the launcher (a script)
-
-
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-
-
-def _call(what: str, result: int) -> None:
-    if result != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"{what}: {os.strerror(errno)}")
-
-
-def _bytes(text: str | None) -> bytes | None:
-    return None if text is None else os.fsencode(text)
-
-
-def _mount(
-    libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None, flags: int, data: str | None
-) -> None:
-    what = f"mount {source or fstype} on {target}"
-    _call(what, libc.mount(_bytes(source), _bytes(target), _bytes(fstype), ctypes.c_ulong(flags), _bytes(data)))
-
-
-def _enter_namespace(libc: ctypes.CDLL) -> None:
-    """A user namespace mapping our own ids (the script keeps them), with a mount namespace."""
-    uid, gid = os.getuid(), os.getgid()
-    _call("unshare(CLONE_NEWUSER | CLONE_NEWNS)", libc.unshare(CLONE_NEWUSER | CLONE_NEWNS))
-    with open("/proc/self/setgroups", "w") as f:  # required before an unprivileged gid_map
-        f.write("deny")
-    with open("/proc/self/uid_map", "w") as f:
-        f.write(f"{uid} {uid} 1")
-    with open("/proc/self/gid_map", "w") as f:
-        f.write(f"{gid} {gid} 1")
-    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing we mount reaches the host
-
-
-def _bind_opt_ml(libc: ctypes.CDLL, host_ml: str, stage: str) -> None:
-    """host_ml on /opt/ml: directly if the host has /opt/ml, else over a tmpfs copy of /opt."""
-    target = os.path.realpath(OPT_ML)
-    if os.path.isdir(target):
-        _mount(libc, host_ml, target, None, MS_BIND | MS_REC, None)
-        return
-    opt = os.path.realpath(os.path.dirname(OPT_ML))
-    if not os.path.isdir(opt):
-        raise OSError(f"this machine has no {os.path.dirname(OPT_ML)} folder to put /opt/ml in")
-    _mount(libc, "tmpfs", stage, "tmpfs", 0, "mode=0755")
-    for entry in os.scandir(opt):
-        place = os.path.join(stage, entry.name)
-        if entry.is_symlink():
-            os.symlink(os.readlink(entry.path), place)
-            continue
-        if entry.is_dir():
-            os.mkdir(place)
-        else:
-            open(place, "w").close()
-        _mount(libc, entry.path, place, None, MS_BIND | MS_REC, None)
-    os.mkdir(os.path.join(stage, "ml"))
-    _mount(libc, host_ml, os.path.join(stage, "ml"), None, MS_BIND | MS_REC, None)
-    _mount(libc, stage, opt, None, MS_MOVE, None)
-
-
-def main(argv: list[str]) -> int:
-    """launcher: <host_ml> <stage> <cwd> -- <command...> (or -- --check)."""
-    host_ml, stage, cwd, separator, *command = argv
-    if separator != "--" or not command:
-        print("usage: opt_ml.py <host_ml> <stage> <cwd> -- <command...>", file=sys.stderr)
-        return 2
-    try:
-        libc = _libc()
-        _enter_namespace(libc)
-        _bind_opt_ml(libc, host_ml, stage)
-        os.chdir(cwd)
-    except OSError as exc:
-        print(f"{SETUP_FAILED_PREFIX}: {exc}", file=sys.stderr)
-        return SETUP_FAILED
-    if command == ["--check"]:
-        seen = os.path.isfile(os.path.join(OPT_ML, _MARKER))
-        if not seen:
-            print("mlops-local: the bind on /opt/ml did not show the job's folder", file=sys.stderr)
-        return 0 if seen else SETUP_FAILED
-    sys.stdout.flush()
-    try:
-        os.execvp(command[0], command)  # the script replaces this process: same pid, group, output
-    except OSError as exc:
-        print(f"mlops-local: cannot start {command[0]!r}: {exc}", file=sys.stderr)
-        return 127
-    return 127  # not reached
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
