@@ -273,32 +273,36 @@ def real_answers(python: Path) -> dict[str, dict]:
 
 def local_answers() -> dict[str, dict]:
     """Each case's answer from the local server (mlops_dagster.serving.app), deployed as usual."""
+    with tempfile.TemporaryDirectory(prefix="mlops-local-") as scratch:
+        return asyncio.run(_local_answers(Path(scratch)))  # one event loop, as in one server process
+
+
+async def _local_answers(scratch: Path) -> dict[str, dict]:
     import joblib
     from sklearn.linear_model import LinearRegression
 
     from mlops_dagster.serving.app import create_app, load_handlers
 
-    with tempfile.TemporaryDirectory(prefix="mlops-local-") as scratch:
-        archive = _pack(Path(scratch), LinearRegression().fit(TRAIN_X, TRAIN_Y), joblib)
-        deploy = {
-            "model_data": str(archive),
-            "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
-            "model_package_arn": None,
-            "smoke_rows": [[1.0, 2.0]],
-        }
-        apps = {}
-        for name, path in (("inference", INFERENCE_PY), ("failing", failing_handlers(Path(scratch)))):
-            app = create_app("token", Path(scratch) / f"models-{name}", load_handlers(path))
-            if name == "failing":  # its deploy smoke test would fail: the model goes live directly
-                _go_live(app, archive, deploy["sha256"])
-            else:
-                answer = asgi_request(
-                    app, "POST", "/admin/deploy", {"X-Admin-Token": "token"}, json.dumps(deploy).encode()
-                )
-                if answer["status"] != 200:
-                    raise RuntimeError(f"local deploy refused: {answer['body'][:500]!r}")
-            apps[name] = app
-        return {c.name: asgi_request(apps[c.handlers], c.method, c.path, c.headers, c.body) for c in CASES}
+    archive = _pack(scratch, LinearRegression().fit(TRAIN_X, TRAIN_Y), joblib)
+    deploy = {
+        "model_data": str(archive),
+        "sha256": hashlib.sha256(archive.read_bytes()).hexdigest(),
+        "model_package_arn": None,
+        "smoke_rows": [[1.0, 2.0]],
+    }
+    apps = {}
+    for name, path in (("inference", INFERENCE_PY), ("failing", failing_handlers(scratch))):
+        app = create_app("token", scratch / f"models-{name}", load_handlers(path))
+        if name == "failing":  # its deploy smoke test would fail: the model goes live directly
+            _go_live(app, archive, deploy["sha256"])
+        else:
+            answer = await asgi_request(
+                app, "POST", "/admin/deploy", {"X-Admin-Token": "token"}, json.dumps(deploy).encode()
+            )
+            if answer["status"] != 200:
+                raise RuntimeError(f"local deploy refused: {answer['body'][:500]!r}")
+        apps[name] = app
+    return {c.name: await asgi_request(apps[c.handlers], c.method, c.path, c.headers, c.body) for c in CASES}
 
 
 def _pack(directory: Path, estimator, joblib) -> Path:
@@ -323,7 +327,7 @@ def _go_live(app, archive: Path, sha256: str) -> None:
     ep.live = LiveModel(model, sha256, None, str(archive), version_dir, utc_now())
 
 
-def asgi_request(app, method: str, path: str, headers: dict, body: bytes = b"") -> dict:
+async def asgi_request(app, method: str, path: str, headers: dict, body: bytes = b"") -> dict:
     """One HTTP request through an ASGI app, without a server or a socket."""
     raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     if method == "POST":
@@ -351,7 +355,7 @@ def asgi_request(app, method: str, path: str, headers: dict, body: bytes = b"") 
     async def send(message: dict) -> None:
         sent.append(message)
 
-    asyncio.run(app(scope, receive, send))
+    await app(scope, receive, send)
     start = next(m for m in sent if m["type"] == "http.response.start")
     response_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
     return {
