@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "serving_container.py"
@@ -120,3 +122,25 @@ def test_the_table_lists_both_sides(real, local):
     lines = container.table(real, local).splitlines()
     assert len(lines) == 2 + len(container.CASES)
     assert "| wrong Accept | 406 `application/json` json error | 406 `application/json` json error |" in lines
+
+
+def test_inside_the_worker_a_refusal_becomes_its_response(tmp_path, monkeypatch):
+    """The mechanism, without the real worker (it runs even where the package index is unreachable)."""
+    flask = pytest.importorskip("flask")
+    from mlops_dagster.serving.app import load_handlers
+
+    handlers = load_handlers()
+    monkeypatch.setitem(sys.modules, "sagemaker_containers", types.ModuleType("sagemaker_containers"))
+    features = ["a", "b"]
+    with flask.Flask("worker").test_request_context("/invocations", method="POST"):
+        refused = handlers.input_fn("1,2\n3\n", "text/csv", features)
+        assert isinstance(refused, handlers.Refusal)
+        response = handlers.output_fn(handlers.predict_fn(refused, model=None), "text/csv")
+        assert (response.status_code, response.mimetype) == (400, "application/json")
+        assert json.loads(response.get_data()) == {"error": "row 2 has 1 values, expected 2 (a, b)"}
+        response = handlers.output_fn(np.array([1.0]), "image/png")
+        assert response.status_code == 406 and b"Accept image/png offers nothing" in response.get_data()
+        response = handlers.output_fn(handlers.input_fn("x", "text/plain", features), "text/csv")
+        assert response.status_code == 415
+    with pytest.raises(handlers.InvalidInput, match="row 2 has 1 values"):  # outside a request: raised
+        handlers.input_fn("1,2\n3\n", "text/csv", features)
