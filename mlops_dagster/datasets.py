@@ -6,15 +6,24 @@ Also the deterministic train/validation split and the CSV encoding that ``s3_dat
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
 import io
+import itertools
+import json
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
 from .quality import clip, show_names
 from .resources.object_store import ObjectNotFound, ObjectStore
@@ -27,6 +36,8 @@ BOSTON_FEATURES = [
 BOSTON_TARGET = "medv"
 PARQUET_MAGIC = b"PAR1"
 CHUNK = 1 << 20  # bytes read at a time when a source file is scanned
+CHUNK_ROWS = 100_000  # rows read, checked, staged and written at a time (raw_data / s3_dataset config)
+SYNTHETIC_BLOCK = 1_000_000  # rows the synthetic source draws at a time
 MAX_NAME = 500  # characters of a source name quoted in an error
 
 
@@ -39,10 +50,35 @@ def synthetic_boston(rows: int = 1000, seed: int = 42) -> pd.DataFrame:
 
     Prices rise with rooms (`rm`) and fall with the share of lower-status population (`lstat`),
     crime, pupil/teacher ratio and pollution, as in the real data; a forest reaches R² ≈ 0.8.
+    The table is ``iter_synthetic``'s chunks put together.
     """
+    if rows <= SYNTHETIC_BLOCK:
+        _check_rows(rows)
+        return _synthetic_block(rows, _block_rng(seed, 0))
+    return pd.concat(list(iter_synthetic(rows, seed, SYNTHETIC_BLOCK)), ignore_index=True)
+
+
+def _check_rows(rows: int) -> None:
     if rows < 1:
         raise DataSourceError(f"synthetic source needs rows >= 1, got {rows}")
-    rng = np.random.default_rng(seed)
+
+
+def _block_rng(seed: int, block: int) -> np.random.Generator:
+    # Block 0 draws from the seed itself, so up to SYNTHETIC_BLOCK rows are the rows earlier
+    # versions generated; later blocks draw from (seed, block), independent of any chunk size.
+    return np.random.default_rng(seed if block == 0 else [seed, block])
+
+
+def iter_synthetic(rows: int, seed: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """``synthetic_boston(rows, seed)`` in chunks of ``chunk_rows``; at most one block in memory."""
+    _check_rows(rows)
+    for block, start in enumerate(range(0, rows, SYNTHETIC_BLOCK)):
+        frame = _synthetic_block(min(SYNTHETIC_BLOCK, rows - start), _block_rng(seed, block))
+        for first in range(0, len(frame), chunk_rows):
+            yield frame.iloc[first : first + chunk_rows].reset_index(drop=True)
+
+
+def _synthetic_block(rows: int, rng: np.random.Generator) -> pd.DataFrame:
     crim = np.round(rng.lognormal(-1.0, 1.6, rows), 5)
     zn = np.where(rng.random(rows) < 0.7, 0.0, np.round(rng.uniform(12.5, 100, rows), 1))
     indus = np.round(rng.uniform(0.5, 27.7, rows), 2)
@@ -73,18 +109,29 @@ def synthetic_boston(rows: int = 1000, seed: int = 42) -> pd.DataFrame:
     return pd.DataFrame({**columns, BOSTON_TARGET: medv})
 
 
-@dataclass(frozen=True)
-class LoadedSource:
-    frame: pd.DataFrame
-    description: str  # what was read: a path, a URI, or "synthetic(rows=…, seed=…)"
+@dataclass
+class SourceStream:
+    """A source being read: what it is, the sha256 of its bytes, and its rows in chunks."""
+
+    description: str  # what is read: a path, a URI, or "synthetic(rows=…, seed=…)"
     sha256: str | None  # of the bytes read; None for synthetic
+    chunks: Iterator[pd.DataFrame]  # each with a RangeIndex from 0
 
 
-def load_source(source: str, store: ObjectStore, rows: int = 1000, seed: int = 42) -> LoadedSource:
-    """Read ``source``: ``synthetic``, an ``s3://`` URI (through the store) or a local path."""
+@contextmanager
+def open_source(
+    source: str, store: ObjectStore, rows: int = 1000, seed: int = 42, chunk_rows: int | None = CHUNK_ROWS
+) -> Iterator[SourceStream]:
+    """Open ``source`` (``synthetic``, an ``s3://`` URI read through the store, or a local path)
+    for reading in chunks of ``chunk_rows`` rows (None: the whole table as one chunk).
+
+    An ``s3://`` source is downloaded to a temporary file first, deleted when the block ends.
+    """
     source = (source or "").strip()
     if source in ("", "synthetic"):
-        return LoadedSource(synthetic_boston(rows, seed), f"synthetic(rows={rows}, seed={seed})", None)
+        _check_rows(rows)
+        yield SourceStream(f"synthetic(rows={rows}, seed={seed})", None, iter_synthetic(rows, seed, chunk_rows or rows))
+        return
     if source.startswith("s3://"):
         with tempfile.TemporaryDirectory(prefix="mlops-src-") as tmp:
             local = Path(tmp) / Path(source.rstrip("/")).name
@@ -96,8 +143,9 @@ def load_source(source: str, store: ObjectStore, rows: int = 1000, seed: int = 4
                     "upload it first or point MLOPS_DATA_SOURCE / the `source` config elsewhere"
                 ) from err
             with local.open("rb") as handle:
-                frame, sha256 = read_table(handle, source)
-        return LoadedSource(frame, source, sha256)
+                sha256, chunks = iter_table(handle, source, chunk_rows)
+                yield SourceStream(source, sha256, chunks)
+        return
     path = Path(source).expanduser()
     if not path.exists():
         raise DataSourceError(
@@ -108,8 +156,26 @@ def load_source(source: str, store: ObjectStore, rows: int = 1000, seed: int = 4
         raise DataSourceError(f"data source {clip(repr(str(path)), MAX_NAME)} is not a file")
     # One open handle for hashing and parsing: the hash is of exactly the bytes parsed.
     with path.open("rb") as handle:
-        frame, sha256 = read_table(handle, str(path))
-    return LoadedSource(frame, str(path.resolve()), sha256)
+        sha256, chunks = iter_table(handle, str(path), chunk_rows)
+        yield SourceStream(str(path.resolve()), sha256, chunks)
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    frame: pd.DataFrame
+    description: str  # what was read: a path, a URI, or "synthetic(rows=…, seed=…)"
+    sha256: str | None  # of the bytes read; None for synthetic
+
+
+def load_source(source: str, store: ObjectStore, rows: int = 1000, seed: int = 42) -> LoadedSource:
+    """Read all of ``source`` into one table (``open_source`` reads it in chunks)."""
+    with open_source(source, store, rows, seed, chunk_rows=None) as stream:
+        return LoadedSource(_concat(stream.chunks), stream.description, stream.sha256)
+
+
+def _concat(chunks: Iterator[pd.DataFrame]) -> pd.DataFrame:
+    frames = list(chunks)
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def parse_table(data: bytes, name: str) -> pd.DataFrame:
@@ -154,10 +220,17 @@ def _scan(handle: BinaryIO) -> _Scan:
 
 
 def read_table(handle: BinaryIO, name: str) -> tuple[pd.DataFrame, str]:
-    """Parse a seekable binary file as CSV or Parquet; returns the table and the sha256 of its bytes.
+    """Parse a seekable binary file as CSV or Parquet; returns the table and the sha256 of its bytes."""
+    sha256, chunks = iter_table(handle, name, None)
+    return _concat(chunks), sha256
 
-    The bytes are read twice (a scan, then the parser) rather than held in memory next to their
-    decoded text and the table. Every error names the source.
+
+def iter_table(handle: BinaryIO, name: str, chunk_rows: int | None) -> tuple[str, Iterator[pd.DataFrame]]:
+    """The sha256 of a seekable binary file and its rows as CSV or Parquet, ``chunk_rows`` at a time.
+
+    The bytes are scanned first (hash, format, encoding), then parsed in a second read rather than
+    held in memory next to their decoded text and the table. Every error names the source; a
+    parse error in a later chunk is raised when that chunk is reached.
     """
     label = clip(name, MAX_NAME)
     scan = _scan(handle)
@@ -165,12 +238,7 @@ def read_table(handle: BinaryIO, name: str) -> tuple[pd.DataFrame, str]:
     if scan.blank:
         raise DataSourceError(f"data source {label} is empty ({scan.size} bytes): it needs a header and rows")
     if scan.head == PARQUET_MAGIC or name.lower().endswith((".parquet", ".pq")):
-        try:
-            frame = pd.read_parquet(handle)
-        except Exception as err:  # pyarrow raises several types; all mean "not Parquet"
-            raise DataSourceError(f"data source {label} is not a readable Parquet file: {clip(str(err))}") from err
-        # Rows are numbered by position: drop a stored index (keep it as columns when it is named).
-        return frame.reset_index(drop=all(n is None for n in frame.index.names)), scan.sha256
+        return scan.sha256, _parquet_chunks(handle, label, chunk_rows)
     if scan.bad_utf8_at is not None:
         raise DataSourceError(
             f"data source {label} is neither CSV nor Parquet: byte {scan.bad_utf8_at} is not UTF-8 text "
@@ -178,12 +246,60 @@ def read_table(handle: BinaryIO, name: str) -> tuple[pd.DataFrame, str]:
         )
     if scan.has_nul:
         raise DataSourceError(f"data source {label} is neither CSV nor Parquet: it contains NUL bytes")
+    chunks = _csv_chunks(handle, label, chunk_rows)
+    first = next(chunks)  # header problems are raised here, before any chunk is handed out
+    return scan.sha256, itertools.chain([first], chunks)
+
+
+def _parquet_chunks(handle: BinaryIO, label: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
+    def unreadable(err: Exception) -> DataSourceError:
+        return DataSourceError(f"data source {label} is not a readable Parquet file: {clip(str(err))}")
+
+    try:
+        if chunk_rows is None:
+            frames: Iterator[pd.DataFrame] = iter([pd.read_parquet(handle)])
+        else:
+            parquet = pq.ParquetFile(handle)
+            batches = parquet.iter_batches(batch_size=chunk_rows)
+            frames = (batch.to_pandas() for batch in batches)
+            if parquet.metadata.num_rows == 0:
+                frames = iter([parquet.schema_arrow.empty_table().to_pandas()])
+    except Exception as err:  # pyarrow raises several types; all mean "not Parquet"
+        raise unreadable(err) from err
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except Exception as err:
+            raise unreadable(err) from err
+        # Rows are numbered by position: drop a stored index (keep it as columns when it is named).
+        yield frame.reset_index(drop=all(n is None for n in frame.index.names))
+
+
+def _csv_chunks(handle: BinaryIO, label: str, chunk_rows: int | None) -> Iterator[pd.DataFrame]:
     try:
         # compression=None: the format was decided by content, not by a ".gz" in the name.
-        frame = pd.read_csv(handle, skipinitialspace=True, encoding="utf-8-sig", compression=None)
+        reader = pd.read_csv(
+            handle, skipinitialspace=True, encoding="utf-8-sig", compression=None, chunksize=chunk_rows
+        )
+        frames = iter([reader]) if chunk_rows is None else iter(reader)
+        expected_start = 0
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                return
+            _check_csv_chunk(frame, label, expected_start)
+            expected_start += len(frame)
+            yield frame.reset_index(drop=True)
     except pd.errors.ParserError as err:
         raise DataSourceError(f"data source {label} is not valid CSV: {clip(str(err))}") from err
-    if not (isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 and frame.index.step == 1):
+
+
+def _check_csv_chunk(frame: pd.DataFrame, label: str, start: int) -> None:
+    index = frame.index
+    if not (isinstance(index, pd.RangeIndex) and index.start == start and index.step == 1):
         # pandas takes the first column(s) as the index when rows have more fields than the header,
         # which would shift every value one column to the left.
         raise DataSourceError(
@@ -195,7 +311,6 @@ def read_table(handle: BinaryIO, name: str) -> tuple[pd.DataFrame, str]:
             f"data source {label} is not a CSV table: found {frame.shape[1]} column "
             f"({show_names(frame.columns)}); expected a header with the feature and target columns"
         )
-    return frame, scan.sha256
 
 
 def numeric_frame(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
@@ -217,3 +332,201 @@ def split_frame(frame: pd.DataFrame, train_fraction: float, seed: int) -> tuple[
 def to_csv_bytes(frame: pd.DataFrame) -> bytes:
     """Stable CSV encoding: header, no index, shortest round-trip floats, '\\n' line ends."""
     return frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+
+
+# --- streaming: the checked table staged as float64 rows, then split and written as CSV ----------
+
+FLOAT = np.dtype("<f8")
+
+
+class StageWriter:
+    """Appends the given columns of each chunk, as little-endian float64 rows, to one file.
+
+    Its sha256 covers the column names, the values and the row count: the fingerprint a quality
+    verdict is bound to. A cell that is not a number is staged as NaN (its table fails
+    ``numeric_columns`` and is never split).
+    """
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns, self.rows = path, list(columns), 0
+        self._digest = _stage_digest(self.columns)
+        self._file = path.open("wb")
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        if not len(chunk):
+            return
+        values = np.empty((len(chunk), len(self.columns)), dtype=FLOAT)
+        for position, column in enumerate(self.columns):
+            numbers = pd.to_numeric(chunk[column], errors="coerce")
+            values[:, position] = numbers.to_numpy(dtype=FLOAT, na_value=np.nan)
+        data = memoryview(values).cast("B")
+        self._digest.update(data)
+        self._file.write(data)
+        self.rows += len(chunk)
+
+    def close(self) -> str:
+        """Closes the file; returns the fingerprint."""
+        self._file.close()
+        return _stage_fingerprint(self._digest, self.rows)
+
+
+def _stage_digest(columns: list[str]) -> hashlib._Hash:
+    return hashlib.sha256(json.dumps(["float64-rows", columns]).encode())
+
+
+def _stage_fingerprint(digest: hashlib._Hash, rows: int) -> str:
+    digest.update(rows.to_bytes(8, "big"))
+    return digest.hexdigest()
+
+
+def stage_frame(frame: pd.DataFrame, columns: list[str], path: Path) -> str:
+    """Stage a whole table (tests and small tables); returns its fingerprint."""
+    writer = StageWriter(path, columns)
+    writer.write(frame)
+    return writer.close()
+
+
+def read_stage(path: Path, columns: int, chunk_rows: int) -> Iterator[np.ndarray]:
+    """The staged rows, ``chunk_rows`` at a time, as (rows, columns) float64 arrays."""
+    with path.open("rb") as handle:
+        while True:
+            block = np.fromfile(handle, dtype=FLOAT, count=chunk_rows * columns)
+            if not block.size:
+                return
+            yield block.reshape(-1, columns)
+
+
+def _float_text(values: np.ndarray) -> pa.Array:
+    """Each float64 as ``repr`` writes it (what pandas' ``to_csv`` writes), empty for NaN.
+
+    Arrow formats the shortest round-trip digits in C++ as Python does; it differs only in
+    writing integral values without ``.0`` and in when it switches to exponent notation, so
+    integral values get ``.0`` and the few values in exponent range are formatted by Python.
+    """
+    text = pc.cast(pa.array(values, from_pandas=True), pa.string())  # NaN -> null -> ""
+    finite = np.isfinite(values)
+    magnitude = np.abs(values)
+    special = finite & (values != 0) & ((magnitude >= 1e16) | (magnitude < 1e-4))
+    special |= np.asarray(pc.fill_null(pc.match_substring(text, "e"), False), dtype=bool)
+    integral = finite & (values == np.trunc(values)) & ~special
+    if integral.any():
+        text = pc.if_else(pa.array(integral), pc.binary_join_element_wise(text, ".0", ""), text)
+    if special.any():
+        exact = pa.array([repr(float(v)) for v in values[special]], pa.string())
+        text = pc.replace_with_mask(text, pa.array(special), exact)
+    return text
+
+
+_CSV_BODY = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+
+
+def csv_rows(values: np.ndarray) -> bytes:
+    """Rows of float64 as CSV lines, byte for byte what ``to_csv_bytes`` writes for them (no header)."""
+    if not len(values):
+        return b""
+    table = pa.table([_float_text(values[:, i]) for i in range(values.shape[1])], names=[str(i) for i in range(values.shape[1])])  # fmt: skip
+    sink = io.BytesIO()
+    pa_csv.write_csv(table, sink, _CSV_BODY)
+    return sink.getvalue()
+
+
+def csv_header(columns: list[str]) -> bytes:
+    """The header line ``to_csv_bytes`` writes (names quoted only when they need it)."""
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(columns)
+    return line.getvalue().encode("utf-8")
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """What ``write_split`` wrote: rows and sha256 per file, and the fingerprint of the staged table it read."""
+
+    rows: dict[str, int]
+    sha256: dict[str, str]
+    stage_fingerprint: str
+
+
+class _HashedFile:
+    def __init__(self, path: Path) -> None:
+        self._file, self.digest = path.open("wb"), hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self._file.write(data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def split_positions(rows: int, train_fraction: float, seed: int) -> tuple[np.ndarray, int]:
+    """Where each row goes, as ``split_frame`` places it: its position in the shuffled table, and the
+    number of train rows (positions below it are train, the others validation)."""
+    if not 0 < train_fraction < 1:
+        raise ValueError(f"train_fraction must be between 0 and 1 (exclusive), got {train_fraction}")
+    order = np.random.default_rng(seed).permutation(rows)
+    position = np.empty(rows, dtype=np.int32 if rows < 2**31 else np.int64)
+    position[order] = np.arange(rows, dtype=position.dtype)
+    n_train = min(max(int(round(rows * train_fraction)), 1), rows - 1)
+    return position, n_train
+
+
+def write_split(
+    stage: Path,
+    columns: list[str],
+    rows: int,
+    train_fraction: float,
+    seed: int,
+    train_path: Path,
+    validation_path: Path,
+    chunk_rows: int = CHUNK_ROWS,
+    window_rows: int | None = None,
+    observe: Callable[[np.ndarray], None] | None = None,
+) -> SplitFiles:
+    """Write ``split_frame``'s train and validation files from a staged table without holding it.
+
+    The shuffled table is written a window of ``window_rows`` output rows at a time: each window
+    reads the staged rows in chunks and keeps those whose shuffled position falls in it, so memory
+    is one window plus the positions (4 bytes a row). The files are the same bytes whatever the
+    chunk and window sizes, and the same as ``to_csv_bytes(split_frame(...))``. ``observe`` sees
+    every staged chunk once (for summaries); the stage's fingerprint is computed on the way.
+    """
+    width = len(columns)
+    window_rows = window_rows or max(chunk_rows, (256 << 20) // (8 * max(width, 1)))
+    position, n_train = split_positions(rows, train_fraction, seed)
+    out = {"train": _HashedFile(train_path), "validation": _HashedFile(validation_path)}
+    digest, seen = _stage_digest(columns), 0
+    try:
+        for name in out:
+            out[name].write(csv_header(columns))
+        for low in range(0, rows, window_rows):
+            high = min(low + window_rows, rows)
+            window = np.empty((high - low, width), dtype=FLOAT)
+            start = 0
+            for block in read_stage(stage, width, chunk_rows):
+                if low == 0:  # the first window reads every staged row once: fingerprint, observers
+                    digest.update(memoryview(np.ascontiguousarray(block)).cast("B"))
+                    seen += len(block)
+                    if observe is not None:
+                        observe(block)
+                where = position[start : start + len(block)]
+                keep = (where >= low) & (where < high)
+                window[where[keep] - low] = block[keep]
+                start += len(block)
+            if start != rows:
+                raise ValueError(f"staged table {stage} has {start} rows, expected {rows}")
+            for first in range(0, high - low, chunk_rows):
+                part = window[first : first + chunk_rows]
+                cut = min(max(n_train - (low + first), 0), len(part))  # rows of this part that are train
+                if cut:
+                    out["train"].write(csv_rows(part[:cut]))
+                if cut < len(part):
+                    out["validation"].write(csv_rows(part[cut:]))
+            del window
+    finally:
+        for handle in out.values():
+            handle.close()
+    return SplitFiles(
+        rows={"train": n_train, "validation": rows - n_train},
+        sha256={name: handle.digest.hexdigest() for name, handle in out.items()},
+        stage_fingerprint=_stage_fingerprint(digest, seen),
+    )

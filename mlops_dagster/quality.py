@@ -1,4 +1,4 @@
-"""Data-quality rules for ``raw_data``, as plain functions over a DataFrame.
+"""Data-quality rules for ``raw_data``, over a DataFrame or a table read chunk by chunk.
 
 The asset checks in ``assets/data.py`` report them. They run once per table: ``raw_data`` hands
 ``s3_dataset`` a ``Verdict`` bound to the checked table by a fingerprint, so ``s3_dataset``
@@ -96,41 +96,222 @@ class QualityResult:
         object.__setattr__(self, "message", clip(self.message))
 
 
-def _rows(index: pd.Index | np.ndarray) -> str:
-    numbers = [str(int(i) + 1) for i in list(index)[:MAX_LISTED]]
-    more = len(index) - len(numbers)
-    return ", ".join(numbers) + (f" and {more} more" if more > 0 else "")
+class _Listed:
+    """Rows (0-based positions) a rule found: the first ``MAX_LISTED`` and how many in all."""
+
+    def __init__(self) -> None:
+        self.first: list[int] = []
+        self.count = 0
+
+    def add(self, mask: pd.Series | np.ndarray, offset: int) -> None:
+        positions = np.flatnonzero(np.asarray(mask, dtype=bool))
+        room = MAX_LISTED - len(self.first)
+        if room > 0:
+            self.first.extend(int(p) + offset for p in positions[:room])
+        self.count += len(positions)
+
+    def text(self) -> str:
+        numbers = [str(p + 1) for p in self.first]
+        more = self.count - len(numbers)
+        return ", ".join(numbers) + (f" and {more} more" if more > 0 else "")
+
+
+class _Rule:
+    """One blocking rule over a table read in chunks: ``update`` per chunk, then ``result``.
+
+    A whole table is one chunk, and rows are numbered by position from the table's start, so a
+    rule reaches the same verdict and message however the table was cut.
+    """
+
+    def __init__(self, rule: QualityRule) -> None:
+        self.rule = rule
+
+    def update(self, chunk: pd.DataFrame, offset: int) -> None:
+        """Take in ``chunk``, whose first row is row ``offset`` (0-based) of the table."""
+
+    def result(self, columns: list, rows: int) -> QualityResult:
+        raise NotImplementedError
+
+    @classmethod
+    def on(cls, frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
+        check = cls(rule)
+        check.update(frame, 0)
+        return check.result(list(frame.columns), len(frame))
+
+
+class _RequiredColumns(_Rule):
+    def result(self, columns: list, rows: int) -> QualityResult:
+        required = [*self.rule.features, self.rule.target]
+        missing = [c for c in required if c not in columns]
+        if missing:
+            return QualityResult(
+                "required_columns", False,
+                f"missing required column(s) {show_names(missing)}; found columns {show_names(columns)}",
+                metadata={"missing": bounded_names(missing)},
+            )  # fmt: skip
+        return QualityResult("required_columns", True, f"all {len(required)} required columns present")
+
+
+class _HeaderRows(_Rule):
+    """Rows that repeat the header (files concatenated with their headers)."""
+
+    def __init__(self, rule: QualityRule) -> None:
+        super().__init__(rule)
+        self.bad = _Listed()
+
+    def update(self, chunk: pd.DataFrame, offset: int) -> None:
+        if chunk.empty or chunk.shape[1] == 0:
+            return
+        matches = np.zeros(len(chunk), dtype=np.int32)
+        for position, (name, dtype) in enumerate(zip(chunk.columns, chunk.dtypes, strict=True)):
+            name = str(name).strip().lower()
+            if _could_hold(dtype, name):
+                matches += _header_matches(chunk.iloc[:, position], name)
+        self.bad.add(matches >= max(2, (chunk.shape[1] + 1) // 2), offset)
+
+    def result(self, columns: list, rows: int) -> QualityResult:
+        if rows == 0 or not columns:
+            return QualityResult("no_header_rows", True, "no rows to check")
+        if self.bad.count:
+            return QualityResult(
+                "no_header_rows", False,
+                f"row(s) {self.bad.text()} repeat the header line inside the data",
+                metadata={"rows": [p + 1 for p in self.bad.first]},
+            )  # fmt: skip
+        return QualityResult("no_header_rows", True, "no repeated header rows")
+
+
+class _NumericColumns(_Rule):
+    def __init__(self, rule: QualityRule) -> None:
+        super().__init__(rule)
+        self.bad: dict[str, _Listed] = {}
+        self.first_value: dict[str, str] = {}
+
+    def update(self, chunk: pd.DataFrame, offset: int) -> None:
+        for column in [c for c in (*self.rule.features, self.rule.target) if c in chunk.columns]:
+            values = chunk[column]
+            coerced = pd.to_numeric(values, errors="coerce")
+            bad = (coerced.isna() & values.notna()).to_numpy()
+            if bad.any():
+                if column not in self.bad:
+                    self.bad[column] = _Listed()
+                    self.first_value[column] = str(values.iloc[int(np.argmax(bad))])
+                self.bad[column].add(bad, offset)
+
+    def result(self, columns: list, rows: int) -> QualityResult:
+        problems = []
+        for column in [c for c in (*self.rule.features, self.rule.target) if c in self.bad]:
+            bad = self.bad[column]
+            problems.append(
+                f"column {show(column)} has non-numeric value {show(self.first_value[column])} at row {bad.first[0] + 1}"
+                + (f" ({bad.count} rows in all: {bad.text()})" if bad.count > 1 else "")
+            )
+        if problems:
+            return QualityResult("numeric_columns", False, "; ".join(problems))
+        return QualityResult("numeric_columns", True, "features and target are numeric")
+
+
+def _target_values(chunk: pd.DataFrame, target: str) -> pd.Series:
+    return pd.to_numeric(chunk[target], errors="coerce").astype("float64")
+
+
+class _TargetFinite(_Rule):
+    def __init__(self, rule: QualityRule) -> None:
+        super().__init__(rule)
+        self.nan, self.inf = _Listed(), _Listed()
+
+    def update(self, chunk: pd.DataFrame, offset: int) -> None:
+        if self.rule.target not in chunk.columns:
+            return
+        target = _target_values(chunk, self.rule.target)
+        self.nan.add(target.isna() & chunk[self.rule.target].isna(), offset)
+        self.inf.add(np.isinf(target.to_numpy()), offset)
+
+    def result(self, columns: list, rows: int) -> QualityResult:
+        target = self.rule.target
+        if target not in columns:
+            return QualityResult("target_finite", False, f"target column {show(target)} is missing")
+        parts = []
+        if self.nan.count:
+            parts.append(f"NaN at row(s) {self.nan.text()}")
+        if self.inf.count:
+            parts.append(f"infinite value at row(s) {self.inf.text()}")
+        if parts:
+            return QualityResult("target_finite", False, f"target {show(target)} has " + " and ".join(parts))
+        return QualityResult("target_finite", True, f"target {show(target)} has no NaN or infinite values")
+
+
+class _FeaturesMissing(_Rule):
+    # Only truly empty cells count here; non-numeric cells are numeric_columns' to report.
+    def __init__(self, rule: QualityRule) -> None:
+        super().__init__(rule)
+        self.missing: dict[str, int] = {}
+
+    def update(self, chunk: pd.DataFrame, offset: int) -> None:
+        for column in self.rule.features:
+            if column in chunk.columns:
+                self.missing[column] = self.missing.get(column, 0) + int(chunk[column].isna().sum())
+
+    def result(self, columns: list, rows: int) -> QualityResult:
+        fractions = {c: self.missing.get(c, 0) / rows if rows else 0.0 for c in self.rule.features if c in columns}
+        over = {c: f for c, f in fractions.items() if f > self.rule.max_missing_fraction}
+        if over:
+            listed = ", ".join(f"{show(c)} {f:.1%}" for c, f in sorted(over.items())[:MAX_NAMES])
+            if len(over) > MAX_NAMES:
+                listed += f", … {len(over) - MAX_NAMES:,} more"
+            return QualityResult(
+                "features_missing", False,
+                f"feature(s) missing more than {self.rule.max_missing_fraction:.1%} of values: {listed}",
+                metadata={"missing_fraction": bounded_mapping(dict(sorted(over.items())))},
+            )  # fmt: skip
+        worst = max(fractions.values(), default=0.0)
+        return QualityResult("features_missing", True, f"at most {worst:.1%} missing in any feature")
+
+
+class _MinRows(_Rule):
+    def result(self, columns: list, rows: int) -> QualityResult:
+        if rows < self.rule.min_rows:
+            return QualityResult(
+                "min_rows", False, f"has {rows} rows, needs at least {self.rule.min_rows}", metadata={"rows": rows}
+            )
+        return QualityResult("min_rows", True, f"{rows} rows (minimum {self.rule.min_rows})", metadata={"rows": rows})
+
+
+class _TargetRange(_Rule):
+    def __init__(self, rule: QualityRule) -> None:
+        super().__init__(rule)
+        self.outside = _Listed()
+        self.first_value: float | None = None
+
+    def update(self, chunk: pd.DataFrame, offset: int) -> None:
+        if self.rule.target not in chunk.columns:
+            return
+        target = _target_values(chunk, self.rule.target).to_numpy()
+        outside = (target < self.rule.target_min) | (target > self.rule.target_max)
+        if self.first_value is None and outside.any():
+            self.first_value = float(target[int(np.argmax(outside))])
+        self.outside.add(outside, offset)
+
+    def result(self, columns: list, rows: int) -> QualityResult:
+        rule, target = self.rule, show(self.rule.target)
+        if rule.target not in columns:
+            return QualityResult("target_range", False, f"target column {target} is missing")
+        if self.outside.count:
+            return QualityResult(
+                "target_range", False,
+                f"target {target} outside [{rule.target_min}, {rule.target_max}] at row(s) "
+                f"{self.outside.text()} (first value {self.first_value})",
+            )  # fmt: skip
+        return QualityResult("target_range", True, f"target {target} within [{rule.target_min}, {rule.target_max}]")
 
 
 def required_columns(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
-    required = [*rule.features, rule.target]
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        return QualityResult(
-            "required_columns", False,
-            f"missing required column(s) {show_names(missing)}; found columns {show_names(frame.columns)}",
-            metadata={"missing": bounded_names(missing)},
-        )  # fmt: skip
-    return QualityResult("required_columns", True, f"all {len(required)} required columns present")
+    return _RequiredColumns.on(frame, rule)
 
 
 def header_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
     """Rows that repeat the header (files concatenated with their headers)."""
-    if frame.empty or frame.shape[1] == 0:
-        return QualityResult("no_header_rows", True, "no rows to check")
-    matches = np.zeros(len(frame), dtype=np.int32)
-    for position, (name, dtype) in enumerate(zip(frame.columns, frame.dtypes, strict=True)):
-        name = str(name).strip().lower()
-        if _could_hold(dtype, name):
-            matches += _header_matches(frame.iloc[:, position], name)
-    bad = frame.index[matches >= max(2, (frame.shape[1] + 1) // 2)]
-    if len(bad):
-        return QualityResult(
-            "no_header_rows", False,
-            f"row(s) {_rows(bad)} repeat the header line inside the data",
-            metadata={"rows": [int(i) + 1 for i in bad[:MAX_LISTED]]},
-        )  # fmt: skip
-    return QualityResult("no_header_rows", True, "no repeated header rows")
+    return _HeaderRows.on(frame, rule)
 
 
 def _header_matches(values: pd.Series, name: str) -> np.ndarray:
@@ -167,79 +348,23 @@ def _looks_numeric(text: str) -> bool:
 
 
 def numeric_columns(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
-    problems = []
-    for column in [c for c in (*rule.features, rule.target) if c in frame.columns]:
-        values = frame[column]
-        coerced = pd.to_numeric(values, errors="coerce")
-        bad = values.index[coerced.isna() & values.notna()]
-        if len(bad):
-            first = bad[0]
-            problems.append(
-                f"column {show(column)} has non-numeric value {show(str(values[first]))} at row {int(first) + 1}"
-                + (f" ({len(bad)} rows in all: {_rows(bad)})" if len(bad) > 1 else "")
-            )
-    if problems:
-        return QualityResult("numeric_columns", False, "; ".join(problems))
-    return QualityResult("numeric_columns", True, "features and target are numeric")
+    return _NumericColumns.on(frame, rule)
 
 
 def target_finite(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
-    if rule.target not in frame.columns:
-        return QualityResult("target_finite", False, f"target column {show(rule.target)} is missing")
-    target = pd.to_numeric(frame[rule.target], errors="coerce").astype("float64")
-    nan_rows = frame.index[target.isna() & frame[rule.target].isna()]
-    inf_rows = frame.index[np.isinf(target.to_numpy())]
-    parts = []
-    if len(nan_rows):
-        parts.append(f"NaN at row(s) {_rows(nan_rows)}")
-    if len(inf_rows):
-        parts.append(f"infinite value at row(s) {_rows(inf_rows)}")
-    if parts:
-        return QualityResult("target_finite", False, f"target {show(rule.target)} has " + " and ".join(parts))
-    return QualityResult("target_finite", True, f"target {show(rule.target)} has no NaN or infinite values")
+    return _TargetFinite.on(frame, rule)
 
 
 def features_missing(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
-    # Only truly empty cells count here; non-numeric cells are numeric_columns' to report.
-    fractions = {c: float(frame[c].isna().mean()) if len(frame) else 0.0 for c in rule.features if c in frame.columns}
-    over = {c: f for c, f in fractions.items() if f > rule.max_missing_fraction}
-    if over:
-        listed = ", ".join(f"{show(c)} {f:.1%}" for c, f in sorted(over.items())[:MAX_NAMES])
-        if len(over) > MAX_NAMES:
-            listed += f", … {len(over) - MAX_NAMES:,} more"
-        return QualityResult(
-            "features_missing", False,
-            f"feature(s) missing more than {rule.max_missing_fraction:.1%} of values: {listed}",
-            metadata={"missing_fraction": bounded_mapping(dict(sorted(over.items())))},
-        )  # fmt: skip
-    worst = max(fractions.values(), default=0.0)
-    return QualityResult("features_missing", True, f"at most {worst:.1%} missing in any feature")
+    return _FeaturesMissing.on(frame, rule)
 
 
 def min_rows(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
-    n = len(frame)
-    if n < rule.min_rows:
-        return QualityResult(
-            "min_rows", False, f"has {n} rows, needs at least {rule.min_rows}", metadata={"rows": n}
-        )
-    return QualityResult("min_rows", True, f"{n} rows (minimum {rule.min_rows})", metadata={"rows": n})
+    return _MinRows.on(frame, rule)
 
 
 def target_range(frame: pd.DataFrame, rule: QualityRule) -> QualityResult:
-    if rule.target not in frame.columns:
-        return QualityResult("target_range", False, f"target column {show(rule.target)} is missing")
-    target = pd.to_numeric(frame[rule.target], errors="coerce").astype("float64")
-    outside = frame.index[(target < rule.target_min) | (target > rule.target_max)]
-    if len(outside):
-        first = outside[0]
-        return QualityResult(
-            "target_range", False,
-            f"target {show(rule.target)} outside [{rule.target_min}, {rule.target_max}] at row(s) "
-            f"{_rows(outside)} (first value {target[first]})",
-        )  # fmt: skip
-    return QualityResult(
-        "target_range", True, f"target {show(rule.target)} within [{rule.target_min}, {rule.target_max}]"
-    )
+    return _TargetRange.on(frame, rule)
 
 
 def row_count_drop(rows: int, previous_rows: int | None, rule: QualityRule) -> QualityResult:
@@ -259,10 +384,36 @@ def row_count_drop(rows: int, previous_rows: int | None, rule: QualityRule) -> Q
 
 
 BLOCKING_RULES = (required_columns, header_rows, numeric_columns, target_finite, features_missing, min_rows, target_range)
+_BLOCKING = (_RequiredColumns, _HeaderRows, _NumericColumns, _TargetFinite, _FeaturesMissing, _MinRows, _TargetRange)
+
+
+class BlockingChecks:
+    """Every blocking rule over a table fed chunk by chunk; ``results`` once the table is read.
+
+    Fed the whole table as one chunk it is ``run_blocking``; fed any cut of the same table it
+    gives the same results.
+    """
+
+    def __init__(self, rule: QualityRule) -> None:
+        self.rule = rule
+        self.rows = 0
+        self.columns: list | None = None
+        self._rules = [cls(rule) for cls in _BLOCKING]
+
+    def update(self, chunk: pd.DataFrame) -> BlockingChecks:
+        if self.columns is None:
+            self.columns = list(chunk.columns)
+        for check in self._rules:
+            check.update(chunk, self.rows)
+        self.rows += len(chunk)
+        return self
+
+    def results(self) -> list[QualityResult]:
+        return [check.result(self.columns or [], self.rows) for check in self._rules]
 
 
 def run_blocking(frame: pd.DataFrame, rule: QualityRule) -> list[QualityResult]:
-    return [check(frame, rule) for check in BLOCKING_RULES]
+    return BlockingChecks(rule).update(frame).results()
 
 
 @dataclass(frozen=True)

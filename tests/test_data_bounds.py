@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from dagster import DagsterInstance, Failure
+from dagster import DagsterInstance, Failure, build_asset_context
 from dagster._serdes import serialize_value
 from helpers import (
     boston_lines,
@@ -33,6 +33,7 @@ from mlops_dagster.datasets import (
     BOSTON_TARGET,
     DataSourceError,
     load_source,
+    stage_frame,
     synthetic_boston,
     to_csv_bytes,
 )
@@ -156,15 +157,15 @@ def test_ordinary_failed_checks_store_no_preview_and_passed_ones_do(defs, tmp_pa
 
 @pytest.fixture
 def check_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts runs of the blocking rules (one entry per table checked)."""
+    """Counts verdicts of the blocking rules (one entry per table checked, with its rows)."""
     calls: list[int] = []
-    real = quality.run_blocking
+    real = quality.BlockingChecks.results
 
-    def spy(frame: pd.DataFrame, rule: quality.QualityRule) -> list[quality.QualityResult]:
-        calls.append(len(frame))
-        return real(frame, rule)
+    def spy(self: quality.BlockingChecks) -> list[quality.QualityResult]:
+        calls.append(self.rows)
+        return real(self)
 
-    monkeypatch.setattr(quality, "run_blocking", spy)
+    monkeypatch.setattr(quality.BlockingChecks, "results", spy)
     return calls
 
 
@@ -194,26 +195,53 @@ def test_s3_dataset_alone_refuses_failed_data_without_checking_again(
     assert store_files(mlops_home) == []
 
 
-def _checked(frame: pd.DataFrame):
+COLUMNS = [*BOSTON_FEATURES, BOSTON_TARGET]
+
+
+def _checked(frame: pd.DataFrame, stage: Path):
+    """A RawTable as raw_data hands it on: the table staged, its verdict bound to the stage."""
     from mlops_dagster.assets.data import RawTable
 
-    verdict = quality.Verdict.of(frame, quality.run_blocking(frame, RULE))
-    return RawTable(frame, "test", None, RULE, verdict)
+    fingerprint = stage_frame(frame, COLUMNS, stage)
+    failed = tuple(r for r in quality.run_blocking(frame, RULE) if not r.passed)
+    return RawTable(str(stage), COLUMNS, len(frame), "test", None, RULE, quality.Verdict(fingerprint, failed))
 
 
-def test_a_verdict_is_not_trusted_for_a_different_table():
+def _run_s3_dataset(defs, table) -> None:
+    """s3_dataset on ``table``, called directly (its input as the IO manager would load it)."""
+    from mlops_dagster.assets.data import S3DatasetConfig, s3_dataset
+
+    resources = defs.resources
+    s3_dataset(
+        context=build_asset_context(), config=S3DatasetConfig(), raw_data=table,
+        settings=resources["settings"], store=resources["store"],
+    )  # fmt: skip
+
+
+def test_a_verdict_is_not_trusted_for_a_different_table(defs, tmp_path: Path, mlops_home: Path):
     from mlops_dagster.assets.data import RawTable, _require_passed
 
-    table = _checked(synthetic_boston(40))
-    _require_passed(table)  # the checked table passes
-    table.frame.loc[5, "medv"] = float("nan")  # changed after its checks: the verdict is stale
+    table = _checked(synthetic_boston(40), tmp_path / "a.f64")
+    assert _require_passed(table) == tmp_path / "a.f64"  # the checked table passes
+    changed = synthetic_boston(40)
+    changed.loc[5, "medv"] = float("nan")  # the staged file changed after its checks: the verdict is stale
+    stage_frame(changed, COLUMNS, tmp_path / "a.f64")
     with pytest.raises(Failure, match="not the table its quality checks ran on"):
-        _require_passed(table)
-    swapped = RawTable(synthetic_boston(40, seed=1), "test", None, RULE, _checked(synthetic_boston(40)).verdict)
+        _run_s3_dataset(defs, table)
+    swapped = _checked(synthetic_boston(40, seed=1), tmp_path / "b.f64")
+    swapped.verdict = _checked(synthetic_boston(40), tmp_path / "c.f64").verdict
     with pytest.raises(Failure, match="not the table its quality checks ran on"):
-        _require_passed(swapped)
+        _run_s3_dataset(defs, swapped)
+    shorter = _checked(synthetic_boston(39), tmp_path / "d.f64")
+    shorter.rows = 40
+    with pytest.raises(Failure, match="not the table its quality checks ran on"):
+        _require_passed(shorter)
     with pytest.raises(Failure, match="carries no quality verdict .* materialize raw_data again"):
-        _require_passed(RawTable(synthetic_boston(40), "test", None, RULE))
+        _require_passed(RawTable(str(tmp_path / "a.f64"), COLUMNS, 40, "test", None, RULE))
+    (tmp_path / "b.f64").unlink()
+    with pytest.raises(Failure, match="staged table .*b.f64 is gone .* materialize raw_data again"):
+        _require_passed(swapped)
+    assert store_files(mlops_home) == []
 
 
 def test_fingerprint_sees_values_names_and_types():

@@ -6,11 +6,17 @@ input (one huge cell, a huge header name, thousands of columns) cannot blow up t
 """
 
 import hashlib
+import itertools
 import json
 import math
+import os
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -32,7 +38,7 @@ from dagster import (
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .. import quality
-from ..datasets import BOSTON_FEATURES, BOSTON_TARGET, load_source, numeric_frame, split_frame, to_csv_bytes
+from ..datasets import BOSTON_FEATURES, BOSTON_TARGET, CHUNK_ROWS, StageWriter, open_source, write_split
 from ..resources.object_store import ObjectStore
 from ..settings import Settings
 
@@ -50,19 +56,27 @@ MAX_TEXT = 4000  # characters of one text metadata entry (markdown, JSON, text)
 MAX_SUMMARY_COLUMNS = 24  # columns described in a column_summary table
 MAX_PREVIEW_COLUMNS = 16  # columns and ...
 MAX_PREVIEW_CELL = 40  # ... characters per cell shown in the preview
-MAX_SYNTHETIC_ROWS = 10_000_000  # about 1.1 GB as a table; more does not fit a laptop's memory
+MAX_SYNTHETIC_ROWS = 10_000_000  # about 1.1 GB as a table (streamed: never held whole)
 MAX_SEED = 2**63 - 1
+MAX_CHUNK_ROWS = 10_000_000
 
 
 @dataclass
 class RawTable:
-    """What ``raw_data`` hands downstream: the table as read, the rule, and the rule's verdict on it."""
+    """What ``raw_data`` hands downstream: where the checked table is staged, never the table itself.
 
-    frame: pd.DataFrame
+    ``stage`` is a file of float64 rows (the features, then the target) under
+    ``$MLOPS_HOME/staging/raw_data/``, written only when every blocking check passed; the verdict's
+    fingerprint is that file's (see ``datasets.StageWriter``).
+    """
+
+    stage: str  # "" when the checks failed: nothing was staged
+    columns: list[str]
+    rows: int
     source: str
     source_sha256: "str | None"
     rule: quality.QualityRule
-    verdict: "quality.Verdict | None" = None  # None only in a table stored by an older version
+    verdict: "quality.Verdict | None" = None  # None only in a value stored by an older version
 
 
 def _check_range(name: str, value: float, low: float | None, high: float | None, open_: bool = False) -> None:
@@ -95,10 +109,12 @@ RAW_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "target_min": (None, None, False),
     "target_max": (None, None, False),
     "max_row_drop_fraction": (0, 1, False),
+    "chunk_rows": (1, MAX_CHUNK_ROWS, False),
 }
 S3_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train_fraction": (0, 1, True),
     "seed": (0, MAX_SEED, False),
+    "chunk_rows": (1, MAX_CHUNK_ROWS, False),
 }
 
 
@@ -124,6 +140,11 @@ class RawDataConfig(Config):
     max_row_drop_fraction: float = Field(
         default=0.5, description="warning: largest share of rows lost since the last run, 0 to 1"
     )
+    chunk_rows: int = Field(
+        default=CHUNK_ROWS,
+        description=f"rows read, checked and staged at a time, 1 to {MAX_CHUNK_ROWS:,} (memory vs. speed; "
+        "the result is the same)",
+    )
 
     @field_validator(*RAW_RANGES)
     @classmethod
@@ -144,6 +165,10 @@ class RawDataConfig(Config):
 class S3DatasetConfig(Config):
     train_fraction: float = Field(default=0.8, description="share of rows in train.csv, strictly between 0 and 1")
     seed: int = Field(default=42, description="seed of the train/validation shuffle, 0 to 2^63-1")
+    chunk_rows: int = Field(
+        default=CHUNK_ROWS,
+        description=f"rows read and written at a time, 1 to {MAX_CHUNK_ROWS:,} (memory vs. speed; the files are the same)",
+    )
 
     @field_validator(*S3_RANGES)
     @classmethod
@@ -170,51 +195,126 @@ def bounded_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     return {key: _bounded(value) for key, value in metadata.items()}
 
 
-def _column_summary(frame: pd.DataFrame) -> MetadataValue:
-    """dtype, missing count and min/mean/max of the first ``MAX_SUMMARY_COLUMNS`` columns."""
-    schema = TableSchema(
-        columns=[
-            TableColumn("column", "string"),
-            TableColumn("dtype", "string"),
-            TableColumn("missing", "int"),
-            TableColumn("min", "float"),
-            TableColumn("mean", "float"),
-            TableColumn("max", "float"),
-        ]
-    )
-    records = []
-    for position in range(min(frame.shape[1], MAX_SUMMARY_COLUMNS)):
-        column = frame.iloc[:, position]
-        values = pd.to_numeric(column, errors="coerce")
-        stats = [round(float(v), 4) if pd.notna(v) else None for v in (values.min(), values.mean(), values.max())]
-        records.append(
-            TableRecord(
-                {
-                    "column": quality.shorten(str(frame.columns[position]), MAX_PREVIEW_CELL),
-                    "dtype": str(column.dtype),
-                    "missing": int(column.isna().sum()),
-                    # Every record needs every field (Dagster's rule): None where a column has no numbers.
-                    **dict(zip(("min", "mean", "max"), stats, strict=True)),
-                }
-            )
+class ColumnSummary:
+    """dtype, missing count and min/mean/max of the first ``MAX_SUMMARY_COLUMNS`` columns of a
+    table fed chunk by chunk (a column's dtype is the one pandas gives the chunks put together)."""
+
+    def __init__(self) -> None:
+        self.columns: list | None = None
+        self._dtypes: pd.DataFrame | None = None  # one row whose dtypes are the chunks' common ones
+        self._missing = self._count = np.zeros(0)
+        self._sum = self._low = self._high = np.zeros(0)
+
+    def update(self, chunk: pd.DataFrame) -> None:
+        if self.columns is None:
+            self.columns = list(chunk.columns)
+            width = min(len(self.columns), MAX_SUMMARY_COLUMNS)
+            self._missing, self._count = np.zeros(width, dtype=np.int64), np.zeros(width, dtype=np.int64)
+            self._sum = np.zeros(width)
+            self._low, self._high = np.full(width, np.inf), np.full(width, -np.inf)
+        width = len(self._missing)
+        self._merge_dtypes(chunk.iloc[:1, :width])
+        for position in range(width):
+            column = chunk.iloc[:, position]
+            self._missing[position] += int(column.isna().sum())
+            numbers = pd.to_numeric(column, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+            numbers = numbers[~np.isnan(numbers)]
+            if numbers.size:
+                self._count[position] += numbers.size
+                self._sum[position] += numbers.sum()
+                self._low[position] = min(self._low[position], numbers.min())
+                self._high[position] = max(self._high[position], numbers.max())
+
+    def update_values(self, values: np.ndarray, columns: list[str]) -> None:
+        """A chunk of float64 rows (a staged table)."""
+        self.update(pd.DataFrame(values, columns=columns, copy=False))
+
+    def _merge_dtypes(self, head: pd.DataFrame) -> None:
+        if self._dtypes is None or (len(self._dtypes) == 0 and len(head)):
+            self._dtypes = head
+        elif len(head) and list(head.dtypes) != list(self._dtypes.dtypes):
+            self._dtypes = pd.concat([self._dtypes, head], ignore_index=True).iloc[:1]
+
+    def dtypes(self) -> list:
+        return list(self._dtypes.dtypes) if self._dtypes is not None else []
+
+    def metadata(self) -> MetadataValue:
+        schema = TableSchema(
+            columns=[
+                TableColumn("column", "string"),
+                TableColumn("dtype", "string"),
+                TableColumn("missing", "int"),
+                TableColumn("min", "float"),
+                TableColumn("mean", "float"),
+                TableColumn("max", "float"),
+            ]
         )
-    if frame.shape[1] > MAX_SUMMARY_COLUMNS:
-        cut = f"… ({frame.shape[1] - MAX_SUMMARY_COLUMNS:,} more columns cut)"
-        empty = {"dtype": "", "missing": None, "min": None, "mean": None, "max": None}
-        records.append(TableRecord({"column": cut, **empty}))
-    return MetadataValue.table(records=records, schema=schema)
+        columns, records = self.columns or [], []
+        for position, dtype in enumerate(self.dtypes()):
+            count = int(self._count[position])
+            stats = (self._low[position], self._sum[position] / count, self._high[position]) if count else (None,) * 3
+            records.append(
+                TableRecord(
+                    {
+                        "column": quality.shorten(str(columns[position]), MAX_PREVIEW_CELL),
+                        "dtype": str(dtype),
+                        "missing": int(self._missing[position]),
+                        # Every record needs every field (Dagster's rule): None where a column has no numbers.
+                        **dict(zip(("min", "mean", "max"), [_stat(v) for v in stats], strict=True)),
+                    }
+                )
+            )
+        if len(columns) > MAX_SUMMARY_COLUMNS:
+            cut = f"… ({len(columns) - MAX_SUMMARY_COLUMNS:,} more columns cut)"
+            empty = {"dtype": "", "missing": None, "min": None, "mean": None, "max": None}
+            records.append(TableRecord({"column": cut, **empty}))
+        return MetadataValue.table(records=records, schema=schema)
 
 
-def _preview(frame: pd.DataFrame) -> MetadataValue:
+def _stat(value: float | None) -> float | None:
+    return None if value is None or pd.isna(value) else round(float(value), 4)
+
+
+def _column_summary(frame: pd.DataFrame) -> MetadataValue:
+    summary = ColumnSummary()
+    summary.update(frame)
+    return summary.metadata()
+
+
+class _Head:
+    """The first 5 rows of a table fed chunk by chunk, for the preview."""
+
+    def __init__(self) -> None:
+        self.frame: pd.DataFrame | None = None
+
+    def update(self, chunk: pd.DataFrame) -> None:
+        if self.frame is None:
+            self.frame = chunk.iloc[:5, :MAX_PREVIEW_COLUMNS].copy()
+        elif len(self.frame) < 5 and len(chunk):
+            self.frame = pd.concat([self.frame, chunk.iloc[: 5 - len(self.frame), :MAX_PREVIEW_COLUMNS]], ignore_index=True)
+
+    def with_dtypes(self, dtypes: list) -> pd.DataFrame:
+        """The rows with the dtypes of the whole table (an int column with a gap later is float)."""
+        head = self.frame if self.frame is not None else pd.DataFrame()
+        for position, dtype in enumerate(dtypes[: head.shape[1]]):
+            if head.dtypes.iloc[position] != dtype:
+                try:
+                    head.isetitem(position, head.iloc[:, position].astype(dtype))
+                except (TypeError, ValueError):
+                    pass  # shown as read; the summary states the column's dtype
+        return head
+
+
+def _preview(head: pd.DataFrame, rows: int, width: int) -> MetadataValue:
     """The first 5 rows as markdown, with few columns and short cells (said when cut)."""
-    if not len(frame):
+    if not rows:
         return MetadataValue.md("(no rows)")
-    head = frame.iloc[:5, :MAX_PREVIEW_COLUMNS].copy()
+    head = head.iloc[:5, :MAX_PREVIEW_COLUMNS].copy()
     head.columns = [quality.shorten(str(c), MAX_PREVIEW_CELL) for c in head.columns]
     head = head.map(lambda v: quality.shorten(v, MAX_PREVIEW_CELL) if isinstance(v, str) else v)
     text = head.to_markdown(index=False)
-    if frame.shape[1] > MAX_PREVIEW_COLUMNS:
-        text += f"\n\n… ({frame.shape[1] - MAX_PREVIEW_COLUMNS:,} more columns cut)"
+    if width > MAX_PREVIEW_COLUMNS:
+        text += f"\n\n… ({width - MAX_PREVIEW_COLUMNS:,} more columns cut)"
     return MetadataValue.md(quality.clip(text, MAX_TEXT))
 
 
@@ -240,38 +340,28 @@ def _previous_rows(context: AssetExecutionContext) -> int | None:
     ],
 )
 def raw_data(context: AssetExecutionContext, config: RawDataConfig, settings: Settings, store: ObjectStore):
-    loaded = load_source(config.source or settings.data_source, store, rows=config.rows, seed=config.seed)
-    frame = loaded.frame
-    features = config.features or (
-        BOSTON_FEATURES if config.target == BOSTON_TARGET else [c for c in frame.columns if c != config.target]
-    )
-    rule = quality.QualityRule(
-        features=tuple(features),
-        target=config.target,
-        min_rows=config.min_rows,
-        max_missing_fraction=config.max_missing_fraction,
-        target_min=config.target_min,
-        target_max=config.target_max,
-        max_row_drop_fraction=config.max_row_drop_fraction,
-    )
-    blocking = quality.run_blocking(frame, rule)  # the only run of the rules for this table
-    verdict = quality.Verdict.of(frame, blocking)
-    results = [*blocking, quality.row_count_drop(len(frame), _previous_rows(context), rule)]
-    context.log.info(
-        f"read {len(frame)} rows x {frame.shape[1]} columns from {quality.clip(loaded.description, MAX_TEXT)}"
-    )
+    source = config.source or settings.data_source
+    with open_source(source, store, rows=config.rows, seed=config.seed, chunk_rows=config.chunk_rows) as stream:
+        read = _read_checked(stream.chunks, config, _stage_dir(settings))
+    rows, columns, verdict = read.checks.rows, read.checks.columns or [], read.verdict
+    results = [*read.results, quality.row_count_drop(rows, _previous_rows(context), read.rule)]
+    context.log.info(f"read {rows} rows x {len(columns)} columns from {quality.clip(stream.description, MAX_TEXT)}")
     metadata = {
-        "rows": len(frame),
-        "columns": quality.bounded_names(frame.columns),
-        "source": loaded.description,
-        "source_sha256": loaded.sha256 or "",
+        "rows": rows,
+        "columns": quality.bounded_names(columns),
+        "source": stream.description,
+        "source_sha256": stream.sha256 or "",
         "target": config.target,
-        "column_summary": _column_summary(frame),
+        "column_summary": read.summary.metadata(),
         "checks_passed": verdict.passed,
     }
     if verdict.passed:  # no preview of data that failed its checks
-        metadata["preview"] = _preview(frame)
-    yield Output(RawTable(frame, loaded.description, loaded.sha256, rule, verdict), metadata=bounded_metadata(metadata))
+        metadata["preview"] = _preview(read.head.with_dtypes(read.summary.dtypes()), rows, len(columns))
+    table = RawTable(
+        read.stage, list(read.rule.features) + [read.rule.target], rows, stream.description, stream.sha256,
+        read.rule, verdict,
+    )  # fmt: skip
+    yield Output(table, metadata=bounded_metadata(metadata))
     for result in results:
         if not result.passed:
             context.log.error(f"quality check {result.name} failed: {result.message}")
@@ -284,8 +374,81 @@ def raw_data(context: AssetExecutionContext, config: RawDataConfig, settings: Se
         )
 
 
-def _require_passed(raw_data: RawTable) -> None:
-    """Refuse a table whose checks failed, or that is not the table the verdict was reached on."""
+def _stage_dir(settings: Settings) -> Path:
+    return Path(settings.home) / "staging" / "raw_data"
+
+
+def _rule(config: RawDataConfig, columns: list) -> quality.QualityRule:
+    features = config.features or (
+        BOSTON_FEATURES if config.target == BOSTON_TARGET else [c for c in columns if c != config.target]
+    )
+    return quality.QualityRule(
+        features=tuple(features),
+        target=config.target,
+        min_rows=config.min_rows,
+        max_missing_fraction=config.max_missing_fraction,
+        target_min=config.target_min,
+        target_max=config.target_max,
+        max_row_drop_fraction=config.max_row_drop_fraction,
+    )
+
+
+@dataclass
+class _Read:
+    rule: quality.QualityRule
+    checks: quality.BlockingChecks
+    summary: ColumnSummary
+    head: _Head
+    results: list[quality.QualityResult]
+    verdict: quality.Verdict
+    stage: str  # "" when nothing was staged
+
+
+def _read_checked(chunks: Iterator[pd.DataFrame], config: RawDataConfig, stage_dir: Path) -> _Read:
+    """One pass over the source: every blocking rule, the summary and the preview, chunk by chunk,
+    while the checked columns are staged as float64 rows (kept only when every check passed)."""
+    first = next(chunks)
+    rule = _rule(config, list(first.columns))
+    checks, summary, head = quality.BlockingChecks(rule), ColumnSummary(), _Head()
+    staged = [*rule.features, rule.target]
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    writer = None
+    if all(c in first.columns for c in staged):
+        fd, tmp = tempfile.mkstemp(prefix=".stage-", suffix=".part", dir=stage_dir)
+        os.close(fd)
+        writer = StageWriter(Path(tmp), staged)
+    try:
+        for chunk in itertools.chain([first], chunks):
+            checks.update(chunk)
+            summary.update(chunk)
+            head.update(chunk)
+            if writer is not None:
+                writer.write(chunk)
+        fingerprint = writer.close() if writer is not None else ""
+        results = checks.results()
+        verdict = quality.Verdict(fingerprint, tuple(r for r in results if r.blocking and not r.passed))
+        stage = ""
+        if writer is not None and verdict.passed:
+            target = stage_dir / f"{fingerprint}.f64"
+            os.replace(writer.path, target)
+            stage = str(target)
+            _drop_older_stages(stage_dir, keep=target)
+    finally:
+        if writer is not None:
+            writer.close()
+            writer.path.unlink(missing_ok=True)
+    return _Read(rule, checks, summary, head, results, verdict, stage)
+
+
+def _drop_older_stages(stage_dir: Path, keep: Path) -> None:
+    """Only the latest raw_data value is ever read (the IO manager keeps one), so older stages go."""
+    for path in stage_dir.glob("*.f64"):
+        if path != keep:
+            path.unlink(missing_ok=True)
+
+
+def _require_passed(raw_data: RawTable) -> Path:
+    """The staged table, refused if its checks failed or it was stored by an older version."""
     verdict = getattr(raw_data, "verdict", None)
     if verdict is None:
         raise Failure(
@@ -302,11 +465,22 @@ def _require_passed(raw_data: RawTable) -> None:
                 MAX_TEXT,
             )
         )
-    if not verdict.covers(raw_data.frame):
+    stage = Path(getattr(raw_data, "stage", "") or "")
+    if not getattr(raw_data, "stage", "") or not stage.is_file():
         raise Failure(
-            "raw_data's stored table is not the table its quality checks ran on (fingerprints differ); "
-            "nothing was written: materialize raw_data again, then s3_dataset"
+            f"raw_data's staged table {quality.clip(str(stage), MAX_TEXT // 2)} is gone (or was stored by an "
+            "older version); nothing was written: materialize raw_data again, then s3_dataset"
         )
+    if stage.stat().st_size != raw_data.rows * len(raw_data.columns) * 8:
+        raise _not_checked_table()
+    return stage
+
+
+def _not_checked_table() -> Failure:
+    return Failure(
+        "raw_data's stored table is not the table its quality checks ran on (fingerprints differ); "
+        "nothing was written: materialize raw_data again, then s3_dataset"
+    )
 
 
 @asset(
@@ -317,30 +491,39 @@ def _require_passed(raw_data: RawTable) -> None:
 def s3_dataset(
     context: AssetExecutionContext, config: S3DatasetConfig, raw_data: RawTable, settings: Settings, store: ObjectStore
 ) -> Output[dict]:
-    _require_passed(raw_data)
-    rule = raw_data.rule
-    table = numeric_frame(raw_data.frame, [*rule.features, rule.target])
-    train, validation = split_frame(table, config.train_fraction, config.seed)
-    files = {"train.csv": to_csv_bytes(train), "validation.csv": to_csv_bytes(validation)}
-    digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
-    dataset_sha = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-    prefix = settings.uri("data", dataset_sha[:16]) + "/"
-    manifest_uri = prefix + "manifest.json"
+    stage = _require_passed(raw_data)
+    rule, columns = raw_data.rule, raw_data.columns
+    summary = ColumnSummary()
+    work = Path(settings.home) / "staging" / "s3_dataset"
+    work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="split-", dir=work) as tmp:
+        paths = {"train.csv": Path(tmp, "train.csv"), "validation.csv": Path(tmp, "validation.csv")}
+        split = write_split(
+            stage, columns, raw_data.rows, config.train_fraction, config.seed, paths["train.csv"],
+            paths["validation.csv"], chunk_rows=config.chunk_rows,
+            observe=lambda block: summary.update_values(block, columns),
+        )  # fmt: skip
+        if split.stage_fingerprint != raw_data.verdict.fingerprint:
+            raise _not_checked_table()
+        digests = {f"{name}.csv": split.sha256[name] for name in ("train", "validation")}
+        dataset_sha = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+        prefix = settings.uri("data", dataset_sha[:16]) + "/"
+        manifest_uri = prefix + "manifest.json"
 
-    infos = {name: store.head(prefix + name) for name in files}
-    complete = store.exists(manifest_uri) and all(
-        info is not None and info.sha256 == digests[name] for name, info in infos.items()
-    )
-    if complete:
-        context.log.info(f"dataset {prefix} already in the store with identical content; nothing written")
-    else:
-        for name, data in files.items():
-            infos[name] = store.put_bytes(prefix + name, data)
-            context.log.info(f"wrote {prefix + name} ({len(data)} bytes, sha256 {digests[name][:12]}…)")
-        # The manifest goes last: a prefix without it is incomplete and is written again.
-        manifest = {"files": digests, "rows": {"train": len(train), "validation": len(validation)},
-                    "columns": list(table.columns), "source": raw_data.source, "rule": asdict(rule)}  # fmt: skip
-        store.put_bytes(manifest_uri, json.dumps(manifest, indent=2, sort_keys=True).encode())
+        infos = {name: store.head(prefix + name) for name in paths}
+        complete = store.exists(manifest_uri) and all(
+            info is not None and info.sha256 == digests[name] for name, info in infos.items()
+        )
+        if complete:
+            context.log.info(f"dataset {prefix} already in the store with identical content; nothing written")
+        else:
+            for name, path in paths.items():
+                infos[name] = store.put_file(prefix + name, path)  # streamed from the file (multipart on S3)
+                context.log.info(f"wrote {prefix + name} ({path.stat().st_size} bytes, sha256 {digests[name][:12]}…)")
+            # The manifest goes last: a prefix without it is incomplete and is written again.
+            manifest = {"files": digests, "rows": split.rows, "columns": columns, "source": raw_data.source,
+                        "rule": asdict(rule)}  # fmt: skip
+            store.put_bytes(manifest_uri, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     value = {
         "uri": prefix,
@@ -348,7 +531,7 @@ def s3_dataset(
         "validation_uri": prefix + "validation.csv",
         "sha256": dataset_sha,
         "files_sha256": digests,
-        "rows": {"train": len(train), "validation": len(validation)},
+        "rows": split.rows,
         "features": list(rule.features),
         "target": rule.target,
         "version_ids": {name: info.version_id for name, info in infos.items() if info and info.version_id},
@@ -357,16 +540,16 @@ def s3_dataset(
         "uri": prefix,
         "train_uri": value["train_uri"],
         "validation_uri": value["validation_uri"],
-        "train_rows": len(train),
-        "validation_rows": len(validation),
-        "columns": quality.bounded_names(table.columns),
+        "train_rows": split.rows["train"],
+        "validation_rows": split.rows["validation"],
+        "columns": quality.bounded_names(columns),
         "train_sha256": digests["train.csv"],
         "validation_sha256": digests["validation.csv"],
         "dataset_sha256": dataset_sha,
         "written": not complete,
         "train_link": store.link(value["train_uri"]),
         "validation_link": store.link(value["validation_uri"]),
-        "column_summary": _column_summary(table),
+        "column_summary": summary.metadata(),
     }
     for name, version in value["version_ids"].items():
         metadata[f"{name.split('.')[0]}_version_id"] = version
