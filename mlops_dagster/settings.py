@@ -196,6 +196,7 @@ class Settings(ConfigurableResource):
                 )
 
         alerting = _alerting(env, backend)
+        _check_endpoint_batching(env)
         return cls(
             backend=backend,
             home=str(home),
@@ -231,6 +232,17 @@ class Settings(ConfigurableResource):
         """``s3://<bucket>/<prefix>/<parts...>``."""
         key = "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
         return f"s3://{self.bucket}/{key}"
+
+
+def _check_endpoint_batching(env: Mapping[str, str]) -> None:
+    """MLOPS_ENDPOINT_BATCHING, _BATCH_MAX_ROWS, _BATCH_MAX_WAIT_MS: each local endpoint server reads
+    them when it starts (serving/batching.py); checked here too, so a bad value fails at load time."""
+    from mlops_dagster.serving.batching import BatchSettings  # here: settings load before serving
+
+    try:
+        BatchSettings.from_environ(env)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def _alerting(env: Mapping[str, str], backend: str) -> dict:
