@@ -1058,3 +1058,86 @@ def test_hung_worker_is_detected_by_its_heartbeat(mlops_home: Path, store):
     finally:
         hung.kill()
         hung.wait()
+
+
+# --- parallel steps ----------------------------------------------------------------------------
+
+
+def _marker_script(markers: Path, write: str, wait_for: str | None = None, exit_code: int = 0) -> str:
+    """A job that writes ``write``, then waits for ``wait_for`` (written by another job of the same
+    execution) and fails if it never comes: the two jobs can only both succeed if they overlap."""
+    lines = ["import sys, time", "from pathlib import Path", f"markers = Path({str(markers)!r})"]
+    lines.append(f"(markers / {write!r}).write_text('')")
+    if wait_for:
+        lines += [
+            f"deadline = time.monotonic() + {DEADLINE}",
+            f"while not (markers / {wait_for!r}).exists():",
+            f"    if time.monotonic() > deadline: sys.exit('{wait_for} never appeared: the steps did not overlap')",
+            "    time.sleep(0.05)",
+        ]
+    lines.append(f"sys.exit({exit_code})")
+    return "\n".join(lines) + "\n"
+
+
+def test_independent_steps_run_at_the_same_time(sm: LocalSageMakerService, store, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "LOCAL_STEP_SLOTS", 2)  # a 1-core machine would run them one at a time
+    steps = [
+        processing_step(store, "A", _marker_script(tmp_path, "A.started", "B.started")),
+        processing_step(store, "B", _marker_script(tmp_path, "B.started", "A.started")),
+        processing_step(store, "After", _marker_script(tmp_path, "After.started"), DependsOn=["A", "B"]),
+    ]
+    sm.create_pipeline(PipelineName="p", PipelineDefinition=definition(steps), RoleArn=ROLE)
+    execution = run_here(sm, "p")
+    assert execution["PipelineExecutionStatus"] == "Succeeded", execution.get("FailureReason")
+    recorded = steps_of(sm, execution["PipelineExecutionArn"])
+    assert {name: s["StepStatus"] for name, s in recorded.items()} == dict.fromkeys(["A", "B", "After"], "Succeeded")
+    # The dependent step started only after both ended.
+    assert recorded["After"]["StartTime"] >= max(recorded["A"]["EndTime"], recorded["B"]["EndTime"])
+
+
+def test_max_parallel_execution_steps_bounds_the_steps_at_once(sm: LocalSageMakerService, store, tmp_path, monkeypatch):
+    monkeypatch.setattr(worker, "LOCAL_STEP_SLOTS", 4)
+    steps = [processing_step(store, name, _marker_script(tmp_path, name)) for name in ("A", "B", "C")]
+    sm.create_pipeline(
+        PipelineName="p", PipelineDefinition=definition(steps), RoleArn=ROLE,
+        ParallelismConfiguration={"MaxParallelExecutionSteps": 1},
+    )  # fmt: skip
+    execution = run_here(sm, "p")
+    assert execution["PipelineExecutionStatus"] == "Succeeded", execution.get("FailureReason")
+    recorded = sorted(steps_of(sm, execution["PipelineExecutionArn"]).values(), key=lambda s: s["StartTime"])
+    assert [s["StepName"] for s in recorded] == ["A", "B", "C"]  # definition order among equals
+    for earlier, later in zip(recorded, recorded[1:], strict=False):
+        assert later["StartTime"] >= earlier["EndTime"], "two steps ran at once with MaxParallelExecutionSteps 1"
+
+
+def test_a_failed_step_lets_running_siblings_finish_and_starts_nothing_new(
+    sm: LocalSageMakerService, store, tmp_path, monkeypatch
+):
+    import threading
+
+    monkeypatch.setattr(worker, "LOCAL_STEP_SLOTS", 2)
+    steps = [
+        # A fails once B runs; B ends only after the test saw A's failure recorded.
+        processing_step(store, "A", _marker_script(tmp_path, "A.started", "B.started", exit_code=3)),
+        processing_step(store, "B", _marker_script(tmp_path, "B.started", "release")),
+        processing_step(store, "AfterB", _marker_script(tmp_path, "AfterB.started"), DependsOn=["B"]),
+    ]
+    sm.create_pipeline(PipelineName="p", PipelineDefinition=definition(steps), RoleArn=ROLE)
+    no_worker(sm)
+    arn = sm.start_pipeline_execution(PipelineName="p")["PipelineExecutionArn"]
+    runner = threading.Thread(target=worker.run_execution, args=(sm.home, sm.store, arn))
+    runner.start()
+    try:
+        wait_step(sm, arn, "A", "Failed")
+        assert steps_of(sm, arn)["B"]["StepStatus"] == "Executing"  # still running after A failed
+    finally:
+        (tmp_path / "release").write_text("")
+        runner.join(timeout=DEADLINE)
+    assert not runner.is_alive()
+    execution = sm.describe_pipeline_execution(PipelineExecutionArn=arn)
+    assert execution["PipelineExecutionStatus"] == "Failed"
+    assert execution["FailureReason"].startswith(worker.STEP_FAILURE)
+    assert "step 'A' (Processing) failed" in execution["FailureReason"]
+    recorded = steps_of(sm, arn)
+    assert {name: s["StepStatus"] for name, s in recorded.items()} == {"A": "Failed", "B": "Succeeded"}
+    assert not (tmp_path / "AfterB.started").exists()

@@ -28,6 +28,7 @@ def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
     definition = _metadata(result, "pipeline_definition")
     model = _metadata(result, "trained_model")
     assert definition["upsert"] == "created"
+    assert definition["definition_cache"] == "miss"  # a fresh home: the SDK built it
     assert definition["pipeline_arn"] == "arn:aws:sagemaker:us-east-1:000000000000:pipeline/mlops-pipeline"
     assert model["execution_arn"] == _metadata(result, "pipeline_execution")["execution_arn"]
     assert 0 < model["mse"] < 25 and model["r2"] > 0.6
@@ -53,8 +54,9 @@ def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
     value = result.output_for_node("trained_model")
     assert value["training_job_name"] == model["training_job_name"]
 
-    # Same code and config: the definition is unchanged and not updated.
+    # Same code and config: the definition comes from the cache, unchanged and not updated.
     again = _run(defs, instance, selection=["pipeline_definition"])
+    assert _metadata(again, "pipeline_definition")["definition_cache"] == "hit"
     assert _metadata(again, "pipeline_definition")["upsert"] == "unchanged"
     assert _metadata(again, "pipeline_definition")["definition_sha256"] == definition["definition_sha256"]
 

@@ -25,3 +25,32 @@ def test_the_working_directory_cannot_shadow_the_standard_library(mlops_home, tm
     text = log.read_text()
     assert "planted json.py" not in text
     assert "doesnotexist" in text, text  # it ran past its imports, to looking the execution up
+
+
+def test_waiting_on_a_launched_worker_returns_when_it_exits(monkeypatch):
+    """``worker.wait`` returns at the worker's exit, not after the whole pause."""
+    import subprocess
+    import sys
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    monkeypatch.setitem(worker._by_execution, MISSING, proc)
+    waiter = threading.Thread(target=worker.wait, args=(MISSING, 3600))
+    waiter.start()
+    proc.stdin.close()  # the "worker" ends
+    waiter.join(timeout=120)  # a bound, not a timing: a wait that ignored the exit would take an hour
+    assert not waiter.is_alive()
+    assert proc.returncode == 0
+
+
+def test_local_checks_poll_at_a_short_fixed_interval_and_aws_backs_off(mlops_home):
+    from itertools import islice
+
+    from mlops_dagster.resources.sagemaker import LOCAL_POLL_SECONDS, LocalSageMaker, SageMaker
+
+    store = LocalObjectStore(root=str(mlops_home / "s3"))
+    local = LocalSageMaker(home=str(mlops_home), region="us-east-1", bucket="b", store=store)
+    assert list(islice(local.poll_pauses(15), 4)) == [LOCAL_POLL_SECONDS] * 4
+    assert list(islice(local.poll_pauses(0.1), 2)) == [0.1, 0.1]  # max_poll still bounds it
+    # SageMaker (the aws resource inherits the base class's back-off)
+    assert list(islice(SageMaker.poll_pauses(local, 15), 6)) == [1, 2, 4, 8, 15, 15]

@@ -6,6 +6,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from botocore.exceptions import ClientError
 from dagster import (
@@ -25,6 +26,7 @@ from pydantic import Field
 from ..resources.object_store import ObjectStore, sha256_file
 from ..resources.sagemaker import SageMaker
 from ..sagemaker.definition import definition_sha256, step_graph_mermaid
+from ..sagemaker.definition_cache import cached_definition
 from ..sagemaker.training_code import TRAINING_DIR, code_version
 from ..settings import Settings
 
@@ -81,32 +83,32 @@ class TrainedModelConfig(Config):
     description="The SageMaker Pipeline definition (SDK v2), upserted; its sha256 is the data version (recipe step 5).",
 )
 def pipeline_definition(
-    context: AssetExecutionContext, config: PipelineConfig, settings: Settings, sagemaker: SageMaker
+    context: AssetExecutionContext, config: PipelineConfig, settings: Settings, sagemaker: SageMaker, store: ObjectStore
 ) -> Output[dict]:
-    # The SDK takes seconds to import: only the process that builds the definition pays for it.
-    from ..sagemaker.pipeline_builder import PipelineSpec, build_pipeline
-
-    spec = PipelineSpec(
-        name=settings.pipeline_name,
-        bucket=settings.bucket,
-        prefix=settings.prefix,
-        region=settings.region,
-        role_arn=sagemaker.execution_role_arn(),
-        target=config.target,
-        mse_threshold=config.mse_threshold,
-        train_instance_type=config.train_instance_type,
-        processing_instance_type=config.processing_instance_type,
-        approval_status=config.approval_status,
-        hyperparameters={
+    fields = {
+        "name": settings.pipeline_name,
+        "bucket": settings.bucket,
+        "prefix": settings.prefix,
+        "region": settings.region,
+        "role_arn": sagemaker.execution_role_arn(),
+        "target": config.target,
+        "mse_threshold": config.mse_threshold,
+        "train_instance_type": config.train_instance_type,
+        "processing_instance_type": config.processing_instance_type,
+        "approval_status": config.approval_status,
+        "hyperparameters": {
             "n_estimators": config.n_estimators,
             "min_samples_leaf": config.min_samples_leaf,
             "random_state": config.random_state,
         },
-        training_dir=config.training_dir,
-        entry_point=config.entry_point,
-        pass_hyperparameters=config.pass_hyperparameters,
-    )
-    definition = build_pipeline(spec, sagemaker.sdk_boto_session()).definition()
+        "training_dir": config.training_dir,
+        "entry_point": config.entry_point,
+        "pass_hyperparameters": config.pass_hyperparameters,
+    }
+    started = time.perf_counter()
+    definition, cache = _cached_definition(settings, sagemaker, store, fields)
+    build_seconds = time.perf_counter() - started
+    spec = SimpleNamespace(**fields, model_package_group=package_group_name(fields["name"]))
     sha = definition_sha256(definition)
     client = sagemaker.get_client()
     try:
@@ -123,14 +125,17 @@ def pipeline_definition(
             RoleArn=spec.role_arn,
         )["PipelineArn"]
         action = "created"
-    elif current.get("PipelineDefinition") == definition:
+    elif definition_sha256(current.get("PipelineDefinition") or "") == sha:
         arn, action = current["PipelineArn"], "unchanged"
     else:
         arn = client.update_pipeline(PipelineName=spec.name, PipelineDefinition=definition, RoleArn=spec.role_arn)[
             "PipelineArn"
         ]
         action = "updated"
-    context.log.info(f"pipeline {spec.name} {action}: {arn} (definition sha256 {sha[:12]}…)")
+    context.log.info(
+        f"pipeline {spec.name} {action}: {arn} (definition sha256 {sha[:12]}…, "
+        f"{'from the definition cache' if cache == 'hit' else 'built by the SDK'} in {build_seconds:.2f} s)"
+    )
     parameters = [p["Name"] for p in json.loads(definition)["Parameters"]]
     return Output(
         {
@@ -145,6 +150,8 @@ def pipeline_definition(
             "pipeline_arn": arn,
             "definition_sha256": sha,
             "upsert": action,
+            "definition_cache": cache,
+            "build_seconds": round(build_seconds, 3),
             "parameters": MetadataValue.json(parameters),
             "model_package_group": spec.model_package_group,
             "training_code_sha256": code_version(spec.training_dir),
@@ -152,6 +159,23 @@ def pipeline_definition(
         },
         data_version=DataVersion(sha),
     )
+
+
+def package_group_name(pipeline_name: str) -> str:
+    """The model package group the pipeline registers into (``PipelineSpec.model_package_group``)."""
+    return f"{pipeline_name}-models"
+
+
+def _cached_definition(settings: Settings, sagemaker: SageMaker, store: ObjectStore, fields: dict) -> tuple[str, str]:
+    """(definition, "hit" | "miss"): the cached definition for these inputs, else an SDK build."""
+
+    def build() -> str:
+        # The SDK takes seconds to import: only a process that builds the definition pays for it.
+        from ..sagemaker.pipeline_builder import PipelineSpec, build_pipeline
+
+        return build_pipeline(PipelineSpec(**fields), sagemaker.sdk_boto_session()).definition()
+
+    return cached_definition(settings.home, store, fields, build)
 
 
 @asset(
@@ -198,11 +222,14 @@ def latest_execution_arn(context: AssetExecutionContext) -> str:
     return str(entry.value)
 
 
-def wait_for_execution(context: AssetExecutionContext, client, arn: str, timeout: float, max_poll: float) -> dict:
-    """Poll until the execution ends, logging each step's status change; backoff up to max_poll."""
+def wait_for_execution(
+    context: AssetExecutionContext, sagemaker: SageMaker, client, arn: str, timeout: float, max_poll: float
+) -> dict:
+    """Check until the execution ends, logging each step's status change; the resource decides
+    how long to wait between checks (a back-off on SageMaker, the worker's end locally)."""
     deadline = time.monotonic() + timeout
-    pause, seen = 1.0, {}
-    while True:
+    seen: dict[str, str] = {}
+    for pause in sagemaker.poll_pauses(max_poll):
         execution = client.describe_pipeline_execution(PipelineExecutionArn=arn)
         steps = client.list_pipeline_execution_steps(PipelineExecutionArn=arn, SortOrder="Ascending")
         for step in steps["PipelineExecutionSteps"]:
@@ -211,14 +238,15 @@ def wait_for_execution(context: AssetExecutionContext, client, arn: str, timeout
                 context.log.info(f"step {step['StepName']}: {step['StepStatus']}")
         status = execution["PipelineExecutionStatus"]
         if status in TERMINAL:
+            context.log.info(f"execution {arn} ended {status}")
             return execution
         if time.monotonic() + pause > deadline:
             raise Failure(
                 f"execution {arn} still {status} after {timeout:.0f} s; it keeps running — "
                 "the sensor will collect it, or raise wait_timeout_seconds"
             )
-        time.sleep(pause)
-        pause = min(pause * 2, max_poll)
+        sagemaker.wait_for_execution_change(arn, pause)
+    raise AssertionError("poll_pauses ended")  # it is endless
 
 
 def _step_job(steps: list[dict], name: str, kind: str) -> str | None:
@@ -256,7 +284,9 @@ def trained_model(
 ) -> Output[dict]:
     arn = config.execution_arn or latest_execution_arn(context)
     client = sagemaker.get_client()
-    execution = wait_for_execution(context, client, arn, config.wait_timeout_seconds, config.max_poll_seconds)
+    execution = wait_for_execution(
+        context, sagemaker, client, arn, config.wait_timeout_seconds, config.max_poll_seconds
+    )
     steps = client.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
     quality_gate = _quality_gate(execution, steps)
     if execution["PipelineExecutionStatus"] != "Succeeded" and quality_gate is None:

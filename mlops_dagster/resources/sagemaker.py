@@ -6,7 +6,10 @@ both. The resource also hands the SDK a boto session to build the pipeline defin
 
 from __future__ import annotations
 
+import itertools
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,9 @@ from dagster import ConfigurableResource, MetadataValue
 from .object_store import ObjectStore
 
 LOCAL_ACCOUNT_ID = "000000000000"
+# Locally a check is a SQLite read, and the worker that runs the execution is a child process
+# whose end can be waited on: short pauses notice the end within a fraction of a second.
+LOCAL_POLL_SECONDS = 0.25
 
 
 class SageMaker(ConfigurableResource, ABC):
@@ -47,6 +53,19 @@ class SageMaker(ConfigurableResource, ABC):
     @abstractmethod
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         """A ready-to-paste command that sends one CSV row to the endpoint and prints the prediction."""
+
+    def poll_pauses(self, max_poll: float) -> Iterator[float]:
+        """Pauses between status checks of a running pipeline execution, endless. SageMaker's
+        executions take minutes and its Describe/List calls are throttled: back off from 1 s,
+        doubling up to ``max_poll``."""
+        pause = 1.0
+        while True:
+            yield min(pause, max_poll)
+            pause *= 2
+
+    def wait_for_execution_change(self, execution_arn: str, seconds: float) -> None:
+        """Wait up to ``seconds`` before the next status check of the execution."""
+        time.sleep(seconds)
 
 
 class LocalSageMaker(SageMaker):
@@ -88,6 +107,16 @@ class LocalSageMaker(SageMaker):
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         url = self.get_client().local_endpoint_url(endpoint_name)
         return f"curl -s -X POST {url} -H 'Content-Type: text/csv' --data-binary '{csv_row}'"
+
+    def poll_pauses(self, max_poll: float) -> Iterator[float]:
+        return itertools.repeat(min(LOCAL_POLL_SECONDS, max_poll))
+
+    def wait_for_execution_change(self, execution_arn: str, seconds: float) -> None:
+        """Returns early when the execution's worker, started by this process, exits (it has
+        recorded the end status by then)."""
+        from ..sagemaker.local import worker
+
+        worker.wait(execution_arn, seconds)
 
     def job_log_tail(self, job_name: str, kind: str, lines: int = 40) -> str:
         path = self.get_client().job_log_path(job_name)

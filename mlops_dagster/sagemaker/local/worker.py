@@ -2,11 +2,13 @@
 
     python -m mlops_dagster.sagemaker.local.worker <home> <store config> <execution arn>
 
-It reads the execution's definition snapshot from the state DB, runs the steps one after another
-in dependency order (sequential execution: SageMaker would run independent steps in parallel;
-one machine gains little from that and ordering keeps logs and state simple), and records each
-step and the end status. A watch thread refreshes the heartbeat the service uses to detect a dead
-worker, and stops the running job when the execution is set to Stopping.
+It reads the execution's definition snapshot from the state DB and runs the steps as SageMaker
+does: a step starts once every step it depends on succeeded, and steps that do not depend on each
+other run at the same time (at most the pipeline's ``MaxParallelExecutionSteps``, and at most one
+per CPU core). After a step fails no new step starts; the steps already running finish, then the
+execution ends Failed. It records each step and the end status. A watch thread refreshes the
+heartbeat the service uses to detect a dead worker, and stops the running jobs when the execution
+is set to Stopping.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("mlops_dagster.sagemaker.local.worker")
 
 STOP_POLL_SECONDS = 0.5
+# Steps run at once by one worker: one per core (the jobs are CPU-bound processes).
+LOCAL_STEP_SLOTS = os.cpu_count() or 1
 JOB_METADATA = {"Training": "TrainingJob", "Processing": "ProcessingJob"}
 
 # Runs the worker module without importing mlops_dagster/__init__.py, which builds the whole
@@ -56,6 +62,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[2]
 
 # Popen handles of launched workers, polled so that finished ones do not linger as zombies.
 _launched: dict[int, subprocess.Popen] = {}
+# The latest worker of each execution this process launched, for ``wait``.
+_by_execution: dict[str, subprocess.Popen] = {}
 
 
 # --- launching -------------------------------------------------------------------------------
@@ -85,6 +93,9 @@ def launch(home: Path, store: ObjectStore, execution_arn: str, log_path: Path) -
     for pid, proc in list(_launched.items()):
         if proc.poll() is not None:
             del _launched[pid]
+    for arn, proc in list(_by_execution.items()):
+        if proc.returncode is not None:
+            del _by_execution[arn]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
@@ -97,7 +108,20 @@ def launch(home: Path, store: ObjectStore, execution_arn: str, log_path: Path) -
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
     _launched[proc.pid] = proc
+    _by_execution[execution_arn] = proc
     return proc
+
+
+def wait(execution_arn: str, seconds: float) -> None:
+    """Sleep ``seconds``, or less when the worker of the execution, launched by this process, exits."""
+    proc = _by_execution.get(execution_arn)
+    if proc is None or proc.poll() is not None:
+        time.sleep(seconds)
+        return
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return
 
 
 # --- the watch thread ------------------------------------------------------------------------
@@ -112,11 +136,16 @@ class Watch(threading.Thread):
         self.stop_requested = threading.Event()
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self._proc: subprocess.Popen | None = None
+        self._procs: set[subprocess.Popen] = set()
 
-    def attach(self, proc: subprocess.Popen | None) -> None:
+    def attach(self, proc: subprocess.Popen) -> None:
+        """Stop this job process too when the execution is stopped (steps run in parallel)."""
         with self._lock:
-            self._proc = proc
+            self._procs.add(proc)
+
+    def detach(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._procs.discard(proc)
 
     def run(self) -> None:
         last_beat = 0.0
@@ -137,8 +166,8 @@ class Watch(threading.Thread):
 
     def _stop_job(self) -> None:
         with self._lock:
-            proc, self._proc = self._proc, None
-        if proc is not None:
+            procs, self._procs = self._procs, set()
+        for proc in procs:
             log.info("stopping job process %s", proc.pid)
             self.jobs.stop_process(proc)
 
@@ -185,29 +214,59 @@ class ExecutionRunner:
         if problem:
             self._end("Failed", problem)
             return
-        for name in self.plan.order:
-            if self.watch.stop_requested.is_set():
-                self._end("Stopped")
-                return
-            if not self._should_run(name):
-                continue
-            try:
-                self._run_step(self.plan.steps[name])
-            except StepFailed as err:
-                self._end("Failed", f"{STEP_FAILURE} {err}")
-                return
-            except StepStopped:
-                self._end("Stopped")
-                return
-        self._end("Succeeded")
+        slots = self._slots()
+        failure: str | None = None
+        stopped = False
+        pending = list(self.plan.order)
+        skipped: set[str] = set()
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(max_workers=slots, thread_name_prefix="step") as pool:
+            while True:
+                stopped = stopped or self.watch.stop_requested.is_set()
+                if not stopped and failure is None:
+                    for name in self._ready(pending, skipped, slots - len(running)):
+                        running[pool.submit(self._run_step, self.plan.steps[name])] = name
+                if not running:
+                    break
+                done, _ = wait_futures(running, timeout=STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
+                for future in done:
+                    del running[future]
+                    try:
+                        future.result()
+                    except StepFailed as err:
+                        failure = failure or str(err)  # the first failure is the execution's reason
+                    except StepStopped:
+                        stopped = True
+        if failure is not None:
+            self._end("Failed", f"{STEP_FAILURE} {failure}")
+        elif stopped:
+            self._end("Stopped")
+        else:
+            self._end("Succeeded")
 
-    def _should_run(self, name: str) -> bool:
-        """A branch step runs only on its condition's chosen branch, and a step only after all it
-        depends on ran (a step downstream of a branch that was not taken is skipped too)."""
-        step = self.plan.steps[name]
-        if step.branch and self.outcomes.get(step.branch[0]) != step.branch[1]:
-            return False
-        return all(dep in self.properties for dep in step.depends_on)
+    def _slots(self) -> int:
+        """How many steps may run at once: the pipeline's MaxParallelExecutionSteps, at most a core each."""
+        try:
+            parallelism = self.backend.get_pipeline(self.execution.pipeline_arn).parallelism or {}
+        except SageMakerError:  # the pipeline was deleted while its execution ran
+            parallelism = {}
+        limit = parallelism.get("MaxParallelExecutionSteps") or LOCAL_STEP_SLOTS
+        return max(1, min(int(limit), LOCAL_STEP_SLOTS))
+
+    def _ready(self, pending: list[str], skipped: set[str], free: int) -> list[str]:
+        """Take from ``pending`` (in run order) up to ``free`` steps that can start now; drop the
+        steps that can never run (on a branch not taken, or after a step that was skipped)."""
+        ready = []
+        for name in list(pending):
+            step = self.plan.steps[name]
+            not_taken = step.branch and step.branch[0] in self.outcomes and self.outcomes[step.branch[0]] != step.branch[1]
+            if not_taken or step.depends_on & skipped:
+                pending.remove(name)
+                skipped.add(name)
+            elif len(ready) < free and all(dep in self.properties for dep in step.depends_on):
+                pending.remove(name)
+                ready.append(name)
+        return ready
 
     def _end(self, status: str, reason: str | None = None) -> None:
         if status == "Failed" and self.watch.stop_requested.is_set():
@@ -223,7 +282,8 @@ class ExecutionRunner:
 
     def _scope(self, **execution_variables: str) -> Scope:
         variables = {**self.execution.variables(), "CurrentDateTime": iso(time.time()), **execution_variables}
-        return Scope(self.plan, self.parameters, variables, self.properties, self.store.get_bytes)
+        # A copy: steps running in other threads add their properties meanwhile.
+        return Scope(self.plan, self.parameters, variables, dict(self.properties), self.store.get_bytes)
 
     def _run_step(self, step: interpreter.StepDef) -> None:
         log.info("step %s (%s): starting", step.name, step.type)
@@ -258,7 +318,10 @@ class ExecutionRunner:
         job = self.backend.create_job(name, kind, request, self.arn, step.name)
         self.backend.update_step(self.arn, step.name, "Starting", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}})
 
+        started: list[subprocess.Popen] = []
+
         def on_start(proc: subprocess.Popen) -> None:
+            started.append(proc)
             self.backend.job_started(name, proc.pid)
             self.backend.update_step(self.arn, step.name, "Executing")
             self.watch.attach(proc)
@@ -280,7 +343,8 @@ class ExecutionRunner:
                 "Failed", f"InternalError: {type(err).__name__}: {err}", {}, None, self.backend.job_log_path(name)
             )
         finally:
-            self.watch.attach(None)
+            if started:
+                self.watch.detach(started[0])
         stopped = self.watch.stop_requested.is_set() and result.status != "Completed"
         status = "Stopped" if stopped else result.status
         job = self.backend.finish_job(name, status, result.failure_reason, result.outputs, result.exit_code)
