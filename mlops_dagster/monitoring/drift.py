@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
 
 from .baseline import (
     FRACTIONAL,
@@ -310,6 +309,8 @@ class WindowAccumulator:
         if not compare or n == 0:
             return FeatureDrift(name, NOT_COMPARED if not compare else INSUFFICIENT, n, count)
         method = "asymp" if n > config.exact_max else "auto"
+        from scipy.stats import ks_2samp  # scipy.stats takes ~1 s to import: not when the code location loads
+
         test = ks_2samp(values, reference, method=method)
         statistic, p_value = float(test.statistic), float(test.pvalue)
         critical = critical_statistic(n, len(reference), corrected)

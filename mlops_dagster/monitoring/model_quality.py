@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
 METRICS = ("mse", "rmse", "mae", "r2")
 LOWER_IS_BETTER = {"mse": True, "rmse": True, "mae": True, "r2": False}
@@ -229,6 +228,9 @@ def _aligned(
 
 
 def _metrics(truth: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
+    # Imported here: sklearn.metrics takes ~1 s to import, and the code location loads this module.
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
     mse = float(mean_squared_error(truth, predicted))
     r2 = float(r2_score(truth, predicted)) if len(truth) >= 2 and np.ptp(truth) > 0 else None
     return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(mean_absolute_error(truth, predicted)), "r2": r2}
