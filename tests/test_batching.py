@@ -7,6 +7,7 @@ gate (a threading.Event) while the others queue, so the next batch is exactly wh
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import numpy as np
@@ -212,3 +213,148 @@ def test_settings_from_the_environment():
 def test_bad_settings_name_the_variable(environ, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         BatchSettings.from_environ(environ)
+
+
+# --- the server's /invocations with batching (the ASGI app driven in-process) -------------------
+
+
+class GatedHandlers:
+    """training/inference.py with predict_fn held on its first call, and failing on a marker row."""
+
+    MARKER = 999.0
+
+    def __init__(self):
+        self.module = load_handlers()
+        self.original = self.module.predict_fn
+        self.started, self.gate = threading.Event(), threading.Event()
+        self.calls: list[int] = []
+        self.module.predict_fn = self.predict_fn
+
+    def predict_fn(self, data, model):
+        self.calls.append(len(data))
+        if not self.started.is_set():
+            self.started.set()
+            assert self.gate.wait(30), "the test never released the first predict"
+        if (np.asarray(data)[:, 0] == self.MARKER).any():
+            raise ValueError(f"the model cannot take crim={self.MARKER}")
+        return self.original(data, model)
+
+
+@pytest.fixture(scope="module")
+def boston_model():
+    frame = synthetic_boston(300, seed=5)
+    forest = RandomForestRegressor(n_estimators=20, random_state=1, n_jobs=1)
+    return inference.Model(forest.fit(frame[BOSTON_FEATURES], frame[BOSTON_TARGET]), BOSTON_FEATURES)
+
+
+def served_app(tmp_path, model, gated: GatedHandlers):
+    from datetime import UTC, datetime
+
+    from mlops_dagster.serving.app import LiveModel, create_app
+
+    app = create_app("token", tmp_path / "models", gated.module, BatchSettings(max_rows=64, max_wait_ms=50))
+    endpoint = app.state.endpoint
+    endpoint.live = LiveModel(model, "0" * 64, None, "model.tar.gz", tmp_path, datetime.now(UTC).isoformat())
+    captured: list[tuple] = []
+    endpoint.capture.request = lambda *args: captured.append(args)  # what capture is handed, per request
+    return app, endpoint, captured
+
+
+async def post(app, body: bytes, headers: dict[str, str]) -> tuple[int, str, bytes]:
+    """POST /invocations through the ASGI app: (status, content type, body)."""
+    all_headers = {**headers, "content-length": str(len(body))}
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/invocations", "raw_path": b"/invocations", "query_string": b"", "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in all_headers.items()],
+        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 8080),
+    }  # fmt: skip
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+    messages: list[dict] = []
+
+    async def receive():
+        return chunks.pop() if chunks else {"type": "http.disconnect"}
+
+    async def send(message):
+        messages.append(message)
+
+    await app(scope, receive, send)
+    start = messages[0]
+    returned = dict(start["headers"]).get(b"content-type", b"").decode()
+    return start["status"], returned, b"".join(m.get("body", b"") for m in messages[1:])
+
+
+def csv_of(frame) -> bytes:
+    return "".join(",".join(map(repr, row)) + "\n" for row in frame.to_numpy(dtype=float).tolist()).encode()
+
+
+async def held_then_posted(app, endpoint, gated: GatedHandlers, requests: list[tuple[bytes, dict]], queued: int):
+    """One request first (held in predict), then ``requests`` while it is held (``queued`` of them
+    reach the batcher): their answers."""
+    first = asyncio.ensure_future(
+        post(app, csv_of(synthetic_boston(1, seed=0)[BOSTON_FEATURES]), {"content-type": "text/csv"})
+    )
+    assert await asyncio.to_thread(gated.started.wait, 30)
+    tasks = [asyncio.ensure_future(post(app, body, headers)) for body, headers in requests]
+    while endpoint.batcher.queued < queued:  # yield until they are parsed and queued
+        await asyncio.sleep(0)
+    gated.gate.set()
+    assert (await first)[0] == 200
+    return await asyncio.gather(*tasks)
+
+
+def test_concurrent_requests_are_one_predict_and_each_gets_its_own_answer(tmp_path, boston_model):
+    gated = GatedHandlers()
+    app, endpoint, captured = served_app(tmp_path, boston_model, gated)
+    one, two, three = (synthetic_boston(n, seed=s)[BOSTON_FEATURES] for s, n in ((1, 1), (2, 2), (3, 3)))
+    json_body = json.dumps({"instances": two.to_numpy().tolist()}).encode()
+    requests = [
+        (csv_of(one), {"content-type": "text/csv", "accept": "text/csv"}),
+        (json_body, {"content-type": "application/json", "accept": "application/json"}),
+        (b"0.1,x\n", {"content-type": "text/csv"}),  # input_fn refuses it: never queued
+        (csv_of(three), {"content-type": "text/csv", "accept": "application/json"}),
+        (csv_of(one), {"content-type": "text/csv", "accept": "image/png"}),  # output_fn refuses it: 406
+    ]
+    answers = asyncio.run(held_then_posted(app, endpoint, gated, requests, queued=4))
+
+    assert gated.calls == [1, 7]  # the held request, then 1 + 2 + 3 + 1 rows in one predict
+    for (body, headers), (status, returned, data) in zip(requests, answers, strict=True):
+        if status != 200:
+            continue
+        kind = headers["content-type"]
+        alone = inference.output_fn(
+            inference.predict_fn(inference.input_fn(body, kind, BOSTON_FEATURES), boston_model), headers["accept"]
+        )
+        assert (data.decode(), returned.split(";")[0]) == alone  # byte for byte what an unbatched request gets
+    assert [status for status, _, _ in answers] == [200, 200, 400, 200, 406]
+    assert "row 1 has 2 values, expected 13" in json.loads(answers[2][2])["error"]
+    assert "image/png offers nothing this endpoint writes" in json.loads(answers[4][2])["error"]
+    # capture is handed each served request and its own answer, as without batching
+    served = [
+        (body, headers["content-type"], data)
+        for (body, headers), (status, _, data) in zip(requests, answers, strict=True)
+        if status == 200
+    ]
+    assert sorted((args[0], args[1], args[2]) for args in captured[1:]) == sorted(served)
+
+
+def test_a_request_the_model_cannot_predict_fails_alone_and_its_batch_neighbours_are_answered(tmp_path, boston_model):
+    gated = GatedHandlers()
+    app, endpoint, _ = served_app(tmp_path, boston_model, gated)
+    good, bad = synthetic_boston(2, seed=4)[BOSTON_FEATURES], synthetic_boston(1, seed=6)[BOSTON_FEATURES]
+    bad.iloc[0, 0] = GatedHandlers.MARKER
+    headers = {"content-type": "text/csv", "accept": "text/csv"}
+    answers = asyncio.run(held_then_posted(app, endpoint, gated, [(csv_of(good), headers), (csv_of(bad), headers)], 2))
+    assert [status for status, _, _ in answers] == [200, 500]
+    assert "the model failed: ValueError: the model cannot take crim=999.0" in answers[1][2].decode()
+    expected = inference.predict_fn(good.to_numpy(dtype=float), boston_model).tolist()
+    assert [float(v) for v in answers[0][2].split()] == expected
+    assert gated.calls == [1, 3, 2, 1] and endpoint.batcher.counts.fallbacks == 1  # batch failed, then each alone
+
+
+def test_settings_refuse_a_bad_batching_value_at_load_time():
+    from mlops_dagster.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match=r"MLOPS_ENDPOINT_BATCH_MAX_ROWS='lots' is not a whole number of rows"):
+        Settings.from_env({"MLOPS_ENDPOINT_BATCH_MAX_ROWS": "lots"})
+    assert Settings.from_env({"MLOPS_ENDPOINT_BATCHING": "off"}).backend == "local"

@@ -70,7 +70,7 @@ import tarfile
 import tempfile
 import zlib
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
@@ -83,6 +83,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from .batching import Batcher, BatchSettings
 from .capture import CLOSE_SECONDS, CaptureSpec, ServerCapture
 
 MAX_BODY_BYTES = 6 * 1024 * 1024  # SageMaker's InvokeEndpoint payload limit
@@ -95,6 +96,9 @@ LOG_MAX_BYTES = 10 * 1024 * 1024  # the default bound of --log-file (process.py 
 LOG_RECORD_CHARS = 8000  # a record longer than this (or a quarter of the bound) is cut
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 INFERENCE_ID_HEADER = "x-amzn-sagemaker-inference-id"
+# Bodies up to this size are parsed and answered on the event loop (tens of microseconds: less than
+# a hop to a worker thread and back); larger ones in a worker thread, so that the loop keeps serving.
+INLINE_BODY_BYTES = 4096
 INFERENCE_ID_MAX = 64  # InvokeEndpoint's InferenceId: 1 to 64 printable characters, not starting with a space
 
 log = logging.getLogger("mlops_dagster.serving")
@@ -171,7 +175,14 @@ class LiveModel:
 class Endpoint:
     """State of one server: the live model slot, the admin token, where versions are extracted."""
 
-    def __init__(self, handlers: ModuleType, token: str, model_root: Path, default_accept: str = DEFAULT_ACCEPT):
+    def __init__(
+        self,
+        handlers: ModuleType,
+        token: str,
+        model_root: Path,
+        default_accept: str = DEFAULT_ACCEPT,
+        batching: BatchSettings | None = None,
+    ):
         if not token:
             raise ValueError("an admin token is required")
         self.handlers = handlers
@@ -183,6 +194,7 @@ class Endpoint:
         self.requests_total = 0
         self.started_at = utc_now()
         self.capture = ServerCapture()
+        self.batcher = Batcher(self._predict, batching or BatchSettings(), run_in_threadpool)
 
     def denied(self, request: Request) -> Response | None:
         given = request.headers.get("x-admin-token")
@@ -192,8 +204,33 @@ class Endpoint:
             return error(403, "wrong admin token")
         return None
 
+    async def answer(self, live: LiveModel, body: bytes, content_type: str, accept: str) -> tuple[str, str]:
+        """One request on the model it started with: input_fn, predict_fn in a batch with the
+        requests that arrive together (batching.py), output_fn with this request's own Accept."""
+        h = self.handlers
+        if len(body) > INLINE_BODY_BYTES:
+            data, answered = await run_in_threadpool(self._parse_or_answer, live, body, content_type, accept)
+            if answered is not None:
+                return answered
+            return await run_in_threadpool(h.output_fn, await self.batcher.predict(live, data), accept)
+        data = h.input_fn(worker_content(body, content_type), content_type, live.model.features)
+        return h.output_fn(await self.batcher.predict(live, data), accept)
+
+    def _parse_or_answer(self, live: LiveModel, body: bytes, content_type: str, accept: str) -> tuple[Any, Any]:
+        """In a worker thread: the rows to batch, or, for a request the batcher does not take (too
+        many rows, batching off), the whole answer, so that a big request costs one hop as before."""
+        h = self.handlers
+        data = h.input_fn(worker_content(body, content_type), content_type, live.model.features)
+        if self.batcher.takes(data):
+            return data, None
+        self.batcher.counts.alone += 1
+        return None, h.output_fn(h.predict_fn(data, live.model), accept)
+
+    def _predict(self, live: LiveModel, data: Any) -> Any:
+        return self.handlers.predict_fn(data, live.model)
+
     def invoke(self, live: LiveModel, body: bytes, content_type: str, accept: str) -> tuple[str, str]:
-        """One request, run in a worker thread on the model the request started with."""
+        """One request, unbatched, in the calling thread (for a direct call outside the server)."""
         h = self.handlers
         data = h.input_fn(worker_content(body, content_type), content_type, live.model.features)
         return h.output_fn(h.predict_fn(data, live.model), accept)
@@ -280,7 +317,7 @@ async def invocations(request: Request) -> Response:
     ep.requests_total += 1  # counters change on the event loop thread only
     live.requests += 1
     try:
-        payload, media_type = await run_in_threadpool(ep.invoke, live, body, content_type, accept)
+        payload, media_type = await ep.answer(live, body, content_type, accept)
     except ep.handlers.REFUSALS as exc:  # a bad row, Content-Type or Accept: the status is inference.py's
         return client_error(exc.status, str(exc))
     except Exception as exc:
@@ -355,6 +392,7 @@ async def status(request: Request) -> Response:
             "started_at": ep.started_at,
             "pid": os.getpid(),
             "capture": ep.capture.status(),
+            "batching": {**asdict(ep.batcher.settings), **ep.batcher.counts.as_dict()},
         }
     )
 
@@ -375,8 +413,11 @@ async def lifespan(app: Starlette):
     await run_in_threadpool(app.state.endpoint.capture.close)
 
 
-def create_app(token: str, model_root: Path, handlers: ModuleType | None = None) -> Starlette:
-    """The ASGI app; ``model_root`` receives one directory per deployed model version."""
+def create_app(
+    token: str, model_root: Path, handlers: ModuleType | None = None, batching: BatchSettings | None = None
+) -> Starlette:
+    """The ASGI app; ``model_root`` receives one directory per deployed model version. ``batching``
+    defaults to the environment's MLOPS_ENDPOINT_BATCHING, _BATCH_MAX_ROWS, _BATCH_MAX_WAIT_MS."""
     default_accept = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", DEFAULT_ACCEPT)
     if default_accept not in (CSV, JSON):
         raise ValueError(f"SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={default_accept!r}: use text/csv or application/json")
@@ -390,7 +431,8 @@ def create_app(token: str, model_root: Path, handlers: ModuleType | None = None)
         ],
         lifespan=lifespan,
     )
-    app.state.endpoint = Endpoint(handlers or load_handlers(), token, model_root, default_accept)
+    batching = batching or BatchSettings.from_environ(os.environ)
+    app.state.endpoint = Endpoint(handlers or load_handlers(), token, model_root, default_accept, batching)
     return app
 
 
@@ -599,9 +641,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     configure_logging(args.log_file, args.log_max_bytes)
 
-    app = create_app(read_token(args.token_file), args.model_root)
+    try:
+        batching = BatchSettings.from_environ(os.environ)
+    except ValueError as exc:  # before anything is served: process.py shows this in its error
+        raise SystemExit(f"endpoint {args.name}: {exc}") from None
+    app = create_app(read_token(args.token_file), args.model_root, batching=batching)
     sock = listening_socket(args.fd, args.port)
-    log.info("endpoint %s (pid %d) serving on http://%s:%d", args.name, os.getpid(), *sock.getsockname()[:2])
+    log.info(
+        "endpoint %s (pid %d) serving on http://%s:%d; %s",
+        args.name,
+        os.getpid(),
+        *sock.getsockname()[:2],
+        batching.describe(),
+    )
     # log_config=None: uvicorn's loggers propagate to the root handler above instead of its own
     # stderr handlers, so they are formatted, cut and rotated like the rest.
     # lifespan "on": its shutdown writes what capture holds (uvicorn re-raises SIGTERM after serve,

@@ -125,9 +125,23 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._last_size = 1
 
-    async def predict(self, model: Any, data: np.ndarray) -> np.ndarray:
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        return len(self._queue)
+
+    def takes(self, data: Any) -> bool:
+        """Whether ``data`` is batched: a 2-D array of at most max_rows rows (else predicted alone)."""
+        return (
+            self.settings.enabled
+            and isinstance(data, np.ndarray)
+            and data.ndim == 2
+            and len(data) <= self.settings.max_rows
+        )
+
+    async def predict(self, model: Any, data: Any) -> Any:
         """The predictions for ``data`` (a 2-D array of rows), from a batch or alone."""
-        if not self.settings.enabled or len(data) > self.settings.max_rows:
+        if not self.takes(data):
             self.counts.alone += 1
             return await self.run(self.predict_fn, model, data)
         self._ensure_worker()
