@@ -603,6 +603,166 @@ def test_processing_local_path_outside_opt_ml_processing_is_refused(store, tmp_p
     assert result.failure_reason.startswith("ClientError: processing input 'input-1': LocalPath")
 
 
+# --------------------------------------------------------------------------- processing on several instances
+
+INSTANCE = script(
+    """
+    import json, os, sys, time
+    config, data, ref, out, meeting = sys.argv[1:6]  # meeting: a host folder where instances say they run
+    with open(config) as f:
+        resource = json.load(f)
+    host = resource["current_host"]
+    listing = lambda d: sorted(os.path.relpath(os.path.join(r, f), d) for r, _, fs in os.walk(d) for f in fs)
+    with open(os.path.join(out, host + ".json"), "w") as f:
+        json.dump({"resource": resource, "data": listing(data), "ref": listing(ref)}, f)
+    with open(os.path.join(meeting, host + ".tmp"), "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.path.join(meeting, host + ".tmp"), os.path.join(meeting, host + ".pid"))
+    print("instance", host, "done")
+    if host in sys.argv[6:]:  # the hosts told to sleep (and then be stopped)
+        time.sleep(120)
+    if "fail-" + host in sys.argv[6:]:  # once every instance runs
+        while len([n for n in os.listdir(meeting) if n.endswith(".pid")]) < len(resource["hosts"]):
+            time.sleep(0.05)
+        sys.exit("bad shard on " + host)
+    """
+)
+SHARDED = "s3://mlops-local/datasets/sharded"
+
+
+def instances_request(
+    store, count: int, *extra: str, distribution: str = "ShardedByS3Key", meeting: Path | None = None
+) -> dict:
+    code_uri = "s3://mlops-local/mlops/code/instance.py"
+    store.put_bytes(code_uri, INSTANCE.encode())
+    for key in ("e.csv", "a.csv", "sub/c.csv", "b.csv", "d.csv"):  # key order: a b d e sub/c
+        store.put_bytes(f"{SHARDED}/{key}", key.encode())
+    store.put_bytes("s3://mlops-local/datasets/ref/r1.txt", b"r1")
+    store.put_bytes("s3://mlops-local/datasets/ref/r2.txt", b"r2")
+    request = processing_request(
+        inputs=[
+            processing_input("code", code_uri, "/opt/ml/processing/input/code"),
+            processing_input("data", SHARDED, "/opt/ml/processing/input/data"),
+            processing_input("ref", "s3://mlops-local/datasets/ref", "/opt/ml/processing/input/ref"),
+        ],
+        outputs={"out": "/opt/ml/processing/out/hosts"},
+        entrypoint=["python3", "/opt/ml/processing/input/code/instance.py"],
+        args=[
+            "/opt/ml/config/resourceconfig.json",
+            "/opt/ml/processing/input/data",
+            "/opt/ml/processing/input/ref",
+            "/opt/ml/processing/out/hosts",
+            str(meeting or store.root),  # any existing folder when the test does not wait on it
+            *extra,
+        ],
+    )
+    request["ProcessingInputs"][1]["S3Input"]["S3DataDistributionType"] = distribution
+    request["ProcessingResources"]["ClusterConfig"]["InstanceCount"] = count
+    return request
+
+
+def test_a_processing_job_runs_one_process_per_instance_with_its_shard(store, tmp_path, opt_ml_mode):
+    work, log = tmp_path / "work" / "Preprocess", tmp_path / "logs" / "Preprocess.log"
+    result = run_processing_job("Preprocess", instances_request(store, 3), store, work, log)
+    assert result.status == "Completed", result.failure_reason
+
+    out = f"{EXEC}/Preprocess/output/out"
+    assert store.list(f"{out}/") == [f"{out}/algo-1.json", f"{out}/algo-2.json", f"{out}/algo-3.json"]
+    seen = {host: json.loads(store.get_bytes(f"{out}/{host}.json")) for host in ("algo-1", "algo-2", "algo-3")}
+    hosts = ["algo-1", "algo-2", "algo-3"]
+    assert {h: s["resource"] for h, s in seen.items()} == {h: {"current_host": h, "hosts": hosts} for h in hosts}
+    # ShardedByS3Key: the keys in order, dealt round-robin; FullyReplicated: everything everywhere.
+    assert {h: s["data"] for h, s in seen.items()} == {
+        "algo-1": ["a.csv", "e.csv"],
+        "algo-2": ["b.csv", "sub/c.csv"],
+        "algo-3": ["d.csv"],
+    }
+    assert all(s["ref"] == ["r1.txt", "r2.txt"] for s in seen.values())
+    # Each instance logs to its own stream (file), as SageMaker's log streams per instance.
+    assert "instance algo-1 done" in log.read_text() and "instance algo-2 done" not in log.read_text()
+    assert "instance algo-3 done" in log.with_name("Preprocess.algo-3.log").read_text()
+
+
+def test_more_instances_than_objects_leaves_some_with_an_empty_shard(store, tmp_path):
+    work = tmp_path / "work" / "Preprocess"
+    result = run_processing_job("Preprocess", instances_request(store, 6), store, work, tmp_path / "p.log")
+    assert result.status == "Completed", result.failure_reason
+    last = json.loads(store.get_bytes(f"{EXEC}/Preprocess/output/out/algo-6.json"))
+    assert (last["data"], last["ref"]) == ([], ["r1.txt", "r2.txt"])
+
+
+def test_fully_replicated_input_gives_every_instance_everything(store, tmp_path):
+    request = instances_request(store, 2, distribution="FullyReplicated")
+    result = run_processing_job("Preprocess", request, store, tmp_path / "work", tmp_path / "p.log")
+    assert result.status == "Completed", result.failure_reason
+    second = json.loads(store.get_bytes(f"{EXEC}/Preprocess/output/out/algo-2.json"))
+    assert second["data"] == ["a.csv", "b.csv", "d.csv", "e.csv", "sub/c.csv"]
+
+
+def instance_pids(meeting: Path, count: int) -> list[int]:
+    files = [meeting / f"algo-{n}.pid" for n in range(1, count + 1)]
+    wait_for(lambda: all(f.exists() for f in files), "every instance to start")
+    return [int(f.read_text()) for f in files]
+
+
+def test_a_failing_instance_fails_the_job_and_ends_the_others(store, tmp_path):
+    work, meeting = tmp_path / "work" / "Preprocess", tmp_path / "meeting"
+    meeting.mkdir()
+    request = instances_request(store, 3, "algo-1", "algo-3", "fail-algo-2", meeting=meeting)
+    thread, results, started, _procs = run_in_thread(
+        lambda on_start: run_processing_job("Preprocess", request, store, work, tmp_path / "p.log", on_start=on_start)
+    )
+    assert started.wait(60), "on_start was not called"
+    pids = instance_pids(meeting, 3)
+    thread.join(60)
+    assert results, "the job did not end when an instance failed"
+    assert (results[0].status, results[0].exit_code) == ("Failed", 1)
+    assert results[0].failure_reason.startswith("AlgorithmError: algo-2: exit code 1, last lines of the log:\n")
+    assert "bad shard on algo-2" in results[0].failure_reason
+    for pid in pids:
+        wait_for(lambda pid=pid: not alive(pid), f"process {pid} to end")
+    assert store.list(f"{EXEC}/Preprocess/output/") == []
+
+
+def test_stopping_a_job_stops_every_instance_even_after_the_first_ended(store, tmp_path):
+    work, meeting = tmp_path / "work" / "Preprocess", tmp_path / "meeting"
+    meeting.mkdir()
+    request = instances_request(store, 3, "algo-2", "algo-3", meeting=meeting)  # algo-1 ends, the others sleep
+    thread, results, started, procs = run_in_thread(
+        lambda on_start: run_processing_job("Preprocess", request, store, work, tmp_path / "p.log", on_start=on_start)
+    )
+    assert started.wait(60), "on_start was not called"
+    pids = instance_pids(meeting, 3)
+    assert procs[0].pid == pids[0]
+    wait_for(lambda: not alive(pids[0]), "the first instance to end")
+    stop_process(procs[0], grace_seconds=30)
+    thread.join(60)
+    assert results, "the job did not return"
+    assert (results[0].status, results[0].failure_reason) == ("Stopped", None)
+    for pid in pids:
+        wait_for(lambda pid=pid: not alive(pid), f"process {pid} to end")
+
+
+@pytest.mark.parametrize(
+    ("count", "distribution", "expected"),
+    [
+        (0, "ShardedByS3Key", "ClientError: ProcessingResources.ClusterConfig.InstanceCount must be at least 1, got 0"),
+        (101, "ShardedByS3Key", "ClientError: ProcessingResources.ClusterConfig.InstanceCount is 101: at most 100"),
+        (
+            2,
+            "ShardedByKey",
+            "ClientError: processing input 'data': S3DataDistributionType 'ShardedByKey' is not one of "
+            "('FullyReplicated', 'ShardedByS3Key')",
+        ),
+    ],
+)
+def test_bad_instance_settings_fail_before_any_script(store, tmp_path, count, distribution, expected):
+    request = instances_request(store, count, distribution=distribution)
+    result = run_processing_job("Preprocess", request, store, tmp_path / "work", tmp_path / "p.log")
+    assert (result.status, result.exit_code) == ("Failed", None)
+    assert result.failure_reason.startswith(expected)
+
+
 # --------------------------------------------------------------------------- isolation: what a job's process gets
 
 SECRETS = {

@@ -86,9 +86,9 @@ def input_data_config(request: dict) -> dict:
     }
 
 
-def processing_resource_config() -> dict:
-    """/opt/ml/config/resourceconfig.json of a one-instance processing job (the documented keys)."""
-    return {"current_host": CURRENT_HOST, "hosts": [CURRENT_HOST]}
+def processing_resource_config(current_host: str = CURRENT_HOST, hosts: list[str] | None = None) -> dict:
+    """/opt/ml/config/resourceconfig.json of one instance of a processing job (the documented keys)."""
+    return {"current_host": current_host, "hosts": list(hosts or [current_host])}
 
 
 def processing_job_config(name: str, request: dict, job_arn: str | None = None) -> dict:

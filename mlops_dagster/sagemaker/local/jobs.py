@@ -18,6 +18,11 @@ JSON strings into ``SM_HPS``, ``SM_HP_<NAME>`` and ``--name value`` arguments; t
 ``<S3OutputPath>/<job>/output/model.tar.gz``; ``output/failure`` as the FailureReason.
 Processing: each input to its ``LocalPath``, ``ContainerEntrypoint`` + ``ContainerArguments``
 (with ``/opt/ml`` paths remapped when there is no namespace), each output's ``LocalPath`` to its ``S3Uri``.
+A processing job with ``ClusterConfig.InstanceCount`` N runs as N processes at once, hosts
+``algo-1``..``algo-N`` (each in ``<work_dir>/algo-<n>`` with its own resourceconfig.json and log);
+a ``ShardedByS3Key`` input gives each the objects of its shard (the keys in order, dealt
+round-robin), ``FullyReplicated`` gives each all of them; every instance's outputs are uploaded;
+the first instance to fail fails the job and ends the others.
 
 A job's environment is a container's, not this shell's (see ``HOST_ENV_NAMES``): the contract's
 ``SM_*`` variables, the request's ``Environment``, and from the host only what a process needs to
@@ -26,15 +31,17 @@ runs as ``python <script>``: Python puts the script's own folder on ``sys.path``
 folder, as in the container), never the working directory; ``-P`` is not used, since it would
 hide the script's sibling modules, which the toolkit's contract lets it import.
 
-What one machine cannot do fails the job before it starts, with a reason naming it: more than
-one instance, Pipe input mode, manifest or Gzip inputs, built-in algorithms and images without
+What one machine cannot do fails the job before it starts, with a reason naming it: training on
+more than one instance, Pipe input mode, manifest or Gzip inputs, built-in algorithms and images without
 ``sagemaker_program``, processing without ``ContainerEntrypoint``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -44,6 +51,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -92,8 +100,14 @@ _CHANNEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$")
 _PYTHON = re.compile(r"^python(3(\.\d+)?)?$")
 _STORE_ERRORS = (ObjectStoreError, OSError, ValueError, BotoCoreError, BotoClientError)
 
+MAX_PROCESSING_INSTANCES = 100  # SageMaker's limit for ProcessingResources.ClusterConfig.InstanceCount
+DISTRIBUTIONS = ("FullyReplicated", "ShardedByS3Key")
+
 # Processes stop_process was called on: their run_* call reports "Stopped", not "Failed".
 _stopped: weakref.WeakSet[subprocess.Popen] = weakref.WeakSet()
+# A multi-instance job's first process (the one on_start gets) -> all its instances' processes,
+# which share that first process's group.
+_instances: dict[subprocess.Popen, list[subprocess.Popen]] = {}
 
 
 @dataclass
@@ -152,6 +166,8 @@ class _Launch:
     max_runtime: int | None
     failure_file: Path
     view: _View
+    host: str = contract.CURRENT_HOST
+    log_path: Path | None = None  # an instance's own log (<log>.algo-<n>.log after the first); None: the job's
 
 
 Note = Callable[[str], None]
@@ -179,7 +195,7 @@ def run_training_job(
         name,
         Path(log_path),
         on_start,
-        prepare=lambda note: _prepare_training(name, request, store, work_dir, note, job_arn),
+        prepare=lambda note: [_prepare_training(name, request, store, work_dir, note, job_arn)],
         collect=lambda note: _collect_training(name, request, store, work_dir, note),
     )
 
@@ -204,7 +220,7 @@ def run_processing_job(
         Path(log_path),
         on_start,
         prepare=lambda note: _prepare_processing(name, request, store, work_dir, note, job_arn),
-        collect=lambda note: _collect_processing(request, store, work_dir, note),
+        collect=lambda note: _collect_processing(request, store, _instance_dirs(request, work_dir), note),
     )
 
 
@@ -213,11 +229,18 @@ def stop_process(proc: subprocess.Popen, grace_seconds: float = STOP_GRACE_SECON
 
     Its run_* call then returns "Stopped". A process that has already ended is left alone.
     """
-    if proc.poll() is not None:
+    procs = _instances.get(proc)
+    if procs is None:
+        if proc.poll() is not None:
+            return
+        _stopped.add(proc)
+        _terminate(proc, grace_seconds)
+        proc.wait()
+        return
+    if all(p.poll() is not None for p in procs):
         return
     _stopped.add(proc)
-    _terminate(proc, grace_seconds)
-    proc.wait()
+    _terminate_instances(procs, grace_seconds)
 
 
 # --------------------------------------------------------------------------- running a job
@@ -228,7 +251,7 @@ def _run_job(
     name: str,
     log_path: Path,
     on_start: Callable[[subprocess.Popen], None] | None,
-    prepare: Callable[[Note], _Launch],
+    prepare: Callable[[Note], list[_Launch]],
     collect: Callable[[Note], dict],
 ) -> JobResult:
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -240,45 +263,119 @@ def _run_job(
 
         note(f"=== {kind} job {name}: preparing inputs and code ===")
         try:
-            launch = prepare(note)
+            launches = prepare(note)
         except JobSetupError as exc:
             return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
 
-        note(f"=== {kind} job {name}: running {shlex.join(launch.command)} (cwd {launch.cwd}) ===")
-        script_output_starts = log.tell()
+        for launch in launches[1:]:  # SageMaker gives each instance its own log stream
+            launch.log_path = log_path.with_name(f"{log_path.stem}.{launch.host}{log_path.suffix}")
+        for launch in launches:
+            on = f" on {launch.host}" if len(launches) > 1 else ""
+            where = f", log {launch.log_path}" if launch.log_path else ""
+            note(f"=== {kind} job {name}{on}: running {shlex.join(launch.command)} (cwd {launch.cwd}{where}) ===")
+        offsets = [log.tell() if launch.log_path is None else _size(launch.log_path) for launch in launches]
         started = time.monotonic()
-        # HOME and TMPDIR of the job: fresh, private (0700) and removed after it, like a container's
-        # own filesystem. In the host's temp folder, not work_dir: a short path keeps the sockets that
-        # multiprocessing/joblib create in TMPDIR under the 108-byte AF_UNIX limit.
-        with tempfile.TemporaryDirectory(prefix="mlops-job-", ignore_cleanup_errors=True) as scratch:
-            launch.env = {**_scratch_env(Path(scratch)), **launch.env}  # the request's Environment may set them
+        procs: list[subprocess.Popen] = []
+        with contextlib.ExitStack() as stack:
             try:
-                proc = _launch(launch, log, Path(scratch))
+                for launch in launches:
+                    # HOME and TMPDIR of each instance: fresh, private (0700) and removed after it, like a
+                    # container's own filesystem. In the host's temp folder, not work_dir: a short path
+                    # keeps the sockets that multiprocessing/joblib create in TMPDIR under the 108-byte
+                    # AF_UNIX limit.
+                    scratch = Path(
+                        stack.enter_context(
+                            tempfile.TemporaryDirectory(prefix="mlops-job-", ignore_cleanup_errors=True)
+                        )
+                    )
+                    launch.env = {**_scratch_env(scratch), **launch.env}  # the request's Environment may set them
+                    out = log if launch.log_path is None else stack.enter_context(open(launch.log_path, "ab"))
+                    group = None if len(launches) == 1 else procs[0].pid if procs else 0
+                    procs.append(_launch(launch, out, scratch, group))
             except JobSetupError as exc:
+                _end_instances(procs)
                 return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
+            if len(procs) > 1:
+                _instances[procs[0]] = procs
             try:
                 if on_start is not None:
-                    on_start(proc)
-                timed_out = _wait(proc, launch.max_runtime)
+                    on_start(procs[0])
+                timed_out, first_failed = _wait_instances(procs, launches[0].max_runtime)
             finally:
                 # A container ends with its main process: so does whatever the script left running
-                # (and the job itself when the caller's callback raised).
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
+                # (and the job itself when the caller's callback raised, or another instance failed).
+                _end_instances(procs)
+                _instances.pop(procs[0], None)
         script_seconds = time.monotonic() - started
         # Before the next note: the outcome reads the end of the script's own output.
-        result = _outcome(proc, timed_out, launch, log_path, script_output_starts)
+        result = _outcome(procs, timed_out, first_failed, launches, log_path, offsets)
         note(f"=== {kind} job {name}: script ran {script_seconds:.3f} s ===")
         result.script_seconds = script_seconds
         if result.status == "Completed":
             try:
                 result.outputs = collect(note)
             except JobSetupError as exc:
-                result = JobResult("Failed", str(exc), {}, proc.returncode, log_path)
+                result = JobResult("Failed", str(exc), {}, result.exit_code, log_path)
         return _finish(note, kind, name, result)
 
 
-def _launch(launch: _Launch, log: BinaryIO, scratch: Path) -> subprocess.Popen:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _end_instances(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL the group the instances share (their children too), and reap them."""
+    if procs:
+        _signal_group(procs[0].pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
+def _wait_instances(procs: list[subprocess.Popen], max_runtime: int | None) -> tuple[bool, int | None]:
+    """(timed out, index of the first instance that failed): until all ended, one failed, or max_runtime."""
+    if len(procs) == 1:
+        timed_out = _wait(procs[0], max_runtime)
+        return timed_out, (0 if not timed_out and procs[0].returncode != 0 else None)
+    ended: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index, proc in enumerate(procs):
+        threading.Thread(target=lambda i=index, p=proc: (p.wait(), ended.put(i)), daemon=True).start()
+    deadline = None if max_runtime is None else time.monotonic() + max_runtime
+    for _ in procs:
+        try:
+            index = ended.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            _terminate_instances(procs, STOP_GRACE_SECONDS)
+            return True, None
+        if procs[index].returncode != 0 and procs[0] not in _stopped:  # (a stop gives the rest their grace)
+            return False, index  # the job fails with it; the caller ends the other instances
+    return False, None
+
+
+def _terminate_instances(procs: list[subprocess.Popen], grace_seconds: float) -> None:
+    """SIGTERM to the instances' shared group, SIGKILL after the grace (the group is ours: the
+    first instance leads it, and it lives while any member does, even once that one has ended)."""
+    _signal_group(procs[0].pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            break
+    _signal_group(procs[0].pid, signal.SIGKILL)
+    for proc in procs:
+        proc.wait()
+
+
+def _launch(launch: _Launch, log: BinaryIO, scratch: Path, group: int | None) -> subprocess.Popen:
+    """Start one instance: ``group`` None, in a session and group of its own (one instance); else in
+    process group ``group`` (0: a new one, for the first of several instances; then the first's pid).
+
+    Several instances share one group, so one signal stops them all; a group cannot be joined across
+    sessions, so theirs stays in this session (the worker that runs them has no terminal).
+    """
     command, cwd = launch.command, launch.cwd
     if launch.view.namespace:
         # The launcher binds the work folder on /opt/ml, changes to cwd (which may be under /opt/ml)
@@ -295,7 +392,9 @@ def _launch(launch: _Launch, log: BinaryIO, scratch: Path) -> subprocess.Popen:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, so that stop_process reaches its children
+            # Its own process group, so that stop_process reaches its children (and the other instances).
+            start_new_session=group is None,
+            process_group=group,
         )
     except OSError as exc:
         raise _client_error(f"cannot start {launch.command[0]!r}: {exc}") from exc
@@ -311,18 +410,29 @@ def _wait(proc: subprocess.Popen, max_runtime: int | None) -> bool:
         return True
 
 
-def _outcome(proc: subprocess.Popen, timed_out: bool, launch: _Launch, log_path: Path, offset: int) -> JobResult:
-    code = proc.returncode
-    if proc in _stopped:
+def _outcome(
+    procs: list[subprocess.Popen],
+    timed_out: bool,
+    first_failed: int | None,
+    launches: list[_Launch],
+    log_path: Path,
+    offsets: list[int],
+) -> JobResult:
+    code = procs[0].returncode
+    if procs[0] in _stopped:
         return JobResult("Stopped", None, {}, code, log_path)
     if timed_out:
         reason = (
             f"MaxRuntimeExceeded: the job ran longer than StoppingCondition.MaxRuntimeInSeconds "
-            f"({launch.max_runtime} s) and was stopped"
+            f"({launches[0].max_runtime} s) and was stopped"
         )
         return JobResult("Failed", reason, {}, code, log_path)
-    if code != 0:
-        return JobResult("Failed", _algorithm_error(code, launch, log_path, offset), {}, code, log_path)
+    if first_failed is not None:
+        launch, code = launches[first_failed], procs[first_failed].returncode
+        reason = _algorithm_error(code, launch, launch.log_path or log_path, offsets[first_failed])
+        if len(procs) > 1:  # which instance, as SageMaker's log streams name it
+            reason = reason.replace("AlgorithmError: ", f"AlgorithmError: {launch.host}: ", 1)[:FAILURE_REASON_LIMIT]
+        return JobResult("Failed", reason, {}, code, log_path)
     return JobResult("Completed", None, {}, code, log_path)
 
 
@@ -578,9 +688,8 @@ def _pack(source: Path, archive: Path) -> Path:
 
 def _prepare_processing(
     name: str, request: dict, store: ObjectStore, work_dir: Path, note: Note, job_arn: str | None = None
-) -> _Launch:
-    cluster = (request.get("ProcessingResources") or {}).get("ClusterConfig") or {}
-    _check_one_instance("ProcessingResources.ClusterConfig", cluster)
+) -> list[_Launch]:
+    """One launch per instance of ClusterConfig.InstanceCount, each in its own folder with its inputs."""
     max_runtime = _max_runtime(request)
     app = request.get("AppSpecification") or {}
     entrypoint = app.get("ContainerEntrypoint")
@@ -588,42 +697,72 @@ def _prepare_processing(
         raise _client_error(
             "AppSpecification.ContainerEntrypoint is required locally (an image's own entry point needs Docker)"
         )
-    outputs = _processing_outputs(request, work_dir)  # a bad output fails now, not after the script
+    dirs = _instance_dirs(request, work_dir)
+    hosts = [f"algo-{number}" for number in range(1, len(dirs) + 1)]
+    for instance_dir in dirs:
+        _processing_outputs(request, instance_dir)  # a bad output fails now, not after the script
     view = _view(work_dir)
-    ml = _fresh_opt_ml(work_dir)
+    job_config = contract.processing_job_config(name, request, job_arn)
+    arguments = [*entrypoint, *(app.get("ContainerArguments") or [])]
+    launches = []
+    for index, (host, instance_dir) in enumerate(zip(hosts, dirs, strict=True)):
+        instance_view = _View(instance_dir, view.namespace, view.why_not)
+        ml = _fresh_opt_ml(instance_dir)
+        _download_processing_inputs(request, store, instance_dir, (index, len(dirs)), note)
+        for _output, local in _processing_outputs(request, instance_dir):
+            local.mkdir(parents=True, exist_ok=True)  # SageMaker creates them before the script runs
+        config_dir = ml / "config"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(config_dir / "processingjobconfig.json", job_config)
+        _write_json(config_dir / "resourceconfig.json", contract.processing_resource_config(host, hosts))
+        command = [instance_view.seen(str(part)) for part in arguments]
+        if _PYTHON.match(command[0]):
+            command[0] = sys.executable  # the container's python is this one
+        env = _base_env()
+        env.update(_remapped_environment(request.get("Environment"), instance_view))
+        failure_file = ml / "output" / "failure"
+        launches.append(_Launch(command, instance_dir, env, max_runtime, failure_file, instance_view, host))
+    return launches
 
-    for index, item in enumerate(request.get("ProcessingInputs") or []):
-        what = f"processing input '{item.get('InputName', index)}'"
+
+def _instance_dirs(request: dict, work_dir: Path) -> list[Path]:
+    """Each instance's work folder: work_dir itself for one instance, else work_dir/algo-<n>."""
+    cluster = (request.get("ProcessingResources") or {}).get("ClusterConfig") or {}
+    count = _instance_count("ProcessingResources.ClusterConfig", cluster, MAX_PROCESSING_INSTANCES)
+    return [work_dir] if count == 1 else [work_dir / f"algo-{n}" for n in range(1, count + 1)]
+
+
+def _download_processing_inputs(
+    request: dict, store: ObjectStore, instance_dir: Path, shard: tuple[int, int], note: Note
+) -> None:
+    """Each S3Input to its LocalPath: all of it (FullyReplicated), or this instance's shard."""
+    index, count = shard
+    for position, item in enumerate(request.get("ProcessingInputs") or []):
+        what = f"processing input '{item.get('InputName', position)}'"
         source = item.get("S3Input")
         if source is None:
             raise _client_error(f"{what}: only S3Input inputs run locally (not DatasetDefinition)")
         _check_input_mode(f"{what} S3InputMode", source.get("S3InputMode"))
         _check_s3_input(what, source.get("S3DataType"), source.get("S3CompressionType"))
-        local = _processing_path(source.get("LocalPath"), work_dir, what)
-        _download_prefix(store, source.get("S3Uri"), local, what, note)
-    for _output, local in outputs:
-        local.mkdir(parents=True, exist_ok=True)  # SageMaker creates them before the script runs
-
-    config_dir = ml / "config"
-    config_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(config_dir / "processingjobconfig.json", contract.processing_job_config(name, request, job_arn))
-    _write_json(config_dir / "resourceconfig.json", contract.processing_resource_config())
-
-    command = [view.seen(str(part)) for part in [*entrypoint, *(app.get("ContainerArguments") or [])]]
-    if _PYTHON.match(command[0]):
-        command[0] = sys.executable  # the container's python is this one
-    env = _base_env()
-    env.update(_remapped_environment(request.get("Environment"), view))
-    return _Launch(command, work_dir, env, max_runtime, ml / "output" / "failure", view)
+        distribution = source.get("S3DataDistributionType") or "FullyReplicated"
+        if distribution not in DISTRIBUTIONS:
+            raise _client_error(f"{what}: S3DataDistributionType {distribution!r} is not one of {DISTRIBUTIONS}")
+        local = _processing_path(source.get("LocalPath"), instance_dir, what)
+        sharded = distribution == "ShardedByS3Key" and count > 1
+        if sharded:
+            what = f"{what} (shard {index + 1} of {count})"
+        _download_prefix(store, source.get("S3Uri"), local, what, note, shard if sharded else None)
 
 
-def _collect_processing(request: dict, store: ObjectStore, work_dir: Path, note: Note) -> dict:
-    for output, local in _processing_outputs(request, work_dir):
-        base = output["S3Output"]["S3Uri"].rstrip("/")
-        files = sorted(p for p in local.rglob("*") if p.is_file())
-        for path in files:
-            _upload(store, path, f"{base}/{path.relative_to(local).as_posix()}", None)
-        note(f"output '{output.get('OutputName')}': {len(files)} files {local} -> {base}")
+def _collect_processing(request: dict, store: ObjectStore, instance_dirs: list[Path], note: Note) -> dict:
+    """Each output's LocalPath to its S3Uri, from every instance (SageMaker's EndOfJob upload)."""
+    for instance_dir in instance_dirs:
+        for output, local in _processing_outputs(request, instance_dir):
+            base = output["S3Output"]["S3Uri"].rstrip("/")
+            files = sorted(p for p in local.rglob("*") if p.is_file())
+            for path in files:
+                _upload(store, path, f"{base}/{path.relative_to(local).as_posix()}", None)
+            note(f"output '{output.get('OutputName')}': {len(files)} files {local} -> {base}")
     return {}
 
 
@@ -660,6 +799,13 @@ def _split_uri(uri: object, what: str) -> tuple[str, str]:
 
 
 def _check_one_instance(where: str, config: dict) -> None:
+    count = _instance_count(where, config)
+    if count != 1:
+        raise _client_error(f"{where}.InstanceCount is {count}: local mode runs one instance")
+
+
+def _instance_count(where: str, config: dict, limit: int | None = None) -> int:
+    """InstanceCount, checked (one when absent); heterogeneous groups cannot run here."""
     if config.get("InstanceGroups"):
         raise _client_error(f"{where}.InstanceGroups (heterogeneous clusters) cannot run locally")
     count = config.get("InstanceCount", 1)
@@ -667,8 +813,11 @@ def _check_one_instance(where: str, config: dict) -> None:
         count = int(count)
     except (TypeError, ValueError) as exc:
         raise _client_error(f"{where}.InstanceCount must be an integer, got {count!r}") from exc
-    if count != 1:
-        raise _client_error(f"{where}.InstanceCount is {count}: local mode runs one instance")
+    if count < 1:
+        raise _client_error(f"{where}.InstanceCount must be at least 1, got {count}")
+    if limit is not None and count > limit:
+        raise _client_error(f"{where}.InstanceCount is {count}: at most {limit} instances")
+    return count
 
 
 def _check_input_mode(where: str, mode: object) -> None:
@@ -696,9 +845,15 @@ def _max_runtime(request: dict) -> int | None:
     return seconds
 
 
-def _download_prefix(store: ObjectStore, uri: object, dest: Path, what: str, note: Note) -> None:
+def _download_prefix(
+    store: ObjectStore, uri: object, dest: Path, what: str, note: Note, shard: tuple[int, int] | None = None
+) -> None:
     """S3Prefix semantics as in SageMaker's local mode: an exact object key gives that one file;
-    otherwise every object under the prefix, at its key relative to the prefix."""
+    otherwise every object under the prefix, at its key relative to the prefix.
+
+    ``shard`` (index, count): ShardedByS3Key, the objects in key order dealt round-robin to the
+    instances; this instance gets every count-th from its index (possibly none).
+    """
     _bucket, prefix = _split_uri(uri, what)
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -707,18 +862,22 @@ def _download_prefix(store: ObjectStore, uri: object, dest: Path, what: str, not
         raise _client_error(f"cannot list {uri} for {what}: {exc}") from exc
     exact = [u for u in objects if split_uri(u)[1] == prefix]
     if prefix and not prefix.endswith("/") and exact:
-        _download_object(store, exact[0], dest / PurePosixPath(prefix).name, what)
+        if shard is None or shard[0] == 0:
+            _download_object(store, exact[0], dest / PurePosixPath(prefix).name, what)
         note(f"{what}: {uri} -> {dest}")
         return
     if not objects:
         raise _client_error(f"no objects under {uri} for {what}")
+    total = len(objects)
+    if shard is not None:
+        objects = sorted(objects, key=lambda u: split_uri(u)[1])[shard[0] :: shard[1]]
     for object_uri in objects:
         relative = split_uri(object_uri)[1][len(prefix) :].lstrip("/")
         parts = [p for p in relative.split("/") if p]
         if not parts or any(p in (".", "..") for p in parts):
             raise _client_error(f"object {object_uri} of {what} has no safe path under {uri}")
         _download_object(store, object_uri, dest.joinpath(*parts), what)
-    note(f"{what}: {uri} ({len(objects)} objects under the prefix) -> {dest}")
+    note(f"{what}: {uri} ({len(objects)} of the {total} objects under the prefix) -> {dest}")
 
 
 def _download_object(store: ObjectStore, uri: str, path: Path, what: str) -> Path:
