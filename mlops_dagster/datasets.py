@@ -11,8 +11,10 @@ import hashlib
 import io
 import itertools
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -397,20 +399,28 @@ def read_stage(path: Path, columns: int, chunk_rows: int) -> Iterator[np.ndarray
 
 
 def _float_text(values: np.ndarray) -> pa.Array:
-    """Each float64 as ``repr`` writes it (what pandas' ``to_csv`` writes), empty for NaN.
+    """Each float64 as ``repr`` writes it (what pandas' ``to_csv`` writes), null for NaN.
 
-    Arrow formats the shortest round-trip digits in C++ as Python does; it differs only in
-    writing integral values without ``.0`` and in when it switches to exponent notation, so
-    integral values get ``.0`` and the few values in exponent range are formatted by Python.
+    Arrow formats the shortest round-trip digits in C++ as Python does. It differs in writing
+    integral values without ``.0`` (added here) and in its exponent notation, which it uses
+    outside [1e-7, 1e10) while Python uses it outside [1e-4, 1e16): values outside [1e-4, 1e10)
+    (rare in tables) and -0.0 are formatted by Python.
     """
-    text = pc.cast(pa.array(values, from_pandas=True), pa.string())  # NaN -> null -> ""
     finite = np.isfinite(values)
     magnitude = np.abs(values)
-    special = finite & (values != 0) & ((magnitude >= 1e16) | (magnitude < 1e-4))
-    special |= np.asarray(pc.fill_null(pc.match_substring(text, "e"), False), dtype=bool)
+    special = finite & ((magnitude >= 1e10) | (magnitude < 1e-4)) & ((values != 0) | np.signbit(values))
     integral = finite & (values == np.trunc(values)) & ~special
-    if integral.any():
-        text = pc.if_else(pa.array(integral), pc.binary_join_element_wise(text, ".0", ""), text)
+    nulls = np.isnan(values)
+    if integral.sum() == finite.sum():  # an integer column: Arrow's integer formatting is cheaper
+        whole = np.where(integral, values, 0).astype(np.int64)
+        text = pc.cast(pa.array(whole, mask=~integral), pa.string())
+        text = pc.binary_join_element_wise(text, ".0", "")
+        if not finite.all():  # inf and -inf as pandas writes them
+            text = pc.replace_with_mask(text, pa.array(~finite & ~nulls), pa.array([repr(float(v)) for v in values[~finite & ~nulls]], pa.string()))  # fmt: skip
+    else:
+        text = pc.cast(pa.array(values, mask=nulls), pa.string())
+        if integral.any():
+            text = pc.if_else(pa.array(integral), pc.binary_join_element_wise(text, ".0", ""), text)
     if special.any():
         exact = pa.array([repr(float(v)) for v in values[special]], pa.string())
         text = pc.replace_with_mask(text, pa.array(special), exact)
@@ -418,13 +428,18 @@ def _float_text(values: np.ndarray) -> pa.Array:
 
 
 _CSV_BODY = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+_FORMATTERS = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="csv-format")
 
 
 def csv_rows(values: np.ndarray) -> bytes:
-    """Rows of float64 as CSV lines, byte for byte what ``to_csv_bytes`` writes for them (no header)."""
+    """Rows of float64 as CSV lines, byte for byte what ``to_csv_bytes`` writes for them (no header).
+
+    Columns are formatted on a thread per core (Arrow and numpy release the GIL).
+    """
     if not len(values):
         return b""
-    table = pa.table([_float_text(values[:, i]) for i in range(values.shape[1])], names=[str(i) for i in range(values.shape[1])])  # fmt: skip
+    columns = list(_FORMATTERS.map(_float_text, [np.ascontiguousarray(values[:, i]) for i in range(values.shape[1])]))
+    table = pa.table(columns, names=[str(i) for i in range(len(columns))])
     sink = io.BytesIO()
     pa_csv.write_csv(table, sink, _CSV_BODY)
     return sink.getvalue()
