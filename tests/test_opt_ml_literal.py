@@ -32,9 +32,10 @@ from test_local_jobs import (
     training_request,
     wait_for,
 )
+from test_local_sagemaker import BUCKET, definition, processing_step, training_step
 
 from mlops_dagster.resources.object_store import LocalObjectStore
-from mlops_dagster.sagemaker.local import opt_ml
+from mlops_dagster.sagemaker.local import opt_ml, worker
 from mlops_dagster.sagemaker.local.jobs import run_processing_job, stop_process
 
 HOST_HAS_OPT_ML = os.path.lexists("/opt/ml")
@@ -276,3 +277,70 @@ def test_an_unprivileged_user_gets_the_bind_too(namespace):
         assert (ml / "out.txt").stat().st_uid == 65534
     finally:
         shutil.rmtree(scratch)
+
+
+# --------------------------------------------------------------------------- through the service
+
+SHARD_COUNT = script(
+    """
+    import json, os
+    host = json.load(open("/opt/ml/config/resourceconfig.json"))["current_host"]
+    files = sorted(os.listdir("/opt/ml/processing/input/data"))
+    with open("/opt/ml/processing/counted/" + host + ".json", "w") as f:
+        json.dump(files, f)
+    """
+)
+TRAIN_ON_COUNTS = script(
+    """
+    import json, os
+    channel = "/opt/ml/input/data/counts"
+    seen = {name: json.load(open(os.path.join(channel, name))) for name in sorted(os.listdir(channel))}
+    with open("/opt/ml/model/seen.json", "w") as f:
+        json.dump(seen, f)
+    """
+)
+
+
+def test_a_pipeline_of_literal_path_scripts_on_two_sharded_instances(sm_in_process, namespace):
+    """The service end to end: a 2-instance Processing step (ShardedByS3Key) feeding a Training
+    step, both scripts using only literal /opt/ml paths."""
+    sm, store = sm_in_process, sm_in_process.store
+    for key in ("p1.csv", "p2.csv", "p3.csv"):
+        store.put_bytes(f"s3://{BUCKET}/parts/{key}", b"x\n")
+    data = {
+        "InputName": "data",
+        "S3Input": {
+            "S3Uri": f"s3://{BUCKET}/parts",
+            "LocalPath": "/opt/ml/processing/input/data",
+            "S3DataType": "S3Prefix",
+            "S3InputMode": "File",
+            "S3DataDistributionType": "ShardedByS3Key",
+        },
+    }
+    count = processing_step(store, "Count", SHARD_COUNT, outputs=["counted"], inputs=[data])
+    count["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"] = 2
+    fit = training_step(store, "Fit", TRAIN_ON_COUNTS)
+    counted = "Steps.Count.ProcessingOutputConfig.Outputs['counted'].S3Output.S3Uri"
+    fit["Arguments"]["InputDataConfig"] = [
+        {"ChannelName": "counts", "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": {"Get": counted}}}}
+    ]
+    sm.create_pipeline(
+        PipelineName="literal", PipelineDefinition=definition([count, fit]), RoleArn="arn:aws:iam::0:role/x"
+    )
+    arn = sm.start_pipeline_execution(PipelineName="literal")["PipelineExecutionArn"]
+    worker.run_execution(sm.home, store, arn)
+
+    execution = sm.describe_pipeline_execution(PipelineExecutionArn=arn)
+    assert execution["PipelineExecutionStatus"] == "Succeeded", execution.get("FailureReason")
+    steps = {
+        s["StepName"]: s for s in sm.list_pipeline_execution_steps(PipelineExecutionArn=arn)["PipelineExecutionSteps"]
+    }
+    job = sm.describe_processing_job(
+        ProcessingJobName=steps["Count"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]
+    )
+    assert job["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
+    training = sm.describe_training_job(
+        TrainingJobName=steps["Fit"]["Metadata"]["TrainingJob"]["Arn"].rsplit("/", 1)[-1]
+    )
+    seen = json.loads(members(store, training["ModelArtifacts"]["S3ModelArtifacts"])["seen.json"])
+    assert seen == {"algo-1.json": ["p1.csv", "p3.csv"], "algo-2.json": ["p2.csv"]}
