@@ -344,3 +344,10 @@ def test_a_pipeline_of_literal_path_scripts_on_two_sharded_instances(sm_in_proce
     )
     seen = json.loads(members(store, training["ModelArtifacts"]["S3ModelArtifacts"])["seen.json"])
     assert seen == {"algo-1.json": ["p1.csv", "p3.csv"], "algo-2.json": ["p2.csv"]}
+
+
+def test_the_launcher_refuses_a_malformed_command_line():
+    launcher = opt_ml.launcher_command("ml", "stage", "/", ["true"])[:4]  # python -I -S <launcher>
+    proc = subprocess.run([*launcher, "only-one-argument"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("usage: opt_ml_launcher.py <host_ml> <stage> <cwd> -- <command...>")

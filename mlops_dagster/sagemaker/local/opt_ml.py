@@ -11,7 +11,7 @@ host's ``/opt/ml`` is never created or written; if it exists it is covered by th
 How the mode is chosen (``job_mode``), once per process and cached:
 - ``MLOPS_LOCAL_OPT_ML=namespace`` forces the namespace (a job fails with the reason when this
   machine cannot make one), ``remap`` forces the old remapping, ``auto`` (the default) probes:
-  it runs this file once with ``--check`` (one interpreter start, tens of ms) and uses the
+  it runs the launcher once with ``--check`` (one interpreter start, tens of ms) and uses the
   namespace when the bind worked. The probe fails on macOS and Windows, without ``/opt``, with user
   namespaces disabled (``kernel.unprivileged_userns_clone=0``, ``user.max_user_namespaces=0``,
   AppArmor's ``apparmor_restrict_unprivileged_userns``) or under a seccomp filter that forbids
@@ -20,9 +20,9 @@ How the mode is chosen (``job_mode``), once per process and cached:
   work folder (see jobs.py) and a script that touches a literal ``/opt/ml`` path fails with a
   FailureReason naming that path and what to do (``literal_path_failure``).
 
-Why a Python launcher (``opt_ml_launcher``) rather than the ``unshare``/``mount`` programs: the namespace, the id maps
-and the mounts are a handful of system calls made by the job's own process, which then ``exec``s
-the script: no extra process stands between the job runner and the script, so signals sent to
+Why a Python launcher (``opt_ml_launcher``) rather than the ``unshare``/``mount`` programs: the
+namespace, the id maps and the mounts are a handful of system calls made by the job's own
+process, which then ``exec``s the script: no extra process stands between the job runner and the script, so signals sent to
 the job's process group reach the script, its exit code is the job's, and its output goes to the
 job's log, exactly as without a namespace. It needs only the standard library (it runs with
 ``python -I -S`` before the script's interpreter replaces it) and no util-linux version.

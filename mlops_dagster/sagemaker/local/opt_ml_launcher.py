@@ -85,10 +85,10 @@ def _bind_opt_ml(libc: ctypes.CDLL, host_ml: str, stage: str) -> None:
 
 def main(argv: list[str]) -> int:
     """launcher: <host_ml> <stage> <cwd> -- <command...> (or -- --check)."""
-    host_ml, stage, cwd, separator, *command = argv
-    if separator != "--" or not command:
-        print("usage: opt_ml.py <host_ml> <stage> <cwd> -- <command...>", file=sys.stderr)
+    if len(argv) < 5 or argv[3] != "--":
+        print("usage: opt_ml_launcher.py <host_ml> <stage> <cwd> -- <command...>", file=sys.stderr)
         return 2
+    host_ml, stage, cwd, _separator, *command = argv
     try:
         libc = _libc()
         _enter_namespace(libc)
