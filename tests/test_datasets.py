@@ -233,7 +233,7 @@ def test_header_only_file_has_no_rows(tmp_path: Path, store: LocalObjectStore):
     ("name", "content", "expected"),
     [
         ("image.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), "is neither CSV nor Parquet: byte 0 is not UTF-8 text"),
-        ("data.csv.gz", gzip.compress(b"crim,medv\n1,2\n"), "is neither CSV nor Parquet"),
+        ("data.csv.gz", gzip.compress(b"crim,medv\n1,2\n", mtime=0), "is neither CSV nor Parquet"),
         ("nul.csv", b"crim,medv\x00\x00\n1,2\n", "is neither CSV nor Parquet: it contains NUL bytes"),
         ("notes.txt", b"These are my notes\nabout housing prices.\n", "is not a CSV table: found 1 column"),
         ("fake.parquet", b"crim,medv\n1,2\n", "is not a readable Parquet file"),
