@@ -72,12 +72,22 @@ def _block_rng(seed: int, block: int) -> np.random.Generator:
 
 
 def iter_synthetic(rows: int, seed: int, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """``synthetic_boston(rows, seed)`` in chunks of ``chunk_rows``; at most one block in memory."""
+    """``synthetic_boston(rows, seed)`` in chunks of ``chunk_rows``; at most two blocks in memory."""
     _check_rows(rows)
-    for block, start in enumerate(range(0, rows, SYNTHETIC_BLOCK)):
-        frame = _synthetic_block(min(SYNTHETIC_BLOCK, rows - start), _block_rng(seed, block))
-        for first in range(0, len(frame), chunk_rows):
-            yield frame.iloc[first : first + chunk_rows].reset_index(drop=True)
+    starts = range(0, rows, SYNTHETIC_BLOCK)
+
+    def block(index: int) -> pd.DataFrame:
+        return _synthetic_block(min(SYNTHETIC_BLOCK, rows - starts[index]), _block_rng(seed, index))
+
+    # The next block is drawn on another thread (numpy releases the GIL) while this one is used.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="synthetic") as ahead:
+        upcoming = ahead.submit(block, 0)
+        for index in range(len(starts)):
+            frame = upcoming.result()
+            if index + 1 < len(starts):
+                upcoming = ahead.submit(block, index + 1)
+            for first in range(0, len(frame), chunk_rows):
+                yield frame.iloc[first : first + chunk_rows].reset_index(drop=True)
 
 
 def _synthetic_block(rows: int, rng: np.random.Generator) -> pd.DataFrame:

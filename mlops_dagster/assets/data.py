@@ -226,8 +226,21 @@ class ColumnSummary:
                 self._high[position] = max(self._high[position], numbers.max())
 
     def update_values(self, values: np.ndarray, columns: list[str]) -> None:
-        """A chunk of float64 rows (a staged table)."""
-        self.update(pd.DataFrame(values, columns=columns, copy=False))
+        """A chunk of float64 rows (a staged table): the same sums as ``update``, in numpy."""
+        if self.columns is None or not len(values):
+            self.update(pd.DataFrame(values[:1], columns=columns))  # sets the columns and dtypes
+            self._missing[:], self._count[:], self._sum[:] = 0, 0, 0.0
+            self._low[:], self._high[:] = np.inf, -np.inf
+        if not len(values):
+            return
+        values = values[:, : len(self._missing)]
+        present = ~np.isnan(values)
+        counts = present.sum(axis=0)
+        self._missing += values.shape[0] - counts
+        self._count += counts
+        self._sum += np.where(present, values, 0.0).sum(axis=0)
+        self._low = np.fmin(self._low, np.fmin.reduce(values, axis=0))  # fmin/fmax skip NaN
+        self._high = np.fmax(self._high, np.fmax.reduce(values, axis=0))
 
     def _merge_dtypes(self, head: pd.DataFrame) -> None:
         if self._dtypes is None or (len(self._dtypes) == 0 and len(head)):
