@@ -7,8 +7,9 @@ calls the predict function once on a worker thread, and hands each caller exactl
 of the predictions, in order.
 
 - A batch closes when it holds ``max_rows`` rows, when ``max_wait_ms`` passed since its first
-  request, or, earlier, when it holds as many requests as the previous batch did (steady
-  concurrent clients do not wait for a timer; a lone client never waits).
+  request, or, earlier, when it holds as many requests as were in the server when the previous
+  batch ended (that batch's and those queued behind it): steady concurrent clients do not wait for
+  a timer, nor split into halves that alternate; a lone client never waits.
 - A request with more than ``max_rows`` rows is predicted alone, at once (it is a batch already).
 - Batches only group requests on the same model object (a blue/green switch starts a new batch).
 - If predict fails on a batch, or returns a number of predictions other than its rows, each request
@@ -125,7 +126,7 @@ class Batcher:
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_size = 1
+        self._expected = 1  # requests a batch waits for: the previous batch's and those queued behind it
 
     @property
     def queued(self) -> int:
@@ -167,6 +168,7 @@ class Batcher:
             batch = await self._gather()
             try:
                 await self._predict_batch(batch)
+                self._expected = len(batch) + len(self._queue)  # their callers come back with more
             except BaseException as exc:  # the loop is stopping (cancelled): nobody may wait forever
                 for pending in batch:
                     _fail(pending.future, exc if isinstance(exc, Exception) else RuntimeError("the server is stopping"))
@@ -181,7 +183,7 @@ class Batcher:
         first = self._queue.popleft()
         batch, rows = [first], len(first.data)
         deadline = asyncio.get_running_loop().time() + self.settings.max_wait_ms / 1000
-        while rows < self.settings.max_rows and len(batch) < self._last_size:
+        while rows < self.settings.max_rows and len(batch) < self._expected:
             if not self._queue:
                 self._arrived.clear()
                 remaining = deadline - asyncio.get_running_loop().time()
@@ -204,7 +206,6 @@ class Batcher:
                 break
             batch.append(self._queue.popleft())
             rows += len(following.data)
-        self._last_size = len(batch)
         return [p for p in batch if not p.future.done()]  # a caller that went away needs no prediction
 
     async def _predict_batch(self, batch: list[_Pending]) -> None:
