@@ -391,6 +391,9 @@ def main() -> None:
             same = [float(v) for v in served.body.split()] == expected.tolist()
             print(f"model: random forest, 100 trees, fitted on 1,000 synthetic rows; {os.cpu_count()} CPUs here")
             print(f"endpoint: up in {up:.2f} s, first deploy {deployed:.2f} s; predictions equal in-process: {same}")
+            if args.load:
+                load(args, record, X)
+                return
             rounds = args.capture_rounds if args.quick else args.rounds
             print(
                 f"{rounds} rounds, phases in alternating order; a phase stops at {args.single} calls (single rows)"
@@ -399,9 +402,6 @@ def main() -> None:
             )
             if args.quick:
                 capture_comparison(args, record, archive, sha256, X, home)
-                return
-            if args.load:
-                load(args, record, X)
                 return
 
             pooled: dict[tuple[str, str], Figures] = {}
