@@ -1,8 +1,9 @@
 """Data-quality rules for ``raw_data``, over a DataFrame or a table read chunk by chunk.
 
-The asset checks in ``assets/data.py`` report them. They run once per table: ``raw_data`` hands
-``s3_dataset`` a ``Verdict`` bound to the checked table by a fingerprint, so ``s3_dataset``
-refuses bad data (even when materialized on its own) without running the rules again.
+The asset checks in ``assets/data.py`` report them. They run once per table, chunk by chunk
+(``BlockingChecks``; the functions below are the same rules on a whole DataFrame): ``raw_data``
+hands ``s3_dataset`` a ``Verdict`` bound to the checked (staged) table by a fingerprint, so
+``s3_dataset`` refuses bad data (even when materialized on its own) without running the rules again.
 Rows are numbered from 1, header excluded (row 1 is the CSV's line 2).
 
 Every message is bounded: a value, a name or a whole message that is too long is cut, and the

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import Failure
 from helpers import (
     boston_lines,
     check_evaluations,
@@ -275,6 +276,18 @@ def test_raw_data_hands_on_a_staged_file_not_the_table(defs, mlops_home: Path):
     # A new materialization replaces the stage: only the latest value is ever loaded.
     assert _run(defs, "synthetic", 64, rows=500).success
     assert [p.name for p in stage.parent.iterdir()] == [f"{pickle.loads(stored.read_bytes()).verdict.fingerprint}.f64"]
+
+
+def test_a_value_stored_by_an_older_version_is_refused_with_what_to_do(defs):
+    """Before streaming, raw_data's value held the whole table (``frame``) and no stage."""
+    from mlops_dagster.assets.data import RawTable, _require_passed
+
+    old = object.__new__(RawTable)
+    old.__dict__.update(frame=synthetic_boston(30), source="test", source_sha256=None, rule=RULE,
+                        verdict=quality.Verdict("x", ()))  # fmt: skip
+    with pytest.raises(Failure, match="has no staged table .it was stored by an older version.; nothing was "
+                       "written: materialize raw_data again, then s3_dataset"):  # fmt: skip
+        _require_passed(old)
 
 
 def test_s3_dataset_uploads_files_not_bytes(defs, monkeypatch: pytest.MonkeyPatch):

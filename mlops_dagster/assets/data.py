@@ -1,7 +1,10 @@
 """The recipe's step 3 as assets: ``raw_data`` (behind blocking quality checks) and ``s3_dataset``.
 
-The checks run once, in ``raw_data``; their verdict travels with the table to ``s3_dataset``.
-Every metadata entry is bounded (``MAX_TEXT`` characters, a few columns and rows), so an odd
+Both stream: ``raw_data`` reads its source ``chunk_rows`` rows at a time, runs every check, the
+column summary and the preview chunk by chunk, and stages the checked columns as float64 rows in
+a file under ``$MLOPS_HOME/staging/``; it hands ``s3_dataset`` that file and the checks' verdict
+(bound to the file by its sha256), never the table. ``s3_dataset`` shuffles and writes the
+train/validation files from the stage window by window and uploads them as files. Every metadata entry is bounded (``MAX_TEXT`` characters, a few columns and rows), so an odd
 input (one huge cell, a huge header name, thousands of columns) cannot blow up the event log.
 """
 
@@ -440,20 +443,19 @@ def _read_checked(chunks: Iterator[pd.DataFrame], config: RawDataConfig, stage_d
         fingerprint = writer.close() if writer is not None else ""
         results = checks.results()
         verdict = quality.Verdict(fingerprint, tuple(r for r in results if r.blocking and not r.passed))
-        stage = ""
+        stage = None
         if writer is not None and verdict.passed:
-            target = stage_dir / f"{fingerprint}.f64"
-            os.replace(writer.path, target)
-            stage = str(target)
-            _drop_older_stages(stage_dir, keep=target)
+            stage = stage_dir / f"{fingerprint}.f64"
+            os.replace(writer.path, stage)
+        _drop_older_stages(stage_dir, keep=stage)  # this value replaces the one that used them
     finally:
         if writer is not None:
             writer.close()
             writer.path.unlink(missing_ok=True)
-    return _Read(rule, checks, summary, head, results, verdict, stage)
+    return _Read(rule, checks, summary, head, results, verdict, str(stage) if stage else "")
 
 
-def _drop_older_stages(stage_dir: Path, keep: Path) -> None:
+def _drop_older_stages(stage_dir: Path, keep: Path | None) -> None:
     """Only the latest raw_data value is ever read (the IO manager keeps one), so older stages go."""
     for path in stage_dir.glob("*.f64"):
         if path != keep:
@@ -478,11 +480,16 @@ def _require_passed(raw_data: RawTable) -> Path:
                 MAX_TEXT,
             )
         )
-    stage = Path(getattr(raw_data, "stage", "") or "")
-    if not getattr(raw_data, "stage", "") or not stage.is_file():
+    if not getattr(raw_data, "stage", None):
         raise Failure(
-            f"raw_data's staged table {quality.clip(str(stage), MAX_TEXT // 2)} is gone (or was stored by an "
-            "older version); nothing was written: materialize raw_data again, then s3_dataset"
+            "raw_data's stored value has no staged table (it was stored by an older version); "
+            "nothing was written: materialize raw_data again, then s3_dataset"
+        )
+    stage = Path(raw_data.stage)
+    if not stage.is_file():
+        raise Failure(
+            f"raw_data's staged table {quality.clip(str(stage), MAX_TEXT // 2)} is gone; "
+            "nothing was written: materialize raw_data again, then s3_dataset"
         )
     if stage.stat().st_size != raw_data.rows * len(raw_data.columns) * 8:
         raise _not_checked_table()
