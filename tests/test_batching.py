@@ -358,3 +358,15 @@ def test_settings_refuse_a_bad_batching_value_at_load_time():
     with pytest.raises(SettingsError, match=r"MLOPS_ENDPOINT_BATCH_MAX_ROWS='lots' is not a whole number of rows"):
         Settings.from_env({"MLOPS_ENDPOINT_BATCH_MAX_ROWS": "lots"})
     assert Settings.from_env({"MLOPS_ENDPOINT_BATCHING": "off"}).backend == "local"
+
+
+def test_a_server_started_with_a_bad_batching_value_says_which_and_does_not_serve(tmp_path, monkeypatch):
+    from mlops_dagster.serving import process
+
+    monkeypatch.setenv("MLOPS_ENDPOINT_BATCH_MAX_WAIT_MS", "5000")  # the server process inherits it
+    with pytest.raises(process.EndpointError, match=r"exited with code 1 before answering /ping") as refused:
+        process.start_endpoint(tmp_path, "batchbad")
+    assert "endpoint batchbad: MLOPS_ENDPOINT_BATCH_MAX_WAIT_MS=5000.0: the wait must be 0 to 1000 milliseconds" in str(
+        refused.value
+    )
+    assert process.read_endpoint(tmp_path, "batchbad") is None  # nothing recorded, nothing left running
