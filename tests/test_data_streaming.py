@@ -260,6 +260,18 @@ def test_chunked_bad_input_fails_with_the_whole_tables_messages(defs, mlops_home
     assert [p.name for p in staging.iterdir()] == []  # nothing staged for data that failed
 
 
+def test_a_read_error_mid_stream_leaves_nothing_behind(defs, mlops_home: Path, tmp_path: Path):
+    lines = boston_lines(1000)
+    lines[700] += ",1,2"
+    path = write_lines(tmp_path / "ragged.csv", lines)
+    result = _run(defs, str(path), 64)
+    assert not result.success
+    assert f"data source {path} is not valid CSV" in failure_text(result)
+    assert "line 701" in failure_text(result)
+    assert list((mlops_home / "staging" / "raw_data").iterdir()) == []  # the partial stage is removed
+    assert store_files(mlops_home) == []
+
+
 def test_raw_data_hands_on_a_staged_file_not_the_table(defs, mlops_home: Path):
     result = _run(defs, "synthetic", 64, rows=1000)
     assert result.success, failure_text(result)
