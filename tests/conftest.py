@@ -25,6 +25,8 @@ def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("MLOPS_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    # The pipeline definition cache is the user's (~/.cache): each test gets its own.
+    monkeypatch.setenv("MLOPS_DEFINITION_CACHE_DIR", str(tmp_path / "definition-cache"))
     (home / "dagster").mkdir()
     return home
 

@@ -1,6 +1,7 @@
 """The pipeline definition cache: a hit skips the SDK build and still upserts what differs; every
 input of the build is in the key; the cached bytes are the SDK's."""
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -83,16 +84,30 @@ def test_builder_code_and_sdk_version_are_in_the_key(code, monkeypatch):
     assert cache_key(_fields(code)) != base
 
 
-def test_a_damaged_entry_is_a_miss(tmp_path):
+def test_a_damaged_entry_or_blob_is_a_miss(tmp_path):
     cache = DefinitionCache(tmp_path)
-    cache.put("k", '{"Steps": []}')
-    assert cache.get("k") == '{"Steps": []}'
+    cache.put("k", '{"Steps": []}', {})
+    assert cache.get("k") == ('{"Steps": []}', {})
     entry = json.loads((tmp_path / "k.json").read_text())
     (tmp_path / "k.json").write_text(json.dumps({**entry, "definition": '{"Steps": [1]}'}))
     assert cache.get("k") is None
     (tmp_path / "k.json").write_text("{not json")
     assert cache.get("k") is None
     assert cache.get("absent") is None
+    cache.put("k", '{"Steps": []}', {"s3://b/code/x.py": b"print(1)"})
+    assert cache.get("k") is None  # the code list does not match the definition's code inputs
+    sha = hashlib.sha256(b"print(1)").hexdigest()
+    assert cache.blob(sha) == b"print(1)"
+    (tmp_path / "blobs" / sha).write_bytes(b"print(2)")
+    assert cache.blob(sha) is None
+
+
+def test_the_cache_is_the_users_unless_configured(monkeypatch, tmp_path):
+    monkeypatch.delenv(definition_cache.CACHE_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert definition_cache.cache_root() == tmp_path / "xdg" / "mlops-dagster" / "pipeline-definitions"
+    monkeypatch.setenv(definition_cache.CACHE_DIR_ENV, str(tmp_path / "mine"))
+    assert definition_cache.cache_root() == tmp_path / "mine"
 
 
 def test_code_uris_name_the_uploaded_scripts_and_source_dir(tmp_path):
@@ -143,14 +158,42 @@ def test_a_hit_skips_the_build_and_still_upserts_a_differing_stored_pipeline(def
     assert fourth["definition_sha256"] != first["definition_sha256"]
 
 
-def test_a_hit_whose_code_objects_are_gone_rebuilds_them(defs, instance, mlops_home):
+def test_a_hit_puts_missing_code_objects_back_and_rebuilds_when_it_cannot(defs, instance, mlops_home, tmp_path):
     first = _definition(defs, instance)
     client = defs.resources["sagemaker"].get_client()
     definition = client.describe_pipeline(PipelineName="mlops-pipeline")["PipelineDefinition"]
     store = defs.resources["store"]
     script = next(u for u in code_uris(definition) if u.endswith("/preprocess.py"))
-    (mlops_home / "s3" / script.removeprefix("s3://")).unlink()
+    original = store.get_bytes(script)
+    path = mlops_home / "s3" / script.removeprefix("s3://")
+
+    path.unlink()  # e.g. a new $MLOPS_HOME, or an emptied bucket
     again = _definition(defs, instance)
-    assert (again["definition_cache"], again["upsert"]) == ("miss", "unchanged")
+    assert (again["definition_cache"], again["upsert"]) == ("hit", "unchanged")
+    assert store.get_bytes(script) == original
+
+    path.unlink()
+    shutil.rmtree(tmp_path / "definition-cache" / "blobs")  # and the cached copy is gone too
+    rebuilt = _definition(defs, instance)
+    assert (rebuilt["definition_cache"], rebuilt["upsert"]) == ("miss", "unchanged")
+    assert rebuilt["definition_sha256"] == first["definition_sha256"]
+    assert store.get_bytes(script) == original
+
+
+def test_a_new_home_reuses_the_users_cache(defs, instance, tmp_path, monkeypatch):
+    from dagster import DagsterInstance
+
+    from mlops_dagster import build_definitions
+    from mlops_dagster.settings import Settings
+
+    first = _definition(defs, instance)
+    other_home = tmp_path / "other-home"
+    other_home.mkdir()
+    other = build_definitions(Settings.from_env({"MLOPS_HOME": str(other_home)}))
+    with DagsterInstance.ephemeral() as other_instance:
+        again = _definition(other, other_instance)
+    assert (again["definition_cache"], again["upsert"]) == ("hit", "created")
     assert again["definition_sha256"] == first["definition_sha256"]
-    assert store.head(script) is not None
+    definition = other.resources["sagemaker"].get_client().describe_pipeline(PipelineName="mlops-pipeline")
+    for uri in code_uris(definition["PipelineDefinition"]):  # the jobs' code is in the new home's store
+        assert other.resources["store"].get_bytes(uri) == defs.resources["store"].get_bytes(uri)

@@ -3,9 +3,12 @@
 Building the definition imports the SageMaker SDK and runs it (seconds); its output depends only
 on the spec's fields, the training code, the code that drives the SDK and the SDK's version. The
 key is a hash of all of them; an entry holds the definition exactly as the SDK wrote it, so a hit
-upserts the same bytes a build would. A hit whose code objects (the processing scripts and
-``sourcedir.tar.gz`` the SDK uploaded) are gone from the store is treated as a miss: the build
-uploads them again.
+upserts the same bytes a build would, and the code objects the SDK uploaded with it (the
+processing scripts and ``sourcedir.tar.gz``, at content-addressed keys), so a hit puts back the
+ones missing from the store (a fresh ``$MLOPS_HOME``, an emptied bucket).
+
+The cache is the user's, like pip's: ``$MLOPS_DEFINITION_CACHE_DIR``, else
+``$XDG_CACHE_HOME/mlops-dagster/pipeline-definitions`` (``~/.cache/...``). Deleting it is always safe.
 """
 
 from __future__ import annotations
@@ -87,8 +90,12 @@ def _all_steps(steps: list[dict]) -> list[dict]:
     return out
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 class DefinitionCache:
-    """Definitions by key, one JSON file each under ``root``."""
+    """Definitions by key, one JSON file each under ``root``; code objects by sha256 in ``blobs/``."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -96,33 +103,66 @@ class DefinitionCache:
     def _path(self, key: str) -> Path:
         return self.root / f"{key}.json"
 
-    def get(self, key: str) -> str | None:
-        """The cached definition, or None (absent or unreadable: a rebuild replaces it)."""
+    def _blob(self, sha: str) -> Path:
+        return self.root / "blobs" / sha
+
+    def get(self, key: str) -> tuple[str, dict[str, str]] | None:
+        """(definition, {code uri: sha256 of its blob}), or None when absent or damaged (a rebuild
+        replaces it)."""
         try:
             entry = json.loads(self._path(key).read_text())
         except (OSError, ValueError):
             return None
-        definition = entry.get("definition") if isinstance(entry, dict) else None
-        if not isinstance(definition, str) or entry.get("sha256") != hashlib.sha256(definition.encode()).hexdigest():
+        if not isinstance(entry, dict):
             return None
-        return definition
+        definition, code = entry.get("definition"), entry.get("code")
+        if not isinstance(definition, str) or entry.get("sha256") != _sha256(definition.encode()):
+            return None
+        if not isinstance(code, dict) or set(code) != set(code_uris(definition)):
+            return None
+        return definition, code
 
-    def put(self, key: str, definition: str) -> None:
-        """Store atomically (a concurrent reader sees the old entry or the new one, never half)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        entry = {"definition": definition, "sha256": hashlib.sha256(definition.encode()).hexdigest()}
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".entry-", suffix=".tmp")
+    def blob(self, sha: str) -> bytes | None:
+        """A cached code object, or None when absent or not the bytes its name says."""
         try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(entry, out)
-            os.replace(tmp, self._path(key))
+            data = self._blob(sha).read_bytes()
+        except OSError:
+            return None
+        return data if _sha256(data) == sha else None
+
+    def put(self, key: str, definition: str, code: dict[str, bytes]) -> None:
+        """Store the definition and its code objects; each file atomically, the entry last (a
+        reader sees the old entry or the new one with all its blobs, never half)."""
+        code_shas = {}
+        for uri, data in code.items():
+            code_shas[uri] = sha = _sha256(data)
+            if self.blob(sha) is None:
+                self._write(self._blob(sha), data)
+        entry = {"definition": definition, "sha256": _sha256(definition.encode()), "code": code_shas}
+        self._write(self._path(key), json.dumps(entry).encode())
+
+    @staticmethod
+    def _write(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
 
 
-def cache_root(home: str | Path) -> Path:
-    return Path(home) / "cache" / "pipeline-definitions"
+CACHE_DIR_ENV = "MLOPS_DEFINITION_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """$MLOPS_DEFINITION_CACHE_DIR, else $XDG_CACHE_HOME (or ~/.cache)/mlops-dagster/pipeline-definitions."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "mlops-dagster" / "pipeline-definitions"
 
 
 def cached_definition(
@@ -130,13 +170,32 @@ def cached_definition(
 ) -> tuple[str, str]:
     """(definition, "hit" | "miss"): the cached definition for ``fields``, else ``build()``'s, cached.
 
-    A cached entry whose code objects are missing from the store is rebuilt (the build uploads them).
+    On a hit the code objects missing from ``store`` are put back from the cache; when one cannot
+    be (its blob is gone), the definition is built again, which uploads them. ``home`` is the
+    project's state folder, where the cache goes when the user's (``cache_root``, so that a new
+    home reuses it) cannot be created.
     """
-    cache = DefinitionCache(cache_root(home))
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError:  # e.g. a read-only or missing home directory in a container
+        root = Path(home) / "cache" / "pipeline-definitions"
+    cache = DefinitionCache(root)
     key = cache_key(fields)
-    definition = cache.get(key)
-    if definition is not None and all(store.head(uri) is not None for uri in code_uris(definition)):
-        return definition, "hit"
+    entry = cache.get(key)
+    if entry is not None and _restore_code(cache, store, entry[1]):
+        return entry[0], "hit"
     definition = build()
-    cache.put(key, definition)
+    cache.put(key, definition, {uri: store.get_bytes(uri) for uri in code_uris(definition)})
     return definition, "miss"
+
+
+def _restore_code(cache: DefinitionCache, store: ObjectStore, code: dict[str, str]) -> bool:
+    """Put the code objects that are missing from the store back; False if one cannot be."""
+    missing = {uri: sha for uri, sha in code.items() if store.head(uri) is None}
+    blobs = {uri: cache.blob(sha) for uri, sha in missing.items()}
+    if any(data is None for data in blobs.values()):
+        return False
+    for uri, data in blobs.items():
+        store.put_bytes(uri, data)
+    return True
