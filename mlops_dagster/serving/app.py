@@ -9,7 +9,7 @@
                          X-Amzn-SageMaker-Inference-Id, 413 body over 6 MB, 503 no model
     POST /admin/deploy   X-Admin-Token; {"model_data", "sha256", "model_package_arn", "smoke_rows",
                          "capture": null | {"settings": CaptureSettings, "store_root": dir}}
-    GET  /admin/status   X-Admin-Token; the live model, request and capture counts
+    GET  /admin/status   X-Admin-Token; the live model, request, capture and batching counts
     POST /admin/flush-capture  X-Admin-Token; write what capture has queued, then its counts
 
 Data capture (monitoring.capture): when the live deploy carries capture settings (the endpoint
@@ -30,6 +30,12 @@ application/json). inference.py then negotiates Accept and refuses a request wit
 (400/415/406), which it also makes the container answer. Still different: /ping's body (the
 worker's is empty), the 500 page (the worker's does not name the failure), and 400 inference id /
 413 / 503, which are the runtime's answers on AWS, not the container's.
+
+Batching (batching.py): the rows of requests that arrive together on the same live model are
+predicted by one predict_fn call and split back by row counts; input_fn and output_fn stay per
+request (each with its own Accept, its own 400/406). Small bodies (INLINE_BODY_BYTES) are parsed and
+answered on the event loop, bigger ones in a worker thread. MLOPS_ENDPOINT_BATCHING=off predicts each
+request alone; MLOPS_ENDPOINT_BATCH_MAX_ROWS and _BATCH_MAX_WAIT_MS bound a batch (read at start).
 
 A deploy loads the candidate beside the live model: sha256 of model.tar.gz checked before
 anything is extracted or unpickled, extraction with tarfile's "data" filter into a fresh
