@@ -132,6 +132,48 @@ def test_model_fn_reads_features_and_predicts_like_the_estimator(artifacts, load
     assert inference.predict_fn(data, loaded).tolist() == artifacts["a"].predict()
 
 
+@pytest.mark.parametrize("kind", ["random forest", "extra trees", "forest with feature names"])
+def test_predict_fn_on_forests_is_exactly_the_estimators_predict(kind):
+    """predict_fn sums the trees itself (without scikit-learn's per-call joblib set-up): the
+    predictions must be bit-identical to estimator.predict, on 1 row and many, wide value ranges."""
+    from sklearn.ensemble import ExtraTreesRegressor
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(scale=[1, 10, 100, 1e3, 1e4, 0.01, 1, 5, 50, 500, 2, 3, 4], size=(300, 13))
+    y = X @ rng.normal(size=13) + rng.normal(size=300)
+    params = {"n_estimators": 25, "random_state": 3}
+    if kind == "extra trees":
+        estimator = ExtraTreesRegressor(**params).fit(X, y)
+    elif kind == "random forest":
+        estimator = RandomForestRegressor(**params).fit(X, y)
+    else:
+        estimator = RandomForestRegressor(**params).fit(pd.DataFrame(X, columns=BOSTON_FEATURES), y)
+    model = inference.Model(estimator, BOSTON_FEATURES)
+    rows = rng.normal(scale=200, size=(500, 13))
+    assert inference._is_plain_forest(estimator)
+    for batch in (rows[:1], rows[:8], rows):
+        expected = estimator.predict(pd.DataFrame(batch, columns=BOSTON_FEATURES) if kind.endswith("names") else batch)
+        assert np.array_equal(inference.predict_fn(batch, model), expected)
+
+
+def test_predict_fn_leaves_other_estimators_to_their_own_predict():
+    """Subclasses, multi-output forests and unfitted ones are not summed by hand."""
+
+    class Tweaked(RandomForestRegressor):
+        def predict(self, X):
+            return super().predict(X) + 1.0
+
+    rng = np.random.default_rng(1)
+    X, y = rng.random((50, 13)), rng.random((50, 2))
+    tweaked = Tweaked(n_estimators=5, random_state=0).fit(X, y[:, 0])
+    two_outputs = RandomForestRegressor(n_estimators=5, random_state=0).fit(X, y)
+    assert not inference._is_plain_forest(tweaked)
+    assert not inference._is_plain_forest(two_outputs)
+    assert not inference._is_plain_forest(RandomForestRegressor())
+    model = inference.Model(tweaked, BOSTON_FEATURES)
+    assert np.array_equal(inference.predict_fn(X[:4], model), tweaked.predict(X[:4]))
+
+
 def test_model_fn_falls_back_to_the_estimators_feature_names(tmp_path, artifacts):
     pack(tmp_path, artifacts["a"].model, features=None)
     assert inference.model_fn(str(tmp_path / "model")).features == BOSTON_FEATURES

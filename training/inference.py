@@ -331,10 +331,36 @@ def predict_fn(data, model):
     """Predict with the feature names the estimator was fitted with (no scikit-learn warning)."""
     if isinstance(data, Refusal):
         return data
+    if _is_plain_forest(model.estimator):
+        return _forest_predict(model.estimator, data)
     X = data
     if getattr(model.estimator, "feature_names_in_", None) is not None:
         X = pd.DataFrame(data, columns=model.features)
     return np.asarray(model.estimator.predict(X))
+
+
+def _is_plain_forest(estimator):
+    """A fitted single-output RandomForestRegressor/ExtraTreesRegressor, not a subclass."""
+    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+
+    return (
+        type(estimator) in (RandomForestRegressor, ExtraTreesRegressor)
+        and getattr(estimator, "n_outputs_", None) == 1
+        and bool(getattr(estimator, "estimators_", None))
+    )
+
+
+def _forest_predict(forest, data):
+    """forest.predict(data) without its per-call joblib set-up, which costs more than the trees on
+    a few rows (100 trees, 8 rows: about 10x). The same arithmetic as scikit-learn's (1.2 to 1.5):
+    rows as float32, each tree's prediction added in estimator order into float64, divided by
+    the number of trees, so the predictions are identical (tests/test_serving.py checks)."""
+    X = np.ascontiguousarray(data, dtype=np.float32)
+    total = np.zeros(X.shape[0], dtype=np.float64)
+    for tree in forest.estimators_:
+        total += tree.predict(X, check_input=False)
+    total /= len(forest.estimators_)
+    return total
 
 
 def output_fn(prediction, accept):
