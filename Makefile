@@ -27,9 +27,13 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/dagster asset materialize -m mlops_dagster --select '*' -c config/run_logging.yaml
 	@$(BIN)/python -m mlops_dagster.report
 
+# The tests run on TEST_WORKERS processes (pytest-xdist); each test has its own MLOPS_HOME and
+# most wait on subprocesses, so a few more workers than cores pays. TEST_WORKERS=0 runs them in one.
+TEST_WORKERS ?= 3
+
 test: install
 	@scripts/ensure_chromium.sh || echo "chromium unavailable: the browser test will be skipped"
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://127.0.0.1:$(UI_PORT)"
