@@ -46,7 +46,7 @@ from mlops_dagster.resources.object_store import LocalObjectStore, ObjectStore
 
 COLUMNS = [*BOSTON_FEATURES, BOSTON_TARGET]
 RULE = quality.QualityRule(features=tuple(BOSTON_FEATURES), target=BOSTON_TARGET)
-CHUNKS = [7, 64, 999, 5000]
+CHUNKS = [64, 999, 5000]
 
 
 def bad_lines(rows: int = 1000) -> list[str]:
