@@ -33,7 +33,8 @@ GRAPH = ["raw_data", "s3_dataset", "pipeline_definition", "pipeline_execution", 
 
 def _register_step(definition: str) -> dict:
     [check] = [s for s in json.loads(definition)["Steps"] if s["Name"] == "CheckQuality"]
-    [register] = check["Arguments"]["IfSteps"]
+    [size_check] = check["Arguments"]["IfSteps"]  # CheckModelSize
+    [register] = size_check["Arguments"]["IfSteps"]
     return register["Arguments"]
 
 

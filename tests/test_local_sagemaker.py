@@ -876,7 +876,8 @@ with open(os.path.join(a.test_dir, "test.csv")) as f:
     ys = [float(r[a.target]) for r in csv.DictReader(f)]
 os.makedirs(a.output_dir, exist_ok=True)
 with open(os.path.join(a.output_dir, "evaluation.json"), "w") as f:
-    json.dump({"regression_metrics": {"mse": {"value": sum((y - mean) ** 2 for y in ys) / len(ys)}}}, f)
+    json.dump({"regression_metrics": {"mse": {"value": sum((y - mean) ** 2 for y in ys) / len(ys)}},
+               "model_size_bytes": os.path.getsize(os.path.join(a.model_dir, "model.tar.gz"))}, f)
 """
 
 
@@ -931,7 +932,7 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
     for arn in arns:
         steps = steps_of(sm, arn)
         assert_shape(model, sm.list_pipeline_execution_steps(PipelineExecutionArn=arn), "ListPipelineExecutionSteps")
-        assert set(steps) == {"Preprocess", "Train", "Evaluate", "CheckQuality", "RegisterModel-RegisterModel"}
+        assert set(steps) == {"Preprocess", "Train", "Evaluate", "CheckQuality", "CheckModelSize", "RegisterModel-RegisterModel"}
         assert all(s["StepStatus"] == "Succeeded" and s["EndTime"] >= s["StartTime"] for s in steps.values())
         assert steps["CheckQuality"]["Metadata"] == {"Condition": {"Outcome": "True"}}
 

@@ -33,6 +33,14 @@ def refusal(config_class, **values) -> str:
         ("train_instance_type", "m5.large", "should match pattern"),
         ("processing_instance_type", "ml.m5.large; rm", "should match pattern"),
         ("target", "", "at least 1 character"),
+        ("min_samples_leaf", 0, "greater than or equal to 1"),
+        ("max_samples", 0, "greater than 0"),
+        ("max_samples", 1.5, "less than or equal to 1"),
+        ("max_samples", math.nan, "Input should be a finite number"),
+        ("max_model_bytes", 0, "greater than 0"),
+        ("max_model_bytes", -1, "greater than 0"),
+        ("max_model_bytes", math.nan, "Input should be a finite number"),
+        ("max_model_bytes", 1.5, "Input should be a valid integer"),
     ],
 )
 def test_pipeline_config_refuses_out_of_range_values(field: str, value, expected: str):
@@ -60,6 +68,17 @@ def test_defaults_and_bounds_pass():
                             train_instance_type="ml.g4dn.xlarge", mse_threshold=1e-6)  # fmt: skip
     assert (config.n_estimators, config.mse_threshold) == (10_000, 1e-6)
     assert PipelineConfig().n_estimators == 100
+    # Unset size hyperparameters are left to train.py's "auto"; the size gate fits ml.t2.medium.
+    assert (PipelineConfig().min_samples_leaf, PipelineConfig().max_samples) == (None, None)
+    assert PipelineConfig(max_samples=1).max_samples == 1.0
+    assert PipelineConfig().max_model_bytes == 2**30
+
+
+def test_size_gate_default_is_the_builders():
+    from mlops_dagster.sagemaker.pipeline_builder import DEFAULT_MAX_MODEL_BYTES, PipelineSpec
+
+    assert PipelineConfig().max_model_bytes == DEFAULT_MAX_MODEL_BYTES
+    assert PipelineSpec(name="p", bucket="b", prefix="", region="us-east-1", role_arn="r").max_model_bytes == 2**30
     assert TrainedModelConfig(wait_timeout_seconds=28 * 24 * 3600).max_poll_seconds == 15
 
 

@@ -47,7 +47,9 @@ def test_definition_has_the_recipe_steps_and_parameters(tmp_path, no_sockets):
     doc = json.loads(_build(tmp_path / "s3"))
     assert [p["Name"] for p in doc["Parameters"]] == [
         "InputData", "MseThreshold", "TrainInstanceType", "ProcessingInstanceType", "ModelApprovalStatus",
+        "MaxModelBytes",
     ]  # fmt: skip
+    assert doc["Parameters"][-1] == {"Name": "MaxModelBytes", "Type": "Integer", "DefaultValue": 1 << 30}
     steps = {s["Name"]: s for s in doc["Steps"]}
     assert [steps[n]["Type"] for n in ("Preprocess", "Train", "Evaluate", "CheckQuality")] == [
         "Processing", "Training", "Processing", "Condition",
@@ -55,9 +57,17 @@ def test_definition_has_the_recipe_steps_and_parameters(tmp_path, no_sockets):
     condition = steps["CheckQuality"]["Arguments"]
     assert condition["Conditions"][0]["Type"] == "LessThanOrEqualTo"
     assert condition["Conditions"][0]["RightValue"] == {"Get": "Parameters.MseThreshold"}
-    assert [s["Type"] for s in condition["IfSteps"]] == ["RegisterModel"]
-    assert condition["IfSteps"][0]["Arguments"]["ModelPackageGroupName"] == "mlops-pipeline-models"
     assert [s["Type"] for s in condition["ElseSteps"]] == ["Fail"]
+    # Good enough, then small enough: CheckModelSize registers only a model an endpoint can load.
+    [size_check] = condition["IfSteps"]
+    assert size_check["Name"] == "CheckModelSize" and size_check["Type"] == "Condition"
+    size_condition = size_check["Arguments"]["Conditions"][0]
+    assert size_condition["Type"] == "LessThanOrEqualTo"
+    assert size_condition["LeftValue"]["Std:JsonGet"]["Path"] == "model_size_bytes"
+    assert size_condition["RightValue"] == {"Get": "Parameters.MaxModelBytes"}
+    assert [s["Type"] for s in size_check["Arguments"]["IfSteps"]] == ["RegisterModel"]
+    assert size_check["Arguments"]["IfSteps"][0]["Arguments"]["ModelPackageGroupName"] == "mlops-pipeline-models"
+    assert [s["Name"] for s in size_check["Arguments"]["ElseSteps"]] == ["ModelTooLarge"]
     train = steps["Train"]["Arguments"]
     assert "sagemaker-scikit-learn" in train["AlgorithmSpecification"]["TrainingImage"]
     assert train["AlgorithmSpecification"]["TrainingImage"].endswith(":1.2-1-cpu-py3")
@@ -130,8 +140,10 @@ def test_step_graph_mermaid_lists_edges_and_branches(tmp_path):
         "Preprocess --> Train",
         "Train --> Evaluate",
         "Evaluate --> CheckQuality",
-        "CheckQuality -- true --> RegisterModel_RegisterModel",
+        "CheckQuality -- true --> CheckModelSize",
         "CheckQuality -- false --> MseAboveThreshold",
+        "CheckModelSize -- true --> RegisterModel_RegisterModel",
+        "CheckModelSize -- false --> ModelTooLarge",
     ):
         assert edge in graph
 

@@ -227,6 +227,8 @@ def test_train_uses_validation_channel(opt_ml):
     assert json.loads((opt_ml["model"] / "features.json").read_text()) == ["crim", "rm", "chas", "lstat"]
     model = joblib.load(opt_ml["model"] / "model.joblib")
     assert (model.n_estimators, model.max_depth, model.n_jobs) == (20, None, 2)
+    # "auto" on 200 rows is scikit-learn's unbounded forest: small data trains as before.
+    assert (model.min_samples_leaf, model.max_samples) == (1, None)
     assert not (opt_ml["output"] / "failure").exists()
 
 
@@ -239,6 +241,51 @@ def test_train_hyperparameters_as_strings(opt_ml):
     model = joblib.load(opt_ml["model"] / "model.joblib")
     assert (model.n_estimators, model.max_depth, model.min_samples_leaf, model.random_state) == (7, 3, 2, 5)
     assert model.n_jobs == -1  # no SM_NUM_CPUS: every core
+
+
+@pytest.mark.parametrize(("value", "expected"), [("30", 30), ("0.5", 0.5), ("None", None)])
+def test_train_max_samples_is_used_exactly(opt_ml, value, expected):
+    synthetic(60).to_csv(opt_ml["training"] / "train.csv", index=False)
+    result = run("train.py", "--n_estimators", "3", "--max_samples", value, env=opt_ml["env"], cwd=opt_ml["cwd"])
+    assert result.returncode == 0, result.stderr
+    model = joblib.load(opt_ml["model"] / "model.joblib")
+    assert (model.max_samples, model.min_samples_leaf) == (expected, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--min_samples_leaf", "0"], "--min_samples_leaf"),
+        (["--min_samples_leaf", "many"], "--min_samples_leaf"),
+        (["--max_samples", "1.5"], "--max_samples"),
+        (["--max_samples", "0"], "--max_samples"),
+        (["--max_samples", "-3"], "--max_samples"),
+    ],
+)
+def test_train_refuses_bad_size_hyperparameters(opt_ml, args, named):
+    synthetic(30).to_csv(opt_ml["training"] / "train.csv", index=False)
+    result = run("train.py", *args, env=opt_ml["env"], cwd=opt_ml["cwd"])
+    assert result.returncode != 0
+    failure = (opt_ml["output"] / "failure").read_text()
+    assert named in failure and args[1] in failure
+    assert not (opt_ml["model"] / "model.joblib").exists()
+
+
+def test_bounded_forest_params_scale_with_the_data(monkeypatch):
+    train = load_script("train.py", monkeypatch)
+    bounded = train.bounded_forest_params
+    # Up to AUTO_LEAVES rows (the Boston data: 405): scikit-learn's defaults, the forest of before.
+    assert bounded(405) == bounded(train.AUTO_LEAVES) == {"min_samples_leaf": 1, "max_samples": None}
+    assert bounded(train.AUTO_LEAVES + 1) == {"min_samples_leaf": 2, "max_samples": None}
+    # Large data: each tree sees AUTO_TREE_ROWS rows, in at most ~AUTO_LEAVES leaves.
+    big = bounded(800_000)
+    assert big == {"min_samples_leaf": train.AUTO_TREE_ROWS // train.AUTO_LEAVES, "max_samples": train.AUTO_TREE_ROWS}
+    assert bounded(10_000_000) == big  # the bound does not grow with the data
+    # A value set explicitly is used as given; the other one, left "auto", follows it.
+    assert bounded(800_000, min_samples_leaf=1) == {"min_samples_leaf": 1, "max_samples": train.AUTO_TREE_ROWS}
+    assert bounded(800_000, max_samples=None) == {"min_samples_leaf": 80, "max_samples": None}
+    assert bounded(800_000, max_samples=0.5) == {"min_samples_leaf": 40, "max_samples": 0.5}
+    assert bounded(800_000, 3, 1000) == {"min_samples_leaf": 3, "max_samples": 1000}
 
 
 def test_train_falls_back_to_recipe_split(opt_ml):
@@ -336,7 +383,11 @@ def test_evaluate_scores_test_set(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
 
     report = strict_json(output_dir / "evaluation.json")
-    assert set(report) == {"regression_metrics", "feature_importances", "rows"}
+    assert set(report) == {"regression_metrics", "feature_importances", "rows", "model_size_bytes", "model_load_seconds"}
+    with tarfile.open(model_dir / "model.tar.gz") as archive:
+        assert report["model_size_bytes"] == archive.getmember("model.joblib").size > 0
+    assert isinstance(report["model_load_seconds"], float) and report["model_load_seconds"] > 0
+    assert f"Model size: {report['model_size_bytes']} bytes" in result.stdout
     metrics = {k: v["value"] for k, v in report["regression_metrics"].items()}
     assert set(metrics) == {"mse", "rmse", "mae", "r2"}
     assert metrics["rmse"] == pytest.approx(math.sqrt(metrics["mse"]))

@@ -3,9 +3,11 @@
 Reads model.tar.gz (the training job's model directory, packed by SageMaker) from
 --model-dir and test.csv from --test-dir; writes evaluation.json to --output-dir:
 {"regression_metrics": {"mse"|"rmse"|"mae"|"r2": {"value": ...}},
- "feature_importances": {feature: importance}, "rows": n}.
-The pipeline reads it through a PropertyFile for its quality condition, so it is strict
-JSON: a metric that is undefined (R² below two rows) is null, never NaN.
+ "feature_importances": {feature: importance}, "rows": n,
+ "model_size_bytes": size of model.joblib, "model_load_seconds": time joblib.load took}.
+The pipeline reads it through a PropertyFile for its quality condition (MSE against
+MseThreshold, model_size_bytes against MaxModelBytes), so it is strict JSON: a metric that
+is undefined (R² below two rows) is null, never NaN.
 
 With --validation-dir (the pipeline gives it), also writes predictions.csv beside it: the
 model's predictions on validation.csv, columns "prediction" and the target (header row,
@@ -24,6 +26,7 @@ import os
 import sys
 import tarfile
 import tempfile
+import time
 
 import joblib
 import numpy as np
@@ -74,7 +77,10 @@ def load_model(model_dir, workdir):
     model_path = os.path.join(workdir, "model.joblib")
     if not os.path.isfile(model_path):
         raise EvaluationError(f"{archive} holds no model.joblib")
+    size = os.path.getsize(model_path)  # what an endpoint holds in memory, per worker
+    start = time.perf_counter()
     model = joblib.load(model_path)
+    load_seconds = time.perf_counter() - start
     # Feature order: features.json from train.py, else what scikit-learn recorded at fit time.
     features_path = os.path.join(workdir, "features.json")
     if os.path.isfile(features_path):
@@ -82,7 +88,7 @@ def load_model(model_dir, workdir):
             features = json.load(f)
     else:
         features = [str(c) for c in getattr(model, "feature_names_in_", [])]
-    return model, features
+    return model, features, {"model_size_bytes": int(size), "model_load_seconds": round(load_seconds, 6)}
 
 
 def finite_numbers(column):
@@ -145,7 +151,7 @@ def write_predictions(model, X, y, target, path):
 def main(argv=None):
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
-        model, features = load_model(args.model_dir, workdir)
+        model, features, footprint = load_model(args.model_dir, workdir)
     X, y = load_test(args.test_dir, args.target, features)
     validation = None
     if args.validation_dir is not None:
@@ -159,6 +165,7 @@ def main(argv=None):
             for name, value in zip(X.columns, getattr(model, "feature_importances_", []))
         },
         "rows": int(len(X)),
+        **footprint,
     }
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "evaluation.json"), "w") as f:
@@ -167,6 +174,7 @@ def main(argv=None):
         write_predictions(model, *validation, args.target, os.path.join(args.output_dir, "predictions.csv"))
 
     print(f"Evaluated on {len(X)} test rows")
+    print(f"Model size: {footprint['model_size_bytes']} bytes, loaded in {footprint['model_load_seconds']:.3f} s")
     for name, metric in report["regression_metrics"].items():
         print(f"Test {name.upper()}: {metric['value']}")
     return 0

@@ -3,8 +3,10 @@
 Same contract as the recipe's script: --model-dir (SM_MODEL_DIR) and --training
 (SM_CHANNEL_TRAINING, which holds train.csv); model.joblib and evaluation.json are written
 to the model directory, which SageMaker packs into model.tar.gz. Beyond the recipe:
-- hyperparameters target, n_estimators, max_depth, min_samples_leaf, random_state
+- hyperparameters target, n_estimators, max_depth, min_samples_leaf, max_samples, random_state
   (SageMaker passes each one as a "--name value" string pair);
+- a model whose size is bounded as the data grows: min_samples_leaf and max_samples default to
+  "auto" (see bounded_forest_params); a value set explicitly is used exactly as given;
 - all CPUs (SM_NUM_CPUS);
 - metrics on the validation channel when there is one (else the recipe's 80/20 split);
 - evaluation.json is strict JSON: R² is null below two evaluation rows, never NaN;
@@ -27,6 +29,13 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 from sklearn.model_selection import train_test_split
+
+AUTO = "auto"
+# The size bounds behind "auto" (chosen with bench/model_size.py; README "Training defaults"):
+# each tree is grown on at most AUTO_TREE_ROWS bootstrap rows (bounds fit time and size), and its
+# leaves hold at least 1/AUTO_LEAVES of them (bounds leaves per tree, hence model bytes).
+AUTO_TREE_ROWS = 50_000
+AUTO_LEAVES = 10_000
 
 
 class TrainingError(Exception):
@@ -62,6 +71,33 @@ def optional_int(value):
     return int(value)
 
 
+def auto_or_int(value):
+    """min_samples_leaf: "auto" (scaled to the data, see bounded_forest_params) or a whole number >= 1."""
+    if value.strip().lower() == AUTO:
+        return AUTO
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a whole number >= 1, got {value!r}")
+    return number
+
+
+def max_samples_value(value):
+    """max_samples: "auto", "None" (every row), a row count ("30") or a share of the rows ("0.5", "1.0": all)."""
+    text = value.strip().lower()
+    if text == AUTO:
+        return AUTO
+    if text in ("", "none", "null"):
+        return None
+    number = float(text)
+    if number.is_integer() and number >= 1 and "." not in text:
+        return int(number)
+    if not 0.0 < number <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto', 'None', a row count >= 1 or a share of the rows above 0 and at most 1.0, got {value!r}"
+        )
+    return number
+
+
 def parse_args(argv=None):
     parser = ArgumentParser(allow_abbrev=False)  # no prefix matching: a typo must fail
     parser.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR"))
@@ -70,7 +106,8 @@ def parse_args(argv=None):
     parser.add_argument("--target", default="medv")
     parser.add_argument("--n_estimators", type=int, default=100)
     parser.add_argument("--max_depth", type=optional_int, default=None)
-    parser.add_argument("--min_samples_leaf", type=int, default=1)
+    parser.add_argument("--min_samples_leaf", type=auto_or_int, default=AUTO)
+    parser.add_argument("--max_samples", type=max_samples_value, default=AUTO)
     parser.add_argument("--random_state", type=int, default=42)
     args = parser.parse_args(argv)
     if not args.model_dir:
@@ -120,6 +157,28 @@ def regression_metrics(y_true, y_pred):
     return {k: {"value": v if v is not None and math.isfinite(v) else None} for k, v in values.items()}
 
 
+def bounded_forest_params(rows, min_samples_leaf=AUTO, max_samples=AUTO, tree_rows=AUTO_TREE_ROWS, leaves=AUTO_LEAVES):
+    """min_samples_leaf and max_samples for a forest on `rows` rows; "auto" keeps the model bounded.
+
+    A fully grown tree has about one leaf per distinct bootstrap row, so a forest's size grows
+    linearly with the data (6.9 GB at 800,000 rows). "auto" grows each tree on at most
+    AUTO_TREE_ROWS rows and asks each leaf to hold 1/AUTO_LEAVES of them: up to AUTO_LEAVES rows
+    (the Boston data) both are scikit-learn's defaults and the forest is exactly the unbounded one.
+    tree_rows and leaves are the two bounds (bench/model_size.py compares other values).
+    """
+    if max_samples == AUTO:
+        max_samples = tree_rows if rows > tree_rows else None
+    if min_samples_leaf == AUTO:
+        if max_samples is None:
+            drawn = rows
+        elif isinstance(max_samples, int):
+            drawn = max_samples
+        else:
+            drawn = max(1, round(max_samples * rows))
+        min_samples_leaf = max(1, math.ceil(drawn / leaves))
+    return {"min_samples_leaf": min_samples_leaf, "max_samples": max_samples}
+
+
 def cpu_count():
     try:
         return int(os.environ.get("SM_NUM_CPUS", ""))
@@ -148,12 +207,16 @@ def main(argv=None):
         X_train, X_eval, y_train, y_eval = train_test_split(X, y, test_size=0.2, random_state=42)
         evaluated_on = "train-split"
 
+    params = bounded_forest_params(len(X_train), args.min_samples_leaf, args.max_samples)
+    print(
+        f"Forest on {len(X_train)} rows: min_samples_leaf={params['min_samples_leaf']}, max_samples={params['max_samples']}"
+    )
     model = RandomForestRegressor(
         n_estimators=args.n_estimators,
         max_depth=args.max_depth,
-        min_samples_leaf=args.min_samples_leaf,
         random_state=args.random_state,
         n_jobs=cpu_count(),
+        **params,
     )
     model.fit(X_train, y_train)
     metrics = regression_metrics(y_eval, model.predict(X_eval))

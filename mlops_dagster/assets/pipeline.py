@@ -41,6 +41,8 @@ MAX_MIN_SAMPLES_LEAF = 100_000
 MAX_SEED = 2**32 - 1  # numpy's (hence scikit-learn's) random_state range
 MAX_WAIT_SECONDS = 28 * 24 * 3600  # SageMaker's longest training job
 INSTANCE_TYPE = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"  # e.g. ml.m5.large, ml.g4dn.xlarge
+# pipeline_builder.DEFAULT_MAX_MODEL_BYTES (not imported here: the SDK takes seconds to import).
+DEFAULT_MAX_MODEL_BYTES = 1 << 30
 
 
 class PipelineConfig(Config):
@@ -55,7 +57,19 @@ class PipelineConfig(Config):
         default="PendingManualApproval", description="PendingManualApproval, Approved or Rejected"
     )
     n_estimators: int = Field(default=100, ge=1, le=MAX_TREES, description=f"trees in the forest, 1 to {MAX_TREES}")
-    min_samples_leaf: int = Field(default=1, ge=1, le=MAX_MIN_SAMPLES_LEAF, description=f"1 to {MAX_MIN_SAMPLES_LEAF}")
+    min_samples_leaf: int | None = Field(
+        default=None, ge=1, le=MAX_MIN_SAMPLES_LEAF,
+        description=f"1 to {MAX_MIN_SAMPLES_LEAF}; unset: train.py scales it to the data (a bounded model)",
+    )  # fmt: skip
+    max_samples: float | None = Field(
+        default=None, gt=0, le=1, allow_inf_nan=False,
+        description="share of the training rows each tree draws, above 0 to 1.0 (all); unset: train.py bounds it",
+    )  # fmt: skip
+    max_model_bytes: int = Field(
+        default=DEFAULT_MAX_MODEL_BYTES, gt=0,
+        description="CheckModelSize registers the model only if model.joblib has at most this many bytes "
+        "(default 1 GiB: two serving workers' copies fit ml.t2.medium's 4 GiB)",
+    )  # fmt: skip
     random_state: int = Field(default=42, ge=0, le=MAX_SEED, description=f"seed, 0 to {MAX_SEED}")
     training_dir: str = Field(default=str(TRAINING_DIR), description="folder with preprocess.py, train.py, evaluate.py")
     entry_point: str = Field(default="train.py", description="the training script inside training_dir")
@@ -96,10 +110,13 @@ def pipeline_definition(
         "train_instance_type": config.train_instance_type,
         "processing_instance_type": config.processing_instance_type,
         "approval_status": config.approval_status,
+        "max_model_bytes": config.max_model_bytes,
         "hyperparameters": {
             "n_estimators": config.n_estimators,
-            "min_samples_leaf": config.min_samples_leaf,
             "random_state": config.random_state,
+            # Unset: not passed, so train.py's "auto" bounds the model; set: used exactly.
+            **{k: v for k, v in (("min_samples_leaf", config.min_samples_leaf), ("max_samples", config.max_samples))
+               if v is not None},
         },
         "training_dir": config.training_dir,
         "entry_point": config.entry_point,
@@ -333,11 +350,22 @@ def trained_model(
         "execution_link": sagemaker.console_link("pipeline-execution", arn),
         "model_package_arn": package_arn or "",
         "quality_gate": quality_gate or "passed",
+        **_footprint(evaluation),
         "evaluation": MetadataValue.md(_evaluation_summary(evaluation, quality_gate)),
     }
     if evaluation.get("feature_importances"):
         metadata["feature_importances"] = _importance_table(evaluation["feature_importances"])
     return Output(value, metadata=metadata, data_version=DataVersion(sha))
+
+
+def _footprint(evaluation: dict) -> dict:
+    """The model's size and load time, as the Evaluate step measured them (absent from older reports)."""
+    out = {}
+    if isinstance(evaluation.get("model_size_bytes"), int):
+        out["model_size_mb"] = round(evaluation["model_size_bytes"] / 1e6, 3)
+    if isinstance(evaluation.get("model_load_seconds"), (int, float)):
+        out["model_load_seconds"] = round(float(evaluation["model_load_seconds"]), 4)
+    return out
 
 
 def _evaluation_summary(evaluation: dict, quality_gate: str | None) -> str:

@@ -2,9 +2,10 @@
 
 Preprocess (processing) -> Train (scikit-learn framework container, ``training/train.py``) ->
 Evaluate (processing, ``evaluation.json`` read through a PropertyFile, and the validation
-predictions ``predictions.csv``) -> CheckQuality (MSE against the ``MseThreshold`` parameter) ->
-RegisterModel, else Fail. The same function builds the definition for both backends; only the
-boto session differs (see ``offline.py``).
+predictions ``predictions.csv``) -> CheckQuality (MSE against the ``MseThreshold`` parameter, else
+Fail ``MseAboveThreshold``) -> CheckModelSize (``model_size_bytes`` of ``evaluation.json`` against
+``MaxModelBytes``, else Fail ``ModelTooLarge``) -> RegisterModel. The same function builds the
+definition for both backends; only the boto session differs (see ``offline.py``).
 
 RegisterModel names the model's drift baselines (``DriftCheckBaselines`` can only be set when a
 package is created) at URIs fixed in the definition, ``Std:Join`` of the execution id:
@@ -39,7 +40,7 @@ from sagemaker.workflow.execution_variables import ExecutionVariables  # noqa: E
 from sagemaker.workflow.fail_step import FailStep  # noqa: E402
 from sagemaker.workflow.functions import Join, JsonGet  # noqa: E402
 from sagemaker.workflow.model_step import ModelStep  # noqa: E402
-from sagemaker.workflow.parameters import ParameterFloat, ParameterString  # noqa: E402
+from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString  # noqa: E402
 from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
 from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 from sagemaker.workflow.properties import PropertyFile  # noqa: E402
@@ -63,6 +64,11 @@ sagemaker.session.validate_sagemaker_config = _validate_config_once
 FRAMEWORK_VERSION = "1.2-1"
 PROCESSING = "/opt/ml/processing"
 APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
+# The largest model.joblib CheckModelSize lets into the registry by default. The default endpoint
+# instance, ml.t2.medium, has 4 GiB; the scikit-learn serving container starts one worker per
+# vCPU (2), each holding the model, beside the OS and two Python processes: 2 x 1 GiB leaves
+# about 1.5 GiB of headroom.
+DEFAULT_MAX_MODEL_BYTES = 1 << 30
 # Model Monitor's baseline file names (monitoring/baseline.py; not imported: it pulls pandas into the builder).
 STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
 
@@ -78,10 +84,12 @@ class PipelineSpec:
     role_arn: str
     target: str = "medv"
     mse_threshold: float = 25.0
+    max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     train_instance_type: str = "ml.m5.large"
     processing_instance_type: str = "ml.m5.large"
     approval_status: str = "PendingManualApproval"
-    hyperparameters: dict = field(default_factory=lambda: {"n_estimators": 100, "min_samples_leaf": 1, "random_state": 42})
+    # min_samples_leaf and max_samples are left to train.py's "auto", which bounds the model's size.
+    hyperparameters: dict = field(default_factory=lambda: {"n_estimators": 100, "random_state": 42})
     training_dir: str = str(TRAINING_DIR)
     entry_point: str = "train.py"
     # The recipe's own train.py takes no hyperparameters; set False to run it unmodified.
@@ -100,6 +108,8 @@ def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
 
 
 def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
+    if isinstance(spec.max_model_bytes, bool) or not isinstance(spec.max_model_bytes, int) or spec.max_model_bytes <= 0:
+        raise ValueError(f"max_model_bytes must be a whole number of bytes above 0, got {spec.max_model_bytes!r}")
     if spec.approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"approval_status {spec.approval_status!r} is not one of {APPROVAL_STATUSES}")
     for script in ("preprocess.py", "evaluate.py"):
@@ -115,6 +125,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     )
     input_data = ParameterString("InputData", default_value=f"s3://{spec.bucket}/{spec.prefix}/data/")
     mse_threshold = ParameterFloat("MseThreshold", default_value=float(spec.mse_threshold))
+    max_model_bytes = ParameterInteger("MaxModelBytes", default_value=int(spec.max_model_bytes))
     train_instance = ParameterString("TrainInstanceType", default_value=spec.train_instance_type)
     processing_instance = ParameterString("ProcessingInstanceType", default_value=spec.processing_instance_type)
     approval = ParameterString("ModelApprovalStatus", default_value=spec.approval_status)
@@ -196,6 +207,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
         on="/", values=[evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri, "evaluation.json"]
     )
     mse = JsonGet(step_name=evaluate.name, property_file=report, json_path="regression_metrics.mse.value")
+    model_bytes = JsonGet(step_name=evaluate.name, property_file=report, json_path="model_size_bytes")
 
     data_baseline = baseline_sources(spec, "data")
     prediction_baseline = baseline_sources(spec, "prediction")
@@ -227,6 +239,25 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
             ),
         ),
     )
+    too_large = FailStep(
+        name="ModelTooLarge",
+        error_message=Join(
+            on=" ",
+            values=[
+                "model not registered: model.joblib is", model_bytes, "bytes, above the MaxModelBytes", max_model_bytes,
+                "(more than the endpoint instance can load); bound the forest (min_samples_leaf, max_samples,",
+                "n_estimators) or raise max_model_bytes with a larger inference instance",
+            ],
+        ),  # fmt: skip
+    )
+    # Nested rather than a second condition of CheckQuality: each refusal gets its own Fail step,
+    # message and condition outcome (CheckModelSize: False says the model was too large).
+    check_size = ConditionStep(
+        name="CheckModelSize",
+        conditions=[ConditionLessThanOrEqualTo(left=model_bytes, right=max_model_bytes)],
+        if_steps=[register],
+        else_steps=[too_large],
+    )
     fail = FailStep(
         name="MseAboveThreshold",
         error_message=Join(on=" ", values=["model not registered: mse", mse, "is above the MseThreshold", mse_threshold]),
@@ -234,12 +265,12 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     check = ConditionStep(
         name="CheckQuality",
         conditions=[ConditionLessThanOrEqualTo(left=mse, right=mse_threshold)],
-        if_steps=[register],
+        if_steps=[check_size],
         else_steps=[fail],
     )
     return Pipeline(
         name=spec.name,
-        parameters=[input_data, mse_threshold, train_instance, processing_instance, approval],
+        parameters=[input_data, mse_threshold, train_instance, processing_instance, approval, max_model_bytes],
         steps=[preprocess, train, evaluate, check],
         pipeline_experiment_config=None,
         sagemaker_session=session,
