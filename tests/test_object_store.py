@@ -165,3 +165,29 @@ def test_overwrite_replaces_the_file_instead_of_writing_into_it(store: LocalObje
     assert path.stat().st_ino != old_inode
     assert store.get_bytes("s3://bkt/data.csv") == b"new"
     assert info.sha256 == hashlib.sha256(b"new").hexdigest() == store.head("s3://bkt/data.csv").sha256
+
+
+def test_put_owned_file_moves_a_file_into_place(store: LocalObjectStore, tmp_path: Path, mlops_home: Path):
+    """A temporary the caller gives up is renamed into the store (no copy of a large file)."""
+    src = mlops_home / "work" / "train.csv"
+    src.parent.mkdir()
+    src.write_bytes(b"a,b\n1,2\n" * 1000)
+    data, inode = src.read_bytes(), src.stat().st_ino
+    info = store.put_owned_file("s3://bkt/data/train.csv", src)
+    target = store.path_for("s3://bkt/data/train.csv")
+    assert target.read_bytes() == data and target.stat().st_ino == inode  # moved, not copied
+    assert not src.exists()
+    assert info.sha256 == hashlib.sha256(data).hexdigest() and info.size == len(data)
+    assert store.head("s3://bkt/data/train.csv").sha256 == info.sha256
+    assert oct(target.stat().st_mode & 0o777) == oct(store.path_for(_put(store)).stat().st_mode & 0o777)
+    # A link is not moved (that would move the link, not the data): it is copied and stays.
+    linked = tmp_path / "link.csv"
+    linked.symlink_to(mlops_home / "work" / "other.csv")
+    (mlops_home / "work" / "other.csv").write_bytes(b"x,y\n")
+    store.put_owned_file("s3://bkt/data/other.csv", linked)
+    assert store.get_bytes("s3://bkt/data/other.csv") == b"x,y\n" and linked.is_symlink()
+
+
+def _put(store: LocalObjectStore) -> str:
+    store.put_bytes("s3://bkt/data/copied.csv", b"c\n")
+    return "s3://bkt/data/copied.csv"

@@ -538,8 +538,9 @@ def s3_dataset(
             context.log.info(f"dataset {prefix} already in the store with identical content; nothing written")
         else:
             for name, path in paths.items():
-                infos[name] = store.put_file(prefix + name, path)  # streamed from the file (multipart on S3)
-                context.log.info(f"wrote {prefix + name} ({path.stat().st_size} bytes, sha256 {digests[name][:12]}…)")
+                size = path.stat().st_size
+                infos[name] = store.put_owned_file(prefix + name, path)  # a file: streamed (multipart on S3)
+                context.log.info(f"wrote {prefix + name} ({size} bytes, sha256 {digests[name][:12]}…)")
             # The manifest goes last: a prefix without it is incomplete and is written again.
             manifest = {"files": digests, "rows": split.rows, "columns": columns, "source": raw_data.source,
                         "rule": asdict(rule)}  # fmt: skip

@@ -9,6 +9,7 @@ import hashlib
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,11 @@ class ObjectStore(ConfigurableResource, ABC):
     def list(self, uri_prefix: str) -> list[str]:
         """URIs of all objects whose key starts with the prefix, sorted."""
 
+    def put_owned_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
+        """Upload a file the caller gives up (a temporary it wrote and deletes after): a store may
+        move it into place rather than copy it. By default, ``put_file``."""
+        return self.put_file(uri, path)
+
     def put_bytes(self, uri: str, data: bytes) -> ObjectInfo:
         with tempfile.TemporaryDirectory(prefix="mlops-put-") as tmp:
             path = Path(tmp) / "object"
@@ -162,6 +168,14 @@ class LocalObjectStore(ObjectStore):
         return resolved
 
     def put_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
+        return self._put(uri, lambda target: self._write(target, path))
+
+    def put_owned_file(self, uri: str, path: str | os.PathLike) -> ObjectInfo:
+        """Moves ``path`` into place (fsynced, then renamed) when it is on the store's file system;
+        otherwise copies it. Saves copying a large file the caller would delete anyway."""
+        return self._put(uri, lambda target: self._move(target, path))
+
+    def _put(self, uri: str, write: Callable[[Path], str]) -> ObjectInfo:
         target = self.path_for(uri)
         self._inside(uri, target)
         try:
@@ -169,10 +183,22 @@ class LocalObjectStore(ObjectStore):
             # The folders exist now: write into the resolved one, and replace `target` itself (a
             # link in the last place is replaced, not written through).
             target = self._inside(uri, target.parent) / target.name
-            digest = self._write(target, path)
+            digest = write(target)
         except (FileExistsError, NotADirectoryError, IsADirectoryError) as exc:
             raise self._key_conflict(uri, exc) from exc
         return ObjectInfo(uri=uri, size=target.stat().st_size, sha256=digest)
+
+    @classmethod
+    def _move(cls, target: Path, path: str | os.PathLike) -> str:
+        source = Path(path)
+        if source.is_symlink() or os.stat(source).st_dev != os.stat(target.parent).st_dev:
+            return cls._write(target, source)
+        with source.open("rb") as handle:
+            os.fsync(handle.fileno())  # durable before it appears under its key, as _write makes it
+        digest = sha256_file(source)
+        os.chmod(source, 0o600)  # as a copied object's temporary file (mkstemp) has
+        os.replace(source, target)
+        return digest
 
     @staticmethod
     def _write(target: Path, path: str | os.PathLike) -> str:
