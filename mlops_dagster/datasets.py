@@ -40,6 +40,7 @@ PARQUET_MAGIC = b"PAR1"
 CHUNK = 1 << 20  # bytes read at a time when a source file is scanned
 CHUNK_ROWS = 100_000  # rows read, checked, staged and written at a time (raw_data / s3_dataset config)
 SYNTHETIC_BLOCK = 1_000_000  # rows the synthetic source draws at a time
+WINDOW_BYTES = 256 << 20  # s3_dataset's shuffle window (rows of the shuffled table held at a time)
 MAX_NAME = 500  # characters of a source name quoted in an error
 
 
@@ -516,7 +517,7 @@ def write_split(
     every staged chunk once (for summaries); the stage's fingerprint is computed on the way.
     """
     width = len(columns)
-    window_rows = window_rows or max(chunk_rows, (256 << 20) // (8 * max(width, 1)))
+    window_rows = window_rows or max(chunk_rows, WINDOW_BYTES // (8 * max(width, 1)))
     position, n_train = split_positions(rows, train_fraction, seed)
     out = {"train": _HashedFile(train_path), "validation": _HashedFile(validation_path)}
     digest, seen = _stage_digest(columns), 0
