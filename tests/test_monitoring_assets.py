@@ -346,6 +346,23 @@ def test_the_default_window_advances_so_no_new_traffic_is_insufficient_samples(l
     assert drift.passed and drift.description.startswith("insufficient samples: 0 rows")
 
 
+def test_a_window_ending_before_the_deployment_is_empty_not_a_failure(loop):
+    """Right after a deployment in the same run (make run twice), now - settle_seconds is before
+    the deployment: the default window is empty. A window the config inverts is still refused."""
+    loop.send(synthetic_boston(50, seed=3), recently())
+    result = loop.run(traffic={"settle_seconds": 86_400})
+    assert result.success
+    meta = latest_metadata(result, "endpoint_traffic")
+    assert meta["window_start"] == meta["window_end"]
+    assert meta["window_origin"] == "deployment of the model now serving"
+    assert (meta["dagster/row_count"], meta["records"]) == (0, 0)
+    inverted = loop.run(traffic={"start": "2030-01-02T00:00:00Z", "end": "2030-01-01T00:00:00Z"})
+    assert not inverted.success
+    from helpers import failure_text
+
+    assert "endpoint_traffic window starts at 2030-01-02T00:00:00+00:00, after its end" in failure_text(inverted)
+
+
 def test_a_bad_window_setting_is_refused_naming_the_field(loop):
     result = loop.run(traffic={"start": "yesterday"})
     assert not result.success

@@ -147,6 +147,11 @@ def window_bounds(
             start, origin = previous, "end of the previous window"
         else:
             start, origin = deployed, "deployment of the model now serving"
+    if start > end and not (config.start or config.end):
+        # The model (or the previous window) is younger than settle_seconds, as right after a
+        # deployment in the same run: nothing has settled yet, so the window is empty, not an error.
+        context.log.info(f"{endpoint}: no settled traffic since the {origin} at {start.isoformat()}: an empty window")
+        end = start
     if start > end:
         raise Failure(f"endpoint_traffic window starts at {start.isoformat()}, after its end {end.isoformat()}")
     return start, end, origin
