@@ -149,7 +149,7 @@ def test_predict_fn_on_forests_is_exactly_the_estimators_predict(kind):
     else:
         estimator = RandomForestRegressor(**params).fit(pd.DataFrame(X, columns=BOSTON_FEATURES), y)
     model = inference.Model(estimator, BOSTON_FEATURES)
-    rows = rng.normal(scale=200, size=(500, 13))
+    rows = rng.normal(scale=200, size=(3000, 13))  # above 1,024 rows the rows are split across threads
     assert inference._is_plain_forest(estimator)
     for batch in (rows[:1], rows[:8], rows):
         expected = estimator.predict(pd.DataFrame(batch, columns=BOSTON_FEATURES) if kind.endswith("names") else batch)
