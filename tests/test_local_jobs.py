@@ -251,6 +251,8 @@ def test_training_job_follows_the_container_contract(store, tmp_path, opt_ml_mod
     assert set(model) == {"seen.json", "sub", "sub/weights.txt"}  # files at the root, no "./"
     assert model["sub/weights.txt"] == b"a,medv\n1,2\n"
     assert members(store, f"s3://mlops-local/mlops/{name}/output/output.tar.gz") == {"metrics.txt": b"ok"}
+    # gzip's default level (tar -czf), not the slowest: the gzip header's XFL byte is 2 only at level 9.
+    assert store.get_bytes(model_uri)[:2] == b"\x1f\x8b" and store.get_bytes(model_uri)[8] == 0
 
     seen = json.loads(model["seen.json"])
     work = tmp_path / "work" / name

@@ -674,10 +674,15 @@ def _output_base(request: dict, name: str) -> str:
     return f"{path.rstrip('/')}/{name}/output"
 
 
+PACK_LEVEL = 6
+
+
 def _pack(source: Path, archive: Path) -> Path:
     """A tar.gz of the directory's content, with the files at the archive root (as SageMaker packs it)."""
     archive.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(archive, "w:gz") as tar:
+    # gzip's default level, as `tar -czf` packs: tarfile's default, 9, took 2.5 s instead of 0.4 s
+    # on a 7 MB forest for 2% smaller archives, and was most of the Train step's time outside its script.
+    with tarfile.open(archive, "w:gz", compresslevel=PACK_LEVEL) as tar:
         for entry in sorted(source.iterdir()):
             tar.add(entry, arcname=entry.name)
     return archive
