@@ -156,6 +156,15 @@ def test_predict_fn_on_forests_is_exactly_the_estimators_predict(kind):
         assert np.array_equal(inference.predict_fn(batch, model), expected)
 
 
+def test_predict_fn_on_rows_of_the_wrong_width_raises_scikit_learns_error():
+    """The trees read columns unchecked, so a matrix of another width goes to the estimator's predict."""
+    rng = np.random.default_rng(2)
+    forest = RandomForestRegressor(n_estimators=3, random_state=0).fit(rng.random((30, 13)), rng.random(30))
+    model = inference.Model(forest, BOSTON_FEATURES)
+    with pytest.raises(ValueError, match="X has 12 features, but RandomForestRegressor is expecting 13"):
+        inference.predict_fn(rng.random((2, 12)), model)
+
+
 def test_predict_fn_leaves_other_estimators_to_their_own_predict():
     """Subclasses, multi-output forests and unfitted ones are not summed by hand."""
 

@@ -144,3 +144,45 @@ def test_inside_the_worker_a_refusal_becomes_its_response(tmp_path, monkeypatch)
         assert response.status_code == 415
     with pytest.raises(handlers.InvalidInput, match="row 2 has 1 values"):  # outside a request: raised
         handlers.input_fn("1,2\n3\n", "text/csv", features)
+
+
+# Run by the container's Python (3.9, scikit-learn 1.2.1, numpy 1.24.1): predict_fn sums a forest's
+# trees itself, so its predictions must be that scikit-learn's predict, bit for bit, there too.
+FOREST_CHECK = """
+import importlib.util, json, sys
+import numpy as np
+from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+spec = importlib.util.spec_from_file_location("inference", sys.argv[1])
+inference = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(inference)
+rng = np.random.default_rng(7)
+X = rng.normal(scale=[1, 10, 100, 1e3, 1e4, 0.01, 1, 5], size=(400, 8))
+y = X @ rng.normal(size=8) + rng.normal(size=400)
+rows = rng.normal(scale=200, size=(3000, 8))
+same = {}
+for kind in (RandomForestRegressor, ExtraTreesRegressor):
+    forest = kind(n_estimators=20, random_state=3).fit(X, y)
+    model = inference.Model(forest, ["x%d" % i for i in range(8)])
+    for n in (1, 8, 3000):
+        same["%s %d" % (kind.__name__, n)] = inference.predict_fn(rows[:n], model).tobytes() == forest.predict(rows[:n]).tobytes()
+import sklearn
+print(json.dumps({"sklearn": sklearn.__version__, "same": same}))
+"""
+
+
+def test_forest_predictions_in_the_containers_scikit_learn_are_its_predict(tmp_path):
+    import subprocess
+
+    from mlops_dagster.serving.app import INFERENCE_PY
+
+    try:
+        python = container.worker_python()
+    except container.IndexUnreachable as exc:
+        pytest.skip(f"the package index is unreachable, so the container's scikit-learn cannot be installed: {exc}")
+    script = tmp_path / "forest_check.py"
+    script.write_text(FOREST_CHECK)
+    proc = subprocess.run([str(python), str(script), str(INFERENCE_PY)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["sklearn"] == "1.2.1"
+    assert result["same"] == dict.fromkeys(result["same"], True) and len(result["same"]) == 6
