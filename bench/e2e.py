@@ -21,6 +21,15 @@ gives each run an empty one, `warm` one that an untimed build filled first.
     .venv/bin/python bench/e2e.py [--runs 3] [--mode fresh|rerun] [--select '*'] [--source synthetic|PATH]
                                   [--definition-cache cold|warm]
     .venv/bin/python bench/e2e.py --select '*trained_model' --source /work/shared/data/BostonHousing.csv
+    .venv/bin/python bench/e2e.py --sqlite both    # same-run comparison of the instance's SQLite tuning
+
+`--sqlite durable` runs with MLOPS_DAGSTER_SQLITE_DURABLE=1 (SQLite's defaults for the Dagster
+instance, see mlops_dagster/instance_storage.py); `both` alternates tuned and durable runs.
+
+The floor printed at the end is what the container contract and the CLI cannot avoid here, each
+in a fresh process as in a run: the CLI importing Dagster, each job's script process importing
+pandas and scikit-learn (three jobs, one after another: each needs the previous one's output) and
+the endpoint server importing its handlers and scikit-learn.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ NOTICED = re.compile(r"^(execution \S+ ended|step \S+: (Succeeded|Failed|Stopped
 
 
 DEFINITION_CACHE = "MLOPS_DEFINITION_CACHE_DIR"
+DURABLE_SQLITE = "MLOPS_DAGSTER_SQLITE_DURABLE"
 
 
 def _env(home: str, source: str) -> dict:
@@ -104,6 +114,7 @@ def breakdown(home: str, started_at: float, wall: float) -> dict[str, float]:
                 noticed = event.timestamp  # the last one: when the wait saw the execution end
         asset_total = sum(v for k, v in parts.items() if k.startswith("asset "))
         parts["dagster: between assets (run setup, IO, events)"] = last - first - asset_total
+        parts["dagster: events written by the run (count)"] = float(len(events))
     if "asset trained_model" in parts:
         parts.update(_execution_parts(home, noticed))
     return parts
@@ -191,26 +202,60 @@ def main() -> None:
     parser.add_argument("--select", default="*", help="Dagster asset selection, e.g. '*trained_model'")
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--definition-cache", choices=("cold", "warm"), default="cold")
+    parser.add_argument("--sqlite", choices=("tuned", "durable", "both"), default="tuned")
     args = parser.parse_args()
     warm = tempfile.TemporaryDirectory(prefix="mlops-bench-cache-")
     if args.definition_cache == "warm":
         warm_definition_cache(warm.name, args.source)
-    runs = []
+    modes = ("tuned", "durable") if args.sqlite == "both" else (args.sqlite,)
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for i in range(args.runs):
-        parts = one_run(args.mode, args.select, args.source)
-        runs.append(parts)
-        print(f"run {i + 1}: wall {parts['wall']:6.2f} s", flush=True)
-    names = list(dict.fromkeys(k for parts in runs for k in parts))
+        for mode in modes:  # alternated, so that a change in the machine's load hits both alike
+            _set_sqlite(mode)
+            parts = one_run(args.mode, args.select, args.source)
+            runs[mode].append(parts)
+            print(f"run {i + 1} ({mode} sqlite): wall {parts['wall']:6.2f} s", flush=True)
     warm.cleanup()
     print(f"\nmode {args.mode}, select {args.select!r}, source {args.source}, "
           f"definition cache {args.definition_cache}, runs {args.runs} (medians, s)")
+    names = list(dict.fromkeys(k for mode in modes for parts in runs[mode] for k in parts))
+    print(f"  {'':<62} " + " ".join(f"{mode:>8}" for mode in modes))
     for name in names:
-        values = [parts[name] for parts in runs if name in parts]
-        print(f"  {name:<62} {statistics.median(values):7.2f}")
-    # Imports a job's script process pays before the script's own work (same interpreter as jobs).
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import pandas, sklearn.ensemble, joblib"], check=True)
-    print(f"  {'reference: a bare python importing pandas + scikit-learn':<62} {time.perf_counter() - started:7.2f}")
+        cells = []
+        for mode in modes:
+            values = [parts[name] for parts in runs[mode] if name in parts]
+            cells.append(f"{statistics.median(values):8.2f}" if values else f"{'-':>8}")
+        print(f"  {name:<62} " + " ".join(cells))
+    print_floor()
+
+
+def _set_sqlite(mode: str) -> None:
+    if mode == "durable":
+        os.environ[DURABLE_SQLITE] = "1"
+    else:
+        os.environ.pop(DURABLE_SQLITE, None)
+
+
+def _import_seconds(code: str, runs: int = 3) -> float:
+    """Median wall time of a fresh interpreter running ``code`` (the process start included)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def print_floor() -> None:
+    """The imports a run cannot avoid, each measured in a fresh process (medians of 3)."""
+    cli = _import_seconds("import dagster")
+    job = _import_seconds("import pandas, sklearn.ensemble, joblib")
+    server = _import_seconds("import pandas, sklearn.ensemble, joblib, starlette, uvicorn")
+    print("\nfloor: imports in fresh processes that a full local run cannot avoid (medians of 3, s)")
+    print(f"  {'the CLI: import dagster':<62} {cli:7.2f}")
+    print(f"  {'a job script: import pandas, sklearn.ensemble, joblib':<62} {job:7.2f}")
+    print(f"  {'the endpoint server: the same, and starlette, uvicorn':<62} {server:7.2f}")
+    print(f"  {'floor of the full graph: CLI + 3 jobs in sequence + server':<62} {cli + 3 * job + server:7.2f}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,10 @@ from dagster import BetaWarning, PreviewWarning
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
+from . import instance_storage  # noqa: E402
 from .definitions import build_definitions  # noqa: E402
+
+instance_storage.install()  # fewer fsyncs per Dagster event (see instance_storage.py)
 
 defs = build_definitions()
 

@@ -1,0 +1,62 @@
+"""The SQLite tuning of the Dagster instance's storage (mlops_dagster/instance_storage.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+
+from mlops_dagster import instance_storage
+
+
+def _synchronous(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("PRAGMA synchronous")).scalar()
+
+
+def test_dagster_sqlite_connections_commit_without_fsync_and_keep_a_connection(tmp_path):
+    assert instance_storage.install()  # the code location's import installed it already: idempotent
+    path = tmp_path / "runs.db"
+    engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)  # as Dagster's sqlite storage does
+    with engine.begin() as connection:
+        connection.execute(text("PRAGMA journal_mode=WAL"))
+        connection.execute(text("CREATE TABLE events (id INTEGER)"))
+        connection.execute(text("INSERT INTO events VALUES (1)"))
+    assert _synchronous(engine) == 1  # NORMAL (FULL is 2)
+    assert str(path) in instance_storage.held_files()
+    # With a connection held, closing the writer leaves the WAL for a later checkpoint.
+    assert (tmp_path / "runs.db-wal").exists()
+    # Another process's view (a plain connection) sees the committed row.
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+def test_held_connections_are_bounded_and_eviction_checkpoints(tmp_path, monkeypatch):
+    monkeypatch.setattr(instance_storage, "MAX_HELD", 2)
+    paths = [tmp_path / f"{n}.db" for n in range(3)]
+    for path in paths:
+        engine = create_engine(f"sqlite:///{path}", poolclass=NullPool)
+        with engine.begin() as connection:
+            connection.execute(text("PRAGMA journal_mode=WAL"))
+            connection.execute(text("CREATE TABLE t (x INTEGER)"))
+    held = instance_storage.held_files()
+    assert str(paths[0]) not in held and {str(paths[1]), str(paths[2])} <= set(held)
+    # The evicted database had its last connection closed: its WAL was checkpointed and removed.
+    assert not (tmp_path / "0.db-wal").exists()
+    assert sqlite3.connect(paths[0]).execute("SELECT count(*) FROM t").fetchone() == (0,)
+
+
+def test_in_memory_databases_are_not_held():
+    engine = create_engine("sqlite://", poolclass=NullPool)
+    before = instance_storage.held_files()
+    assert _synchronous(engine) == 1
+    assert instance_storage.held_files() == before
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES"])
+def test_durable_setting_keeps_sqlite_defaults(monkeypatch, value):
+    monkeypatch.setenv(instance_storage.DURABLE_ENV, value)
+    monkeypatch.setattr(instance_storage, "_installed", False)
+    assert instance_storage.install() is False
+    assert instance_storage._installed is False
