@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from mlops_dagster import objects as object_store_module  # the local files live there
 from mlops_dagster.definitions import build_definitions
-from mlops_dagster.resources import object_store as object_store_module
 from mlops_dagster.resources.object_store import LocalObjectStore, ObjectNotFound, split_uri
 
 

@@ -146,7 +146,7 @@ def _sampling_percentage(value: Any) -> int:
 
 
 def _destination(value: Any) -> str:
-    from mlops_dagster.resources.object_store import key_prefix  # here: it imports dagster
+    from mlops_dagster.objects import key_prefix
 
     if not isinstance(value, str) or not value.startswith("s3://"):
         raise CaptureConfigError(

@@ -57,13 +57,16 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
-from mlops_dagster.resources.object_store import ObjectStore, ObjectStoreError, split_uri
+from mlops_dagster.objects import ObjectStoreError, split_uri
 from mlops_dagster.sagemaker.local import contract, opt_ml
+
+if TYPE_CHECKING:
+    from mlops_dagster.resources.object_store import ObjectStore
 
 OPT_ML = "/opt/ml"
 PROCESSING_ROOT = "/opt/ml/processing/"  # SageMaker requires every processing LocalPath under it

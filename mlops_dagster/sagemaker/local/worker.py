@@ -39,6 +39,7 @@ from .models import (
 )
 
 if TYPE_CHECKING:
+    from mlops_dagster.objects import LocalObjects
     from mlops_dagster.resources.object_store import ObjectStore
 
 log = logging.getLogger("mlops_dagster.sagemaker.local.worker")
@@ -71,21 +72,22 @@ _by_execution: dict[str, subprocess.Popen] = {}
 
 def store_config(store: ObjectStore) -> str:
     """What the worker needs to rebuild the store in its own process."""
-    from mlops_dagster.resources.object_store import LocalObjectStore
+    from mlops_dagster.objects import LocalFiles
 
-    if not isinstance(store, LocalObjectStore):
+    if not isinstance(store, LocalFiles):
         raise TypeError(f"the local SageMaker service runs on a LocalObjectStore, not {type(store).__name__}")
     return json.dumps({"kind": "local", "root": str(Path(store.root).resolve())})
 
 
-def store_from_config(config: str) -> ObjectStore:
-    """A store from ``store_config`` output, or a bare root directory."""
-    from mlops_dagster.resources.object_store import LocalObjectStore
+def store_from_config(config: str) -> LocalObjects:
+    """A store from ``store_config`` output, or a bare root directory (without Dagster: the
+    worker would spend about a second importing it)."""
+    from mlops_dagster.objects import LocalObjects
 
     spec = json.loads(config) if config.lstrip().startswith("{") else {"kind": "local", "root": config}
     if spec.get("kind") != "local":
         raise ValueError(f"unknown store config {config!r}")
-    return LocalObjectStore(root=spec["root"])
+    return LocalObjects(spec["root"])
 
 
 def launch(home: Path, store: ObjectStore, execution_arn: str, log_path: Path) -> subprocess.Popen:
