@@ -1,7 +1,8 @@
 """Training step: a random forest on train.csv (the recipe's train.py, with its defects fixed).
 
 Same contract as the recipe's script: --model-dir (SM_MODEL_DIR) and --training
-(SM_CHANNEL_TRAINING, which holds train.csv); model.joblib and evaluation.json are written
+(SM_CHANNEL_TRAINING, which holds train.csv, or CSV part files with the same columns when the
+preprocessing was sharded: read in name order as one table); model.joblib and evaluation.json are written
 to the model directory, which SageMaker packs into model.tar.gz. Beyond the recipe:
 - hyperparameters target, n_estimators, max_depth, min_samples_leaf, max_samples, random_state
   (SageMaker passes each one as a "--name value" string pair);
@@ -121,11 +122,40 @@ def finite_numbers(column):
     return pd.api.types.is_numeric_dtype(column) and bool(np.isfinite(column.to_numpy(dtype=float)).all())
 
 
+def channel_files(directory):
+    """train.csv when the channel holds it (the recipe's layout), else every CSV under it in name order."""
+    single = os.path.join(directory, "train.csv")
+    if os.path.isfile(single) or not os.path.isdir(directory):
+        return [single]
+    found = [
+        os.path.join(root, name) for root, _dirs, files in os.walk(directory) for name in files if name.endswith(".csv")
+    ]
+    return sorted(found, key=lambda path: os.path.relpath(path, directory)) or [single]
+
+
+def read_csvs(paths):
+    """The CSV files as one table, in the first file's column order; other columns are an error."""
+    for path in paths:
+        if not os.path.isfile(path):
+            raise TrainingError(f"{path} not found")
+    frames = [pd.read_csv(paths[0])]
+    for path in paths[1:]:
+        frame = pd.read_csv(path)
+        if sorted(map(str, frame.columns)) != sorted(map(str, frames[0].columns)):
+            raise TrainingError(
+                f"{path}: columns {list(frame.columns)} differ from {paths[0]}'s {list(frames[0].columns)}; "
+                "every CSV of the training channel needs the same columns"
+            )
+        frames.append(frame[list(frames[0].columns)])
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+
+
 def load_xy(path, target, features=None):
-    """Read a CSV and split it into features (in `features` order if given) and target."""
-    if not os.path.isfile(path):
-        raise TrainingError(f"{path} not found")
-    frame = pd.read_csv(path)
+    """Read a CSV (or the CSV parts of a channel, `path` a list) and split it into features (in
+    `features` order if given) and target."""
+    paths = path if isinstance(path, list) else [path]
+    path = paths[0] if len(paths) == 1 else f"{os.path.dirname(paths[0])} ({len(paths)} CSV files)"
+    frame = read_csvs(paths)
     if target not in frame.columns:
         raise TrainingError(
             f"target column '{target}' not found in {path} (columns: {', '.join(map(str, frame.columns))}); "
@@ -188,9 +218,10 @@ def cpu_count():
 
 def main(argv=None):
     args = parse_args(argv)
-    X, y = load_xy(os.path.join(args.training, "train.csv"), args.target)
+    train_files = channel_files(args.training)
+    X, y = load_xy(train_files, args.target)
     if len(X) == 0:
-        raise TrainingError(f"{os.path.join(args.training, 'train.csv')} has no rows")
+        raise TrainingError(f"{train_files[0] if len(train_files) == 1 else args.training} has no rows")
 
     X_eval = None
     if args.validation and os.path.isdir(args.validation):

@@ -62,6 +62,8 @@ MAX_PREVIEW_CELL = 40  # ... characters per cell shown in the preview
 MAX_SYNTHETIC_ROWS = 10_000_000  # about 1.1 GB as a table (streamed: never held whole)
 MAX_SEED = 2**63 - 1
 MAX_CHUNK_ROWS = 10_000_000
+MAX_TRAIN_PARTS = 10_000
+TRAIN_PARTS_DIR = "train"  # the part files' folder under the dataset prefix (pipeline_builder reads it)
 
 
 @dataclass
@@ -118,6 +120,7 @@ S3_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "train_fraction": (0, 1, True),
     "seed": (0, MAX_SEED, False),
     "chunk_rows": (1, MAX_CHUNK_ROWS, False),
+    "train_parts": (1, MAX_TRAIN_PARTS, False),
 }
 
 
@@ -171,6 +174,12 @@ class S3DatasetConfig(Config):
     chunk_rows: int = Field(
         default=CHUNK_ROWS,
         description=f"rows read and written at a time, 1 to {MAX_CHUNK_ROWS:,} (memory vs. speed; the files are the same)",
+    )
+    train_parts: int = Field(
+        default=1,
+        description=f"1: the train rows in train.csv (the recipe); 2 to {MAX_TRAIN_PARTS:,}: also as that many "
+        "part files train/part-00000.csv … for a sharded Preprocess (a multiple of the pipeline's "
+        "processing_instance_count, e.g. twice it)",
     )
 
     @field_validator(*S3_RANGES)
@@ -526,6 +535,10 @@ def s3_dataset(
         if split.stage_fingerprint != raw_data.verdict.fingerprint:
             raise _not_checked_table()
         digests = {f"{name}.csv": split.sha256[name] for name in ("train", "validation")}
+        if config.train_parts > 1:
+            parts = _write_parts(paths["train.csv"], split.rows["train"], config.train_parts, Path(tmp, "parts"))
+            paths.update({name: path for name, (path, _sha) in parts.items()})
+            digests.update({name: sha for name, (_path, sha) in parts.items()})
         dataset_sha = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
         prefix = settings.uri("data", dataset_sha[:16]) + "/"
         manifest_uri = prefix + "manifest.json"
@@ -544,6 +557,8 @@ def s3_dataset(
             # The manifest goes last: a prefix without it is incomplete and is written again.
             manifest = {"files": digests, "rows": split.rows, "columns": columns, "source": raw_data.source,
                         "rule": asdict(rule)}  # fmt: skip
+            if config.train_parts > 1:
+                manifest["train_parts"] = config.train_parts
             store.put_bytes(manifest_uri, json.dumps(manifest, indent=2, sort_keys=True).encode())
 
     value = {
@@ -556,7 +571,10 @@ def s3_dataset(
         "features": list(rule.features),
         "target": rule.target,
         "version_ids": {name: info.version_id for name, info in infos.items() if info and info.version_id},
+        "train_parts": config.train_parts,
     }
+    if config.train_parts > 1:
+        value["train_parts_uri"] = prefix + TRAIN_PARTS_DIR + "/"
     metadata = {
         "uri": prefix,
         "train_uri": value["train_uri"],
@@ -572,6 +590,38 @@ def s3_dataset(
         "validation_link": store.link(value["validation_uri"]),
         "column_summary": summary.metadata(),
     }
+    if config.train_parts > 1:
+        metadata["train_parts"] = config.train_parts
+        metadata["train_parts_uri"] = value["train_parts_uri"]
     for name, version in value["version_ids"].items():
-        metadata[f"{name.split('.')[0]}_version_id"] = version
+        if "/" not in name:  # a part file's version is in the value, not one entry per part
+            metadata[f"{name.split('.')[0]}_version_id"] = version
     return Output(value, metadata=bounded_metadata(metadata), data_version=DataVersion(dataset_sha))
+
+
+def _write_parts(train: Path, rows: int, parts: int, folder: Path) -> dict[str, tuple[Path, str]]:
+    """train.csv's rows cut into ``parts`` files of consecutive rows (its rows are already shuffled),
+    each with the header: {"train/part-00000.csv": (path, sha256), ...}. Streamed, line by line."""
+    if parts > rows:
+        raise Failure(
+            f"s3_dataset config train_parts is {parts:,} but the train split has {rows:,} rows: every part needs "
+            "at least one row; lower train_parts (a multiple of the pipeline's processing_instance_count)"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    with train.open("rb") as source:
+        header = source.readline()
+        for index in range(parts):
+            count = (index + 1) * rows // parts - index * rows // parts
+            name = f"part-{index:05d}.csv"
+            digest = hashlib.sha256(header)
+            with (folder / name).open("wb") as sink:
+                sink.write(header)
+                lines = itertools.islice(source, count)
+                while block := b"".join(itertools.islice(lines, 65_536)):
+                    sink.write(block)
+                    digest.update(block)
+            written[f"{TRAIN_PARTS_DIR}/{name}"] = (folder / name, digest.hexdigest())
+        if source.readline():  # the split wrote one line per row: anything left is a bug, not data
+            raise Failure(f"{train} has more lines than its {rows:,} rows; nothing was written")
+    return written

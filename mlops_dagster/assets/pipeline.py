@@ -43,6 +43,7 @@ MAX_WAIT_SECONDS = 28 * 24 * 3600  # SageMaker's longest training job
 INSTANCE_TYPE = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"  # e.g. ml.m5.large, ml.g4dn.xlarge
 # pipeline_builder.DEFAULT_MAX_MODEL_BYTES (not imported here: the SDK takes seconds to import).
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
+MAX_PROCESSING_INSTANCES = 100  # SageMaker's limit for a processing job's InstanceCount
 
 
 class PipelineConfig(Config):
@@ -53,6 +54,12 @@ class PipelineConfig(Config):
     )  # fmt: skip
     train_instance_type: str = Field(default="ml.m5.large", pattern=INSTANCE_TYPE, description="e.g. ml.m5.large")
     processing_instance_type: str = Field(default="ml.m5.large", pattern=INSTANCE_TYPE, description="e.g. ml.m5.large")
+    processing_instance_count: int = Field(
+        default=1, ge=1, le=MAX_PROCESSING_INSTANCES,
+        description="instances of the Preprocess step, 1 to 100; above 1 the step is sharded: a Statistics step "
+        "computes the train medians, then each instance cleans its share of the train part files (set s3_dataset's "
+        "train_parts to a multiple of this count)",
+    )  # fmt: skip
     approval_status: str = Field(
         default="PendingManualApproval", description="PendingManualApproval, Approved or Rejected"
     )
@@ -109,6 +116,9 @@ def pipeline_definition(
         "mse_threshold": config.mse_threshold,
         "train_instance_type": config.train_instance_type,
         "processing_instance_type": config.processing_instance_type,
+        # Only when sharded: the recipe's definition (and its cache key) stay as they were.
+        **({"processing_instance_count": config.processing_instance_count}
+           if config.processing_instance_count > 1 else {}),
         "approval_status": config.approval_status,
         "max_model_bytes": config.max_model_bytes,
         "hyperparameters": {
@@ -161,6 +171,7 @@ def pipeline_definition(
             "definition_sha256": sha,
             "target": spec.target,
             "model_package_group": spec.model_package_group,
+            "processing_instance_count": config.processing_instance_count,
         },
         metadata={
             "pipeline_name": spec.name,
@@ -171,6 +182,7 @@ def pipeline_definition(
             "build_seconds": round(build_seconds, 3),
             "parameters": MetadataValue.json(parameters),
             "model_package_group": spec.model_package_group,
+            "processing_instance_count": config.processing_instance_count,
             "training_code_sha256": code_version(spec.training_dir),
             "step_graph": MetadataValue.md(f"```mermaid\n{step_graph_mermaid(definition)}\n```"),
         },
@@ -208,6 +220,9 @@ def pipeline_execution(
             f"s3_dataset's target column is {s3_dataset['target']!r} but the pipeline was built for "
             f"{pipeline_definition['target']!r}: set the same `target` in raw_data and pipeline_definition config"
         )
+    uneven = _check_shards(s3_dataset, pipeline_definition)
+    if uneven:
+        context.log.warning(uneven)
     response = sagemaker.get_client().start_pipeline_execution(
         PipelineName=pipeline_definition["pipeline_name"],
         PipelineExecutionDisplayName=f"dagster-run-{context.run_id}",
@@ -226,6 +241,27 @@ def pipeline_execution(
             "definition_sha256": pipeline_definition["definition_sha256"],
         },
     )
+
+
+def _check_shards(s3_dataset: dict, pipeline_definition: dict) -> str | None:
+    """A sharded Preprocess needs the train rows as at least one part file per instance; a warning
+    when the parts do not divide evenly among the instances."""
+    instances = pipeline_definition.get("processing_instance_count", 1)  # absent from older values
+    parts = s3_dataset.get("train_parts", 1)
+    if instances > 1 and parts < instances:
+        layout = "a single train.csv" if parts == 1 else f"{parts} train part files"
+        raise Failure(
+            f"the pipeline's Preprocess runs on {instances} instances (processing_instance_count) but s3_dataset "
+            f"{s3_dataset['uri']} holds {layout}: an instance would get no train rows. Set s3_dataset's config "
+            f"train_parts to a multiple of {instances} (e.g. {2 * instances}) and materialize s3_dataset again, "
+            "or set processing_instance_count to 1"
+        )
+    if instances > 1 and parts % instances:
+        return (
+            f"s3_dataset's {parts} train parts do not divide evenly among the {instances} Preprocess instances: "
+            f"some clean {parts // instances + 1} parts, others {parts // instances}"
+        )
+    return None
 
 
 def latest_execution_arn(context: AssetExecutionContext) -> str:

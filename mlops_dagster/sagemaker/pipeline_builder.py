@@ -11,6 +11,14 @@ RegisterModel names the model's drift baselines (``DriftCheckBaselines`` can onl
 package is created) at URIs fixed in the definition, ``Std:Join`` of the execution id:
 ``s3://{bucket}/{prefix}/{pipeline}/{execution-id}/baseline/{data,prediction}/``; the
 ``registered_model`` asset writes the files there (``monitoring/store.py`` says which field holds which).
+
+Sharded preprocessing (``processing_instance_count`` N > 1): the dataset's train rows are CSV
+part files under ``{InputData}train/`` (``s3_dataset`` config ``train_parts``). A Statistics step
+(one instance, every part) computes the train medians into ``statistics.json``; Preprocess then
+runs on N instances, the parts ``ShardedByS3Key``, validation.csv and the statistics
+``FullyReplicated``, and imputes with those global medians (``preprocess.py`` says how each
+instance names its output so none overwrites another). With N = 1 the definition is the recipe's.
+A spec field, not a pipeline parameter: the count decides whether the Statistics step exists.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 # vCPU (2), each holding the model, beside the OS and two Python processes: 2 x 1 GiB leaves
 # about 1.5 GiB of headroom.
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
+MAX_PROCESSING_INSTANCES = 100  # SageMaker's limit for a processing job's InstanceCount
 # Model Monitor's baseline file names (monitoring/baseline.py; not imported: it pulls pandas into the builder).
 STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
 
@@ -87,6 +96,8 @@ class PipelineSpec:
     max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES
     train_instance_type: str = "ml.m5.large"
     processing_instance_type: str = "ml.m5.large"
+    # Instances of the Preprocess step; above 1 the train data must be part files (module docstring).
+    processing_instance_count: int = 1
     approval_status: str = "PendingManualApproval"
     # min_samples_leaf and max_samples are left to train.py's "auto", which bounds the model's size.
     hyperparameters: dict = field(default_factory=lambda: {"n_estimators": 100, "random_state": 42})
@@ -110,6 +121,12 @@ def build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
 def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline:
     if isinstance(spec.max_model_bytes, bool) or not isinstance(spec.max_model_bytes, int) or spec.max_model_bytes <= 0:
         raise ValueError(f"max_model_bytes must be a whole number of bytes above 0, got {spec.max_model_bytes!r}")
+    count = spec.processing_instance_count
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_PROCESSING_INSTANCES:
+        raise ValueError(
+            f"processing_instance_count must be a whole number from 1 to {MAX_PROCESSING_INSTANCES} "
+            f"(SageMaker's limit), got {count!r}"
+        )
     if spec.approval_status not in APPROVAL_STATUSES:
         raise ValueError(f"approval_status {spec.approval_status!r} is not one of {APPROVAL_STATUSES}")
     for script in ("preprocess.py", "evaluate.py"):
@@ -130,28 +147,30 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     processing_instance = ParameterString("ProcessingInstanceType", default_value=spec.processing_instance_type)
     approval = ParameterString("ModelApprovalStatus", default_value=spec.approval_status)
 
-    def processor(base: str) -> SKLearnProcessor:
+    def processor(base: str, instance_count: int = 1) -> SKLearnProcessor:
         return SKLearnProcessor(
             framework_version=FRAMEWORK_VERSION,
             role=spec.role_arn,
             instance_type=processing_instance,
-            instance_count=1,
+            instance_count=instance_count,
             base_job_name=f"{spec.name}-{base}",
             sagemaker_session=session,
         )
 
-    preprocess = ProcessingStep(
-        name="Preprocess",
-        step_args=processor("preprocess").run(
-            code=str(source / "preprocess.py"),
-            inputs=[ProcessingInput(source=input_data, destination=f"{PROCESSING}/input")],
-            outputs=[
-                ProcessingOutput(output_name=split, source=f"{PROCESSING}/{split}")
-                for split in ("train", "validation", "test")
-            ],
-            arguments=["--input-dir", f"{PROCESSING}/input", "--output-dir", PROCESSING, "--target", spec.target],
-        ),
-    )
+    if count == 1:
+        preprocess = ProcessingStep(
+            name="Preprocess",
+            step_args=processor("preprocess").run(
+                code=str(source / "preprocess.py"),
+                inputs=[ProcessingInput(source=input_data, destination=f"{PROCESSING}/input")],
+                outputs=_split_outputs(),
+                arguments=["--input-dir", f"{PROCESSING}/input", "--output-dir", PROCESSING, "--target", spec.target],
+            ),
+        )
+        first_steps = [preprocess]
+    else:
+        first_steps = _sharded_preprocess(spec, source, input_data, processor)
+        preprocess = first_steps[-1]
     outputs = preprocess.properties.ProcessingOutputConfig.Outputs
 
     hyperparameters = {"target": spec.target, **spec.hyperparameters} if spec.pass_hyperparameters else {}
@@ -271,10 +290,57 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     return Pipeline(
         name=spec.name,
         parameters=[input_data, mse_threshold, train_instance, processing_instance, approval, max_model_bytes],
-        steps=[preprocess, train, evaluate, check],
+        steps=[*first_steps, train, evaluate, check],
         pipeline_experiment_config=None,
         sagemaker_session=session,
     )
+
+
+def _split_outputs() -> list[ProcessingOutput]:
+    return [
+        ProcessingOutput(output_name=split, source=f"{PROCESSING}/{split}") for split in ("train", "validation", "test")
+    ]
+
+
+def _sharded_preprocess(spec: PipelineSpec, source: Path, input_data: ParameterString, processor) -> list[ProcessingStep]:
+    """Statistics (one instance, every train part) then Preprocess on the spec's instances, each
+    given its shard of the parts and the global statistics (module docstring)."""
+    inputs = f"{PROCESSING}/input"
+    train_parts = Join(on="", values=[input_data, "train/"])  # InputData ends with "/" (s3_dataset's uri)
+    statistics = ProcessingStep(
+        name="Statistics",
+        step_args=processor("statistics").run(
+            code=str(source / "preprocess.py"),
+            inputs=[ProcessingInput(source=train_parts, destination=f"{inputs}/train")],
+            outputs=[ProcessingOutput(output_name="statistics", source=f"{PROCESSING}/statistics")],
+            arguments=[
+                "--mode", "statistics", "--input-dir", inputs, "--output-dir", PROCESSING, "--target", spec.target,
+            ],  # fmt: skip
+        ),
+    )
+    statistics_uri = statistics.properties.ProcessingOutputConfig.Outputs["statistics"].S3Output.S3Uri
+    preprocess = ProcessingStep(
+        name="Preprocess",
+        step_args=processor("preprocess", spec.processing_instance_count).run(
+            code=str(source / "preprocess.py"),
+            inputs=[
+                ProcessingInput(
+                    source=train_parts, destination=f"{inputs}/train", s3_data_distribution_type="ShardedByS3Key"
+                ),
+                ProcessingInput(
+                    source=Join(on="", values=[input_data, "validation.csv"]), destination=f"{inputs}/validation"
+                ),
+                ProcessingInput(source=statistics_uri, destination=f"{inputs}/statistics"),
+            ],
+            outputs=_split_outputs(),
+            arguments=[
+                "--mode", "transform", "--input-dir", inputs, "--output-dir", PROCESSING, "--target", spec.target,
+                "--statistics", f"{inputs}/statistics/statistics.json",
+                "--resource-config", "/opt/ml/config/resourceconfig.json",
+            ],  # fmt: skip
+        ),
+    )
+    return [statistics, preprocess]
 
 
 def baseline_sources(spec: PipelineSpec, kind: str) -> dict[str, MetricsSource]:
