@@ -1,9 +1,13 @@
 """Throughput and latency of the local endpoint against the same predictions made in-process.
 
 Trains the pipeline's model (random forest, 100 trees, 1,000 synthetic rows), starts a local
-endpoint server on 127.0.0.1, deploys the model, and drives it with concurrent clients (threads,
-one keep-alive connection each) for single-row and 1,000-row CSV requests. Every phase stops at
-a request count or a time limit, whichever comes first. The floor is model.predict in this
+endpoint server on 127.0.0.1, deploys the model, and drives it with concurrent clients (one
+keep-alive connection each) for single-row and 1,000-row CSV requests. Every phase stops at a
+request count or a time limit, whichever comes first. The clients run in their own process
+(bench/http_load.py: one asyncio loop, httptools parsing): client and server share this machine's
+cores, and Python threads on http.client cost about as much CPU per request as the server itself.
+The same run also drives the endpoint with those threads (http.client, in this process), as the
+bench did before, to show the client's share. The floor is model.predict in this
 process on the model as the endpoint loads it (model_fn), with one thread and with as many
 threads as clients; "handlers" adds the CSV parsing and writing the endpoint does. The server is
 stopped at the end.
@@ -34,6 +38,8 @@ import hashlib
 import http.client
 import json
 import os
+import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -53,6 +59,7 @@ from mlops_dagster.serving.app import load_handlers
 from mlops_dagster.serving.batching import ENV_BATCHING
 
 handlers = load_handlers()
+HTTP_LOAD = Path(__file__).resolve().parent / "http_load.py"
 
 
 @dataclass
@@ -148,6 +155,41 @@ def http_client(record: process.EndpointRecord, bodies: list[bytes]) -> Callable
     return make
 
 
+@dataclass
+class HttpLoad:
+    """A phase's HTTP clients in their own process (bench/http_load.py), one connection each."""
+
+    record: process.EndpointRecord
+    bodies: list[bytes]
+
+    def run(self, label: str, connections: int, budget: int, seconds: float, rows: int) -> tuple[Figures, list[str]]:
+        """The phase's figures and its errors (non-200 answers, failed connections)."""
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as bodies:
+            json.dump([b.decode() for b in self.bodies], bodies)
+            bodies.flush()
+            command = [sys.executable, str(HTTP_LOAD), "--port", str(self.record.port), "--connections"]
+            command += [str(connections), "--seconds", str(seconds), "--budget", str(budget), "--bodies", bodies.name]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{HTTP_LOAD.name} failed ({done.returncode}): {done.stderr[-2000:]}")
+        result = json.loads(done.stdout)
+        return Figures(label, result["latencies"], result["wall"], rows), result["errors"]
+
+    def __call__(self, label: str, connections: int, budget: int, seconds: float, rows: int) -> Figures:
+        """A phase that must not fail: any error stops the bench."""
+        figures, errors = self.run(label, connections, budget, seconds, rows)
+        if errors:
+            raise RuntimeError(f"{label}: {len(errors)} errors, e.g. {errors[0]}")
+        return figures
+
+
+def run_phase(label: str, threads: int, budget: int, seconds: float, rows: int, factory) -> Figures:
+    """An HttpLoad phase in its own process, else ``drive`` on threads in this process."""
+    if isinstance(factory, HttpLoad):
+        return factory(label, threads, budget, seconds, rows)
+    return drive(label, threads, budget, seconds, rows, factory)
+
+
 def in_process(model, bodies: list[bytes], with_handlers: bool) -> Callable[[], Callable[[int], None]]:
     matrices = [handlers.input_fn(b, "text/csv", model.features) for b in bodies]
 
@@ -189,7 +231,8 @@ def phases(n: int, record, model, as_trained, bodies: list[bytes]) -> list[tuple
     """(label, threads, share of the call budget and time limit, call factory) of one request size."""
     fitted = handlers.Model(as_trained, model.features)
     return [
-        (f"endpoint over HTTP, {n} clients", n, 1.0, http_client(record, bodies)),
+        (f"endpoint over HTTP, {n} clients", n, 1.0, HttpLoad(record, bodies)),
+        (f"endpoint over HTTP, {n} http.client threads here", n, 1.0, http_client(record, bodies)),
         (f"in-process predict, {n} threads", n, 1.0, in_process(model, bodies, False)),
         (f"in-process handlers, {n} threads", n, 1.0, in_process(model, bodies, True)),
         ("in-process predict, 1 thread", 1, 1.0, in_process(model, bodies, False)),
@@ -220,7 +263,7 @@ def capture_comparison(args, record, archive: Path, sha256: str, X: np.ndarray, 
         order = [("capture on (100%)", capture_spec(home)), ("capture off", None)]
         for label, capture in order if round_number % 2 == 0 else order[::-1]:
             process.deploy(record, archive, sha256, "arn:bench", X[:2], capture=capture)  # same model: capture only
-            figures = drive(label, args.clients, args.single, args.seconds, 1, http_client(record, bodies))
+            figures = HttpLoad(record, bodies)(label, args.clients, args.single, args.seconds, 1)
             pooled[label] = pooled[label].add(figures) if label in pooled else figures
         print(f"  capture round {round_number + 1} done, load average {_load()}", flush=True)
     counts = process.flush_capture(record)
@@ -241,40 +284,11 @@ def capture_comparison(args, record, archive: Path, sha256: str, X: np.ndarray, 
     )
 
 
-def load_client(record: process.EndpointRecord, bodies: list[bytes], errors: list[str]) -> Callable:
-    """Like http_client, but an error is counted (its text kept in ``errors``) and the connection reopened."""
-
-    def make() -> Callable[[int], None]:
-        conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=60)
-        headers = {"Content-Type": "text/csv", "Accept": "text/csv"}
-
-        def call(i: int) -> None:
-            nonlocal conn
-            try:
-                conn.request("POST", "/invocations", body=bodies[i % len(bodies)], headers=headers)
-                response = conn.getresponse()
-                body = response.read()
-                if response.status != 200:
-                    errors.append(f"{response.status}: {body[:200]!r}")
-            except (OSError, http.client.HTTPException) as exc:
-                errors.append(f"{type(exc).__name__}: {exc}")
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", record.port, timeout=60)
-
-        call.close = lambda: conn.close()  # type: ignore[attr-defined]
-        return call
-
-    return make
-
-
 def load(args, record, X: np.ndarray) -> None:
     """--load: single-row CSV from many connections for a long time; errors, p50, p99, throughput."""
-    errors: list[str] = []
     label = f"load: single-row CSV, {args.load_connections} connections"
     print(f"{label}, {args.load_seconds:.0f} s; load average {_load()}", flush=True)
-    figures = drive(
-        label, args.load_connections, 10**9, args.load_seconds, 1, load_client(record, csv_bodies(X, 1), errors)
-    )
+    figures, errors = HttpLoad(record, csv_bodies(X, 1)).run(label, args.load_connections, 10**9, args.load_seconds, 1)
     status = process.endpoint_status(record)
     p50, p99, worst = np.percentile(figures.latencies, [50, 99, 100]) * 1000
     print(f"  {'':<50} {'calls':>6} {'calls/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
@@ -298,7 +312,7 @@ def batching_off(args, home: Path, archive: Path, sha256: str, X: np.ndarray) ->
     try:
         process.deploy(record, archive, sha256, "arn:bench", X[:2])
         label = f"endpoint, batching off, {args.clients} clients"
-        return drive(label, args.clients, args.single, args.seconds, 1, http_client(record, csv_bodies(X, 1)))
+        return HttpLoad(record, csv_bodies(X, 1))(label, args.clients, args.single, args.seconds, 1)
     finally:
         process.stop_endpoint(home, "bench-unbatched")
 
@@ -332,6 +346,11 @@ def goals(args, record, pooled: dict, unbatched: Figures, labels: list[str]) -> 
     print(
         f"  single-row CSV, {args.clients} clients, batching on:  {single.throughput:7.0f} req/s, p99 {p99:6.2f} ms"
         "   (goal >= 1,000 req/s, p99 <= 20 ms)"
+    )
+    threads = pooled[("single-row CSV", labels[3])]
+    print(
+        f"  single-row CSV, {args.clients} http.client threads in the bench process: {threads.throughput:7.0f} req/s, p99"
+        f" {float(np.percentile(threads.latencies, 99)) * 1000:6.2f} ms   (same run: the old client's cost)"
     )
     print(
         f"  single-row CSV, {args.clients} clients, batching off: {unbatched.throughput:7.0f} req/s,"
@@ -409,7 +428,7 @@ def main() -> None:
                 for name, bodies, rows, budget in sizes:
                     order = phases(args.clients, record, model, as_trained, bodies)
                     for label, threads, share, factory in order if round_number % 2 == 0 else order[::-1]:
-                        figures = drive(label, threads, int(budget * share), args.seconds * share, rows, factory)
+                        figures = run_phase(label, threads, int(budget * share), args.seconds * share, rows, factory)
                         key = (name, label)
                         pooled[key] = pooled[key].add(figures) if key in pooled else figures
                 print(f"  round {round_number + 1} done, load average {_load()}", flush=True)
@@ -422,9 +441,10 @@ def main() -> None:
                     if size == name:
                         print(figures.line())
             print(f"\nendpoint / in-process, both with {args.clients} concurrent callers")
-            labels = [label for label, *_ in phases(args.clients, record, model, as_trained, sizes[0][1])[:3]]
+            every = [label for label, *_ in phases(args.clients, record, model, as_trained, sizes[0][1])]
+            labels = [every[0], every[2], every[3], every[1]]  # endpoint, predict, handlers, thread clients
             for name, *_ in sizes:
-                endpoint, predict, full = (pooled[(name, label)] for label in labels)
+                endpoint, predict, full = (pooled[(name, label)] for label in labels[:3])
                 print(
                     f"  {name:<15} vs predict: throughput {endpoint.throughput / predict.throughput:4.2f}x,"
                     f" p50 latency {endpoint.p50 / predict.p50:4.2f}x   vs handlers: throughput"
