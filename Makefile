@@ -31,11 +31,13 @@ run: install $(DAGSTER_HOME)/dagster.yaml
 
 # The tests run on TEST_WORKERS processes (pytest-xdist); each test has its own MLOPS_HOME and
 # most wait on subprocesses, so a few more workers than cores pays. TEST_WORKERS=0 runs them in one.
+# loadgroup: each test goes to the next free worker, longest first (tests/conftest.py), and an
+# xdist_group's tests share one worker and so its module-scoped fixture.
 TEST_WORKERS ?= 3
 
 test: install
 	@scripts/ensure_chromium.sh || echo "chromium unavailable: the browser test will be skipped"
-	$(BIN)/python -m pytest -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://127.0.0.1:$(UI_PORT)"

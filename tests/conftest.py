@@ -131,3 +131,44 @@ def sm_in_process(mlops_home: Path):
     service.backend.launcher = lambda arn: SimpleNamespace(pid=os.getpid())
     service.backend.stale_after_seconds = 3600
     return service
+
+
+# `make test` hands tests to its workers one at a time (pytest-xdist --dist loadgroup), in collection
+# order, to whichever worker is free. The longest tests go first, so none of them starts last and
+# becomes the run's tail (measured with --durations; a renamed test only loses its place). Modules
+# whose module-scoped fixture is costly (a served endpoint, an SDK build) stay on one worker, so
+# the fixture is built once rather than once per worker.
+SLOWEST_FIRST = (
+    "test_aws_moto_server.py::test_the_asset_graph_runs_against_aws_apis_on_moto",
+    "test_monitoring_assets.py::test_the_local_loop_end_to_end_as_make_monitor_shows_it",
+    "test_ui_browser.py::test_materialize_all_from_the_ui",
+    "test_deployment.py::test_dev_staging_prod_with_gates_rollback_and_restart",
+    "test_registry.py::test_a_package_the_pipeline_registers_records_its_artifact_sha256_without_registered_model",
+    "test_training_scripts.py::test_boston_preprocess_train_evaluate",
+    "test_infrastructure_aws.py::test_the_role_may_not_delete_runs_only_pipeline_jobs_and_reaches_only_this_accounts_bucket",
+    "test_registry.py::test_registered_model_lineage_approval_and_prod_gate",
+    "test_baseline_registration.py::test_every_registered_model_has_its_baselines_where_the_package_names_them",
+    "test_infrastructure_aws.py::test_full_access_is_attached_only_when_opted_in_and_detached_when_not",
+    "test_infrastructure_aws.py::test_adopted_resources_are_used_and_teardown_keeps_them_deleting_only_the_projects_share",
+    "test_registry.py::test_a_model_stopped_by_the_quality_gate_is_not_registered",
+    "test_pipeline_assets.py::test_missed_threshold_ends_in_the_fail_step_and_trained_model_says_so",
+    "test_pipeline_assets.py::test_whole_graph_trains_evaluates_and_registers",
+    "test_model_size_gate.py::test_model_above_max_model_bytes_is_not_registered",
+    "test_pipeline_assets.py::test_recipe_train_py_runs_unmodified_as_the_training_entry_point",
+    "test_deployment_aws.py::test_dev_endpoint_is_created_then_updated_blue_green",
+    "test_deployment_aws.py::test_endpoint_configs_carry_data_capture_and_a_capture_change_updates_the_endpoint",
+    "test_infrastructure_aws.py::test_verify_reports_every_check_fails_on_what_is_missing_then_passes",
+    "test_infrastructure_aws.py::test_setup_creates_bucket_role_and_repository_and_a_second_run_changes_nothing",
+    "test_approve_command.py::test_comment_from_the_environment_and_status",
+    "test_approve_command.py::test_comment_is_stored_verbatim_and_never_run",
+)
+ONE_WORKER_MODULES = ("test_capture.py", "test_local_hosting.py", "test_aws_backend.py")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each node id
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(f"{item.path.name}::{item.originalname}", len(rank)))  # stable
+    for item in items:
+        if item.path.name in ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
