@@ -58,11 +58,11 @@ class ServerCapture:
             if self.capture is not None:
                 self.capture.settings = None
             return
-        from mlops_dagster.resources.object_store import LocalObjectStore  # here: it imports dagster
+        from mlops_dagster.objects import LocalObjects  # not the Dagster resource: a second to import
 
         if self.capture is None or self.root != spec.store_root:
             previous = self.capture
-            self.capture = EndpointCapture(LocalObjectStore(root=spec.store_root), flush_seconds=FLUSH_SECONDS)
+            self.capture = EndpointCapture(LocalObjects(spec.store_root), flush_seconds=FLUSH_SECONDS)
             self.root = spec.store_root
             if previous is not None:
                 previous.close(CLOSE_SECONDS)
