@@ -80,18 +80,22 @@ def test_sharded_pipeline_cleans_like_one_instance(defs, sm_in_process, tmp_path
     )
 
     spec = PipelineSpec(name="sharded", bucket=BUCKET, prefix="mlops", region="us-east-1", role_arn=ROLE,
-                        processing_instance_count=2, hyperparameters={"n_estimators": 10, "random_state": 42})  # fmt: skip
+                        processing_instance_count=3, hyperparameters={"n_estimators": 10, "random_state": 42})  # fmt: skip
     body = build_pipeline(spec, local_boto_session(store, BUCKET, "us-east-1")).definition()
     steps = {s["Name"]: s for s in json.loads(body)["Steps"]}
     assert list(steps)[:3] == ["Statistics", "Preprocess", "Train"]
+    assert json.loads(body)["Parameters"][-1] == {"Name": "ProcessingInstanceCount", "Type": "Integer", "DefaultValue": 3}
     assert steps["Statistics"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 1
-    assert steps["Preprocess"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 2
+    assert steps["Preprocess"]["Arguments"]["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == {
+        "Get": "Parameters.ProcessingInstanceCount"
+    }
     distributions = [i["S3Input"]["S3DataDistributionType"] for i in steps["Preprocess"]["Arguments"]["ProcessingInputs"]]
     assert distributions == ["ShardedByS3Key", "FullyReplicated", "FullyReplicated", "FullyReplicated"]
 
     sm.create_pipeline(PipelineName="sharded", PipelineDefinition=body, RoleArn=ROLE)
     arn = sm.start_pipeline_execution(
-        PipelineName="sharded", PipelineParameters=[{"Name": "InputData", "Value": prefix}]
+        PipelineName="sharded",  # two instances instead of the definition's three: a parameter of the execution
+        PipelineParameters=[{"Name": "InputData", "Value": prefix}, {"Name": "ProcessingInstanceCount", "Value": "2"}],
     )["PipelineExecutionArn"]
     worker.run_execution(sm.home, store, arn)
     execution = sm.describe_pipeline_execution(PipelineExecutionArn=arn)

@@ -18,7 +18,10 @@ part files under ``{InputData}train/`` (``s3_dataset`` config ``train_parts``). 
 runs on N instances, the parts ``ShardedByS3Key``, validation.csv and the statistics
 ``FullyReplicated``, and imputes with those global medians (``preprocess.py`` says how each
 instance names its output so none overwrites another). With N = 1 the definition is the recipe's.
-A spec field, not a pipeline parameter: the count decides whether the Statistics step exists.
+The count is a spec field because it decides whether the Statistics step exists (the recipe's
+definition stays as it was); a sharded definition also has the Integer parameter
+``ProcessingInstanceCount`` (default N), so an execution can run Preprocess on another count of
+instances, at most the dataset's part count (an instance without a part fails, saying so).
 """
 
 from __future__ import annotations
@@ -147,7 +150,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     processing_instance = ParameterString("ProcessingInstanceType", default_value=spec.processing_instance_type)
     approval = ParameterString("ModelApprovalStatus", default_value=spec.approval_status)
 
-    def processor(base: str, instance_count: int = 1) -> SKLearnProcessor:
+    def processor(base: str, instance_count: int | ParameterInteger = 1) -> SKLearnProcessor:
         return SKLearnProcessor(
             framework_version=FRAMEWORK_VERSION,
             role=spec.role_arn,
@@ -157,6 +160,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
             sagemaker_session=session,
         )
 
+    sharding: list[ParameterInteger] = []
     if count == 1:
         preprocess = ProcessingStep(
             name="Preprocess",
@@ -169,8 +173,11 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
         )
         first_steps = [preprocess]
     else:
-        first_steps = _sharded_preprocess(spec, source, input_data, processor)
+        # An execution may run Preprocess on another count (the step graph is the same for any).
+        instances = ParameterInteger("ProcessingInstanceCount", default_value=count)
+        first_steps = _sharded_preprocess(spec, source, input_data, instances, processor)
         preprocess = first_steps[-1]
+        sharding = [instances]
     outputs = preprocess.properties.ProcessingOutputConfig.Outputs
 
     hyperparameters = {"target": spec.target, **spec.hyperparameters} if spec.pass_hyperparameters else {}
@@ -289,7 +296,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     )
     return Pipeline(
         name=spec.name,
-        parameters=[input_data, mse_threshold, train_instance, processing_instance, approval, max_model_bytes],
+        parameters=[input_data, mse_threshold, train_instance, processing_instance, approval, max_model_bytes, *sharding],
         steps=[*first_steps, train, evaluate, check],
         pipeline_experiment_config=None,
         sagemaker_session=session,
@@ -302,7 +309,9 @@ def _split_outputs() -> list[ProcessingOutput]:
     ]
 
 
-def _sharded_preprocess(spec: PipelineSpec, source: Path, input_data: ParameterString, processor) -> list[ProcessingStep]:
+def _sharded_preprocess(
+    spec: PipelineSpec, source: Path, input_data: ParameterString, instances: ParameterInteger, processor
+) -> list[ProcessingStep]:
     """Statistics (one instance, every train part) then Preprocess on the spec's instances, each
     given its shard of the parts and the global statistics (module docstring)."""
     inputs = f"{PROCESSING}/input"
@@ -321,7 +330,7 @@ def _sharded_preprocess(spec: PipelineSpec, source: Path, input_data: ParameterS
     statistics_uri = statistics.properties.ProcessingOutputConfig.Outputs["statistics"].S3Output.S3Uri
     preprocess = ProcessingStep(
         name="Preprocess",
-        step_args=processor("preprocess", spec.processing_instance_count).run(
+        step_args=processor("preprocess", instances).run(
             code=str(source / "preprocess.py"),
             inputs=[
                 ProcessingInput(
