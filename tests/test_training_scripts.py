@@ -21,6 +21,7 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from script_runner import ScriptRunner
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINING = REPO / "training"
@@ -39,11 +40,32 @@ RECIPE_TRAIN_ROWS = """\
 """
 
 
-def run(script: str | Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    """Run a script the way a container does: a fresh interpreter with only the SM_* given."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _runner():
+    """The forked runner of this module's scripts (tests/script_runner.py), ended after them."""
+    global RUNNER
+    RUNNER = ScriptRunner(_clean_env())
+    yield RUNNER
+    RUNNER.close()
+    RUNNER = None
+
+
+RUNNER: ScriptRunner | None = None
+
+
+def run(script: str | Path, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+        fresh: bool = False) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run a script the way a container does, with only the SM_* given: as ``__main__`` of a process
+    forked from one that imported pandas and scikit-learn once, or (``fresh``) a new interpreter."""
+    clean = _clean_env()
     clean.update(env or {})
     path = script if isinstance(script, Path) else TRAINING / script
+    if not fresh:
+        return RUNNER.run(path, list(args), clean, cwd)
     return subprocess.run(
         [sys.executable, str(path), *args], env=clean, cwd=cwd, capture_output=True, text=True, timeout=600
     )
@@ -534,7 +556,8 @@ def test_boston_preprocess_train_evaluate(boston_csv, opt_ml, tmp_path):
     boston.iloc[400:].to_csv(raw / "validation.csv", index=False)
 
     processed = tmp_path / "processing"
-    result = run("preprocess.py", "--input-dir", str(raw), "--output-dir", str(processed), cwd=tmp_path)
+    # A fresh interpreter for each script here (the other tests fork a runner that imported pandas).
+    result = run("preprocess.py", "--input-dir", str(raw), "--output-dir", str(processed), cwd=tmp_path, fresh=True)
     assert result.returncode == 0, result.stderr
     train = pd.read_csv(processed / "train" / "train.csv")
     assert len(train) == 400 and train["chas"].dtype.kind in "if"  # the quoted "0"/"1" became numbers
@@ -545,7 +568,7 @@ def test_boston_preprocess_train_evaluate(boston_csv, opt_ml, tmp_path):
         "SM_CHANNEL_TRAINING": str(processed / "train"),
         "SM_CHANNEL_VALIDATION": str(processed / "validation"),
     }
-    result = run("train.py", env=env, cwd=tmp_path)
+    result = run("train.py", env=env, cwd=tmp_path, fresh=True)
     assert result.returncode == 0, result.stderr
     evaluation = strict_json(opt_ml["model"] / "evaluation.json")
     assert evaluation["evaluated_on"] == "validation"
@@ -557,7 +580,7 @@ def test_boston_preprocess_train_evaluate(boston_csv, opt_ml, tmp_path):
     model_dir = pack_model(opt_ml["model"], tmp_path / "processing" / "model")
     output_dir = tmp_path / "processing" / "evaluation"
     args = ["--model-dir", str(model_dir), "--test-dir", str(processed / "test"), "--output-dir", str(output_dir)]
-    result = run("evaluate.py", *args, cwd=tmp_path)
+    result = run("evaluate.py", *args, cwd=tmp_path, fresh=True)
     assert result.returncode == 0, result.stderr
     report = strict_json(output_dir / "evaluation.json")
     assert report["rows"] == 53
@@ -592,7 +615,7 @@ def test_recipe_train_fixture_is_byte_for_byte():
 
 def test_recipe_train_runs_under_the_container_contract(opt_ml):
     synthetic(100).to_csv(opt_ml["training"] / "train.csv", index=False)
-    result = run(RECIPE_TRAIN, env=opt_ml["env"], cwd=opt_ml["cwd"])
+    result = run(RECIPE_TRAIN, env=opt_ml["env"], cwd=opt_ml["cwd"], fresh=True)
     assert result.returncode == 0, result.stderr
     assert "Model MSE:" in result.stdout
     assert (opt_ml["model"] / "model.joblib").is_file()
