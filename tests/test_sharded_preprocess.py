@@ -78,6 +78,9 @@ def test_sharded_pipeline_cleans_like_one_instance(defs, sm_in_process, tmp_path
     assert manifest["train_parts"] == 4 and sorted(manifest["files"]) == sorted(
         ["train.csv", "validation.csv", *(u.removeprefix(prefix) for u in parts)]
     )
+    again = run_data_assets(defs, raw_config={"source": str(tmp_path / "gaps.csv")}, s3_config={"train_parts": 4})
+    assert latest_metadata(again, "s3_dataset")["written"] is False  # same files: nothing written again
+    assert again.output_for_node("s3_dataset")["uri"] == prefix
 
     spec = PipelineSpec(name="sharded", bucket=BUCKET, prefix="mlops", region="us-east-1", role_arn=ROLE,
                         processing_instance_count=3, hyperparameters={"n_estimators": 10, "random_state": 42})  # fmt: skip

@@ -515,7 +515,8 @@ def _not_checked_table() -> Failure:
 @asset(
     group_name="data",
     kinds={"s3", "csv"},
-    description="train.csv and validation.csv in the bucket under a content-addressed prefix (recipe step 3).",
+    description="train.csv and validation.csv in the bucket under a content-addressed prefix (recipe step 3); "
+    "with train_parts > 1 also the train rows as part files train/part-*.csv, for a sharded Preprocess.",
 )
 def s3_dataset(
     context: AssetExecutionContext, config: S3DatasetConfig, raw_data: RawTable, settings: Settings, store: ObjectStore
