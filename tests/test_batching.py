@@ -194,7 +194,7 @@ def test_batched_forest_predictions_equal_unbatched_ones_exactly():
 
 
 def test_settings_from_the_environment():
-    assert BatchSettings.from_environ({}) == BatchSettings(True, 4096, 2.0)
+    assert BatchSettings.from_environ({}) == BatchSettings(True, 512, 2.0)
     given = {"MLOPS_ENDPOINT_BATCHING": "off", "MLOPS_ENDPOINT_BATCH_MAX_ROWS": "8"}
     assert BatchSettings.from_environ(given) == BatchSettings(False, 8, 2.0)
     assert BatchSettings.from_environ({"MLOPS_ENDPOINT_BATCH_MAX_WAIT_MS": " 0.5 "}).max_wait_ms == 0.5
