@@ -48,6 +48,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -571,6 +572,9 @@ class HostingBackend:
     def _roll_out(self, endpoint: Endpoint, config_name: str, creating: bool) -> Endpoint:
         """Resolve, fetch, check and deploy ``config_name``; record the outcome (never left in progress)."""
         started = False
+        # The SageMaker Runtime gateway starts (a process importing its web stack) while the
+        # endpoint's server starts and loads the model: on 2 cores the two overlap.
+        gateway_up = self._ensure_gateway_async()
         try:
             target = self._resolve(config_name)
             archive, sha256 = self._fetch(target)
@@ -583,15 +587,37 @@ class HostingBackend:
             process.deploy(ensured.record, archive, sha256, target.package_arn, rows, capture=capture)
         except (Refused, process.EndpointError) as err:  # DeployRefused is an EndpointError
             reason = err.reason if isinstance(err, (Refused, process.DeployRefused)) else str(err)
+            self._settle_gateway(gateway_up, deployed=False)
             return self._deploy_failed(endpoint, reason, creating, started)
         except BaseException as err:
+            self._settle_gateway(gateway_up, deployed=False)
             self._deploy_failed(endpoint, f"internal error: {type(err).__name__}: {err}", creating, started)
             raise
         self._finish(endpoint.arn, "InService", None, config_name, live)
         # boto3 and the SDK reach InService endpoints through the gateway (runtime.json): up with the
         # first one, restarted here if it died.
-        gateway.ensure_gateway(self.home, self.registry.region, self.registry.account_id)
+        self._settle_gateway(gateway_up, deployed=True)
         return self._endpoint_by_arn(endpoint.arn)
+
+    def _ensure_gateway_async(self) -> Future:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="runtime-gateway")
+        try:
+            return pool.submit(gateway.ensure_gateway, self.home, self.registry.region, self.registry.account_id)
+        finally:
+            pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def _settle_gateway(self, gateway_up: Future, deployed: bool) -> None:
+        """After a deploy: the gateway's start must have worked (its error is the caller's). After a
+        failed one, the deploy's error is what is reported: a gateway that failed to start is tried
+        again by the next deploy, and one that serves no endpoint is stopped."""
+        if deployed:
+            gateway_up.result()
+            return
+        try:
+            gateway_up.result()
+        except process.EndpointError:
+            return  # nothing runs: ensure_gateway killed its process before raising
+        gateway.stop_if_idle(self.home)
 
     def _deploy_failed(self, endpoint: Endpoint, reason: str, creating: bool, started: bool) -> Endpoint:
         """Create: Failed. Update: the old config still serves (InService, rolled back) if its server
