@@ -50,6 +50,9 @@ OFFLINE_MARKERS = (
     "Max retries exceeded",
     "Temporary failure in name resolution",
     "Network is unreachable",
+    # uv's
+    "Failed to fetch",
+    "dns error",
 )
 # What sagemaker_training.environment.Environment() sets in its own process (the script inherits it).
 TOOLKIT_SETS = ("SAGEMAKER_JOB_NAME", "CURRENT_HOST", "SAGEMAKER_REGION")
@@ -104,15 +107,13 @@ def _toolkit_installed(python: Path) -> bool:
 def _install_toolkit(venv: Path, python: Path) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    install = [
-        str(python),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-        f"{TOOLKIT}=={TOOLKIT_VERSION}",
-    ]
+    # make install puts uv beside this python (constraints.txt pins it); it installs and builds the
+    # toolkit several times faster than pip (162 s with pip on an empty cache, under load).
+    uv = Path(sys.executable).with_name("uv")
+    if uv.exists():
+        install = [str(uv), "pip", "install", "--quiet", "--python", str(python), f"{TOOLKIT}=={TOOLKIT_VERSION}"]
+    else:
+        install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{TOOLKIT}=={TOOLKIT_VERSION}"]
     pip = subprocess.run(install, capture_output=True, text=True, timeout=900)
     if pip.returncode == 0:
         return
@@ -121,7 +122,7 @@ def _install_toolkit(venv: Path, python: Path) -> None:
     if any(text in output for text in OFFLINE_MARKERS):
         last = output.splitlines()[-1]
         pytest.skip(f"{TOOLKIT}=={TOOLKIT_VERSION} cannot be installed, the package index is unreachable: {last}")
-    pytest.fail(f"pip install {TOOLKIT}=={TOOLKIT_VERSION} into {venv} failed:\n{output[-3000:]}")
+    pytest.fail(f"{' '.join(install[:3])} ... {TOOLKIT}=={TOOLKIT_VERSION} into {venv} failed:\n{output[-3000:]}")
 
 
 def run_toolkit(python: Path, ml: Path, container_env: dict[str, str], home: Path, mode: str) -> dict:
