@@ -349,8 +349,9 @@ def predict_fn(data, model):
     """Predict with the feature names the estimator was fitted with (no scikit-learn warning)."""
     if isinstance(data, Refusal):
         return data
-    if _is_plain_forest(model.estimator):
-        return _forest_predict(model.estimator, data)
+    trees = _forest_trees(model)
+    if trees is not None:
+        return _forest_predict(model.estimator, trees, data)
     X = data
     if getattr(model.estimator, "feature_names_in_", None) is not None:
         X = pd.DataFrame(data, columns=model.features)
@@ -368,34 +369,47 @@ def _is_plain_forest(estimator):
     )
 
 
-def _forest_predict(forest, data):
+def _forest_trees(model):
+    """A plain forest's trees as (Tree.apply, leaf values), in estimator order; None for any other
+    estimator. Worked out on the first predict and kept on the Model (views: nothing is copied)."""
+    cached = getattr(model, "_trees", None)
+    if cached is not None and cached[0] is model.estimator:
+        return cached[1]
+    trees = None
+    if _is_plain_forest(model.estimator):
+        trees = [(e.tree_.apply, e.tree_.value.ravel()) for e in model.estimator.estimators_]
+    model._trees = (model.estimator, trees)
+    return trees
+
+
+def _forest_predict(forest, trees, data):
     """forest.predict(data) without its per-call joblib set-up and its per-tree checks, which cost
-    more than the trees on a few rows (100 trees, 8 rows: about 10x). The same arithmetic as
-    scikit-learn's (1.2 to 1.9): rows as float32, each tree's prediction (its Tree.predict, what
-    DecisionTreeRegressor.predict returns after its checks) added in estimator order into float64,
-    divided by the number of trees, so the predictions are identical (tests/test_serving.py checks)."""
+    more than the trees on a few rows (100 trees, 8 rows: about 15x). The same arithmetic as
+    scikit-learn's (1.2 to 1.9): rows as float32, each tree's prediction (its Tree.predict: the
+    values of the leaves Tree.apply finds, what DecisionTreeRegressor.predict returns after its
+    checks) added in estimator order into float64, divided by the number of trees, so the
+    predictions are identical (tests/test_serving.py and tests/test_serving_container.py check)."""
     X = np.ascontiguousarray(data, dtype=np.float32)
     if X.ndim != 2 or X.shape[1] != forest.n_features_in_:
         return forest.predict(data)  # the trees below read columns unchecked: scikit-learn's error
     parts = min(os.cpu_count() or 1, X.shape[0] // _ROWS_PER_THREAD)
     if parts <= 1:
-        return _sum_trees(forest, X)
-    # Many rows: slices of rows on one thread per core (a tree's predict releases the GIL). Each
-    # row's sum is still taken tree by tree in the same order, so nothing changes but the time.
+        return _sum_trees(trees, X)
+    # Many rows: slices of rows on one thread per core (Tree.apply releases the GIL). Each row's
+    # sum is still taken tree by tree in the same order, so nothing changes but the time.
     with ThreadPoolExecutor(parts) as pool:
-        return np.concatenate(list(pool.map(lambda rows: _sum_trees(forest, rows), np.array_split(X, parts))))
+        return np.concatenate(list(pool.map(lambda rows: _sum_trees(trees, rows), np.array_split(X, parts))))
 
 
 _ROWS_PER_THREAD = 512
 
 
-def _sum_trees(forest, X):
-    """The trees' mean on float32 rows of the right width: Tree.predict is (rows, 1) for a
-    single-output regression tree, and DecisionTreeRegressor.predict returns its column 0."""
+def _sum_trees(trees, X):
+    """The trees' mean on float32 rows of the right width."""
     total = np.zeros(X.shape[0], dtype=np.float64)
-    for tree in forest.estimators_:
-        total += tree.tree_.predict(X)[:, 0]
-    total /= len(forest.estimators_)
+    for apply, values in trees:
+        total += values[apply(X)]
+    total /= len(trees)
     return total
 
 
