@@ -135,9 +135,10 @@ def sm_in_process(mlops_home: Path):
 
 # `make test` hands tests to its workers one at a time (pytest-xdist --dist loadgroup), in collection
 # order, to whichever worker is free. The longest tests go first, so none of them starts last and
-# becomes the run's tail (measured with --durations; a renamed test only loses its place). Modules
-# whose module-scoped fixture is costly (a served endpoint, an SDK build) stay on one worker, so
-# the fixture is built once rather than once per worker.
+# becomes the run's tail (measured with --durations; a renamed test only loses its place). A module
+# whose module-scoped fixture is costly (a served endpoint, a server, an SDK build) runs whole on
+# one worker (xdist_group), right after them: handed out test by test, its tests would land on
+# every worker in turn and rebuild the fixture each time the worker came back to the module.
 SLOWEST_FIRST = (
     "test_aws_moto_server.py::test_the_asset_graph_runs_against_aws_apis_on_moto",
     "test_monitoring_assets.py::test_the_local_loop_end_to_end_as_make_monitor_shows_it",
@@ -162,13 +163,23 @@ SLOWEST_FIRST = (
     "test_approve_command.py::test_comment_from_the_environment_and_status",
     "test_approve_command.py::test_comment_is_stored_verbatim_and_never_run",
 )
-ONE_WORKER_MODULES = ("test_capture.py", "test_local_hosting.py", "test_aws_backend.py")
+ONE_WORKER_MODULES = (
+    "test_aws_backend.py", "test_aws_moto_server.py", "test_batching.py", "test_capture.py", "test_local_hosting.py",
+    "test_runtime_gateway.py", "test_serving.py", "test_serving_container.py", "test_serving_robustness.py",
+)  # fmt: skip
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist appends the group to each node id
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     rank = {name: place for place, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(f"{item.path.name}::{item.originalname}", len(rank)))  # stable
+
+    def place(item: pytest.Item) -> tuple[int, int]:
+        name = f"{item.path.name}::{item.originalname}"
+        if name in rank:
+            return (0, rank[name])
+        return (1, 0) if item.path.name in ONE_WORKER_MODULES else (2, 0)
+
+    items.sort(key=place)  # stable: each module's tests keep their order
     for item in items:
         if item.path.name in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))

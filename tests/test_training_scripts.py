@@ -44,9 +44,11 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("SM_")}
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _runner():
-    """The forked runner of this module's scripts (tests/script_runner.py), ended after them."""
+    """The forked runner of this module's scripts (tests/script_runner.py), ended with the session:
+    xdist hands this module's tests to a worker a few at a time, and a module-scoped runner would
+    be rebuilt (its imports paid again) each time the worker came back to the module."""
     global RUNNER
     RUNNER = ScriptRunner(_clean_env())
     yield RUNNER
@@ -377,7 +379,7 @@ def test_train_rejects_unclean_features(opt_ml):
 # --- evaluate.py -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # per worker, like _runner
 def model_dir(tmp_path_factory) -> Path:
     """A processing input directory holding a model.tar.gz that train.py produced (read-only)."""
     root = tmp_path_factory.mktemp("trained")
