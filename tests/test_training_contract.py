@@ -108,10 +108,11 @@ def _install_toolkit(venv: Path, python: Path) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     # make install puts uv beside this python (constraints.txt pins it); it installs and builds the
-    # toolkit several times faster than pip (162 s with pip on an empty cache, under load).
+    # toolkit several times faster than pip (162 s with pip on an empty cache, under load). It
+    # compiles the bytecode as pip does (PYTHONDONTWRITEBYTECODE may keep the probes from it).
     uv = Path(sys.executable).with_name("uv")
     if uv.exists():
-        install = [str(uv), "pip", "install", "--quiet", "--python", str(python), f"{TOOLKIT}=={TOOLKIT_VERSION}"]
+        install = [str(uv), "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python), f"{TOOLKIT}=={TOOLKIT_VERSION}"]
     else:
         install = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{TOOLKIT}=={TOOLKIT_VERSION}"]
     pip = subprocess.run(install, capture_output=True, text=True, timeout=900)
