@@ -18,15 +18,27 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 os.environ["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
 
 
+@pytest.fixture(scope="session")
+def shared_definition_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One pipeline definition cache per test worker, as a user has one for all their homes."""
+    return tmp_path_factory.mktemp("definition-cache")
+
+
 @pytest.fixture
-def mlops_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def mlops_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, shared_definition_cache: Path
+) -> Path:
     """A fresh, empty $MLOPS_HOME (and DAGSTER_HOME inside it) for one test."""
     home = tmp_path / "mlops-home"
     home.mkdir()
     monkeypatch.setenv("MLOPS_HOME", str(home))
     monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    # The pipeline definition cache is the user's (~/.cache): each test gets its own.
-    monkeypatch.setenv("MLOPS_DEFINITION_CACHE_DIR", str(tmp_path / "definition-cache"))
+    # The pipeline definition cache is the user's (~/.cache), shared by the worker's tests: its key
+    # covers everything the definition depends on, so a hit is what the SDK would build (about 5 s
+    # each). Tests about the cache itself mark themselves `own_definition_cache` and start empty.
+    own = request.node.get_closest_marker("own_definition_cache") is not None
+    cache = tmp_path / "definition-cache" if own else shared_definition_cache
+    monkeypatch.setenv("MLOPS_DEFINITION_CACHE_DIR", str(cache))
     (home / "dagster").mkdir()
     return home
 

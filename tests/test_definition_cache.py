@@ -16,6 +16,8 @@ from mlops_dagster.sagemaker.definition_cache import DefinitionCache, cache_key,
 from mlops_dagster.sagemaker.offline import local_boto_session
 from mlops_dagster.sagemaker.training_code import TRAINING_DIR
 
+pytestmark = pytest.mark.own_definition_cache  # asserts misses and hits from an empty cache
+
 ROLE = "arn:aws:iam::000000000000:role/mlops-local-execution-role"
 
 

@@ -22,13 +22,14 @@ _metadata = latest_metadata
 _failure = step_failure_text
 
 
+@pytest.mark.own_definition_cache  # asserts a miss
 def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
     result = _run(defs, instance, {"raw_data": {"rows": 400}})
     assert result.success
     definition = _metadata(result, "pipeline_definition")
     model = _metadata(result, "trained_model")
     assert definition["upsert"] == "created"
-    assert definition["definition_cache"] == "miss"  # an empty definition cache (each test has its own)
+    assert definition["definition_cache"] == "miss"  # an empty definition cache (own_definition_cache)
     assert definition["pipeline_arn"] == "arn:aws:sagemaker:us-east-1:000000000000:pipeline/mlops-pipeline"
     assert model["execution_arn"] == _metadata(result, "pipeline_execution")["execution_arn"]
     assert 0 < model["mse"] < 25 and model["r2"] > 0.6
