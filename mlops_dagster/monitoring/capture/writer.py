@@ -94,8 +94,8 @@ class CaptureWriter:
             return False
         self._pending.append((prefix, record))
         self.counts.captured += 1
-        if len(self._pending) >= self.batch_records:
-            self._wake.set()
+        if len(self._pending) >= self.batch_records and not self._wake.is_set():
+            self._wake.set()  # once: set() takes a lock, and the writer may still be busy
         return True
 
     def flush(self, timeout: float = 30.0) -> bool:
