@@ -97,6 +97,34 @@ def test_without_an_endpoint_the_session_talks_to_aws():
     assert _first_url(session.client("sagemaker"), "list_pipelines") == "https://api.sagemaker.us-east-1.amazonaws.com/"
 
 
+def test_sessions_share_the_parsed_service_models_and_keep_their_own_settings(monkeypatch):
+    import botocore.loaders
+    import botocore.session
+
+    parsed: list[str] = []
+    load_file = botocore.loaders.JSONFileLoader.load_file
+    monkeypatch.setattr(
+        botocore.loaders.JSONFileLoader,
+        "load_file",
+        lambda self, path: parsed.append(path) or load_file(self, path),  # type: ignore[func-returns-value]
+    )
+    east = AwsSession(region=REGION, max_attempts=3)
+    west = AwsSession(region="eu-west-1", endpoint_url="http://127.0.0.1:9", max_attempts=5)
+    clients = [east.client("sagemaker") for _ in range(3)] + [west.client("sagemaker")]
+    models = [path for path in parsed if "/sagemaker/" in path and path.endswith("/service-2")]
+    assert len(models) <= 1, models  # one parse (none if an earlier test loaded it): not one per session
+    assert [c.meta.region_name for c in clients] == [REGION] * 3 + ["eu-west-1"]
+    assert clients[0].meta.config.retries["total_max_attempts"] == 3
+    assert clients[3].meta.config.retries["total_max_attempts"] == 5
+    assert _first_url(clients[3], "list_pipelines") == "http://127.0.0.1:9/"
+    plain = botocore.session.get_session()  # a session made elsewhere keeps botocore's own loader
+    assert plain.get_component("data_loader") is not clients[0]._loader  # noqa: SLF001
+    for _ in range(3):
+        east.boto_session()
+    loader = clients[0]._loader  # noqa: SLF001 - boto3's resource path is listed once, not per session
+    assert len(loader.search_paths) == len(set(loader.search_paths))
+
+
 def test_profile_comes_from_the_shared_config_and_a_missing_one_is_named(tmp_path: Path, monkeypatch):
     config = tmp_path / "config"
     config.write_text("[profile mlops-team]\nregion = eu-central-1\n")

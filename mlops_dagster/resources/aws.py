@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.loaders
 import botocore.session
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
@@ -36,6 +38,35 @@ RETRY_MODES = ("standard", "adaptive")
 MiB = 1024 * 1024
 _MISSING = ("404", "NoSuchKey", "NotFound")
 LOG_GROUPS = {"training": "/aws/sagemaker/TrainingJobs", "processing": "/aws/sagemaker/ProcessingJobs"}
+
+
+# botocore parses a service's JSON model once per session (SageMaker's is 3 MB: about 0.1 s, IAM's
+# and S3's more), and boto_session() makes a new session each time; so every session of this
+# process shares one loader per data path. A loader's models are read-only once loaded, as they
+# are for the many clients of a single session.
+_LOADERS: dict[str | None, botocore.loaders.Loader] = {}
+_LOADERS_LOCK = threading.Lock()
+
+
+def new_boto3_session(core: botocore.session.Session | None = None, **kwargs: Any) -> boto3.Session:
+    """``boto3.Session(botocore_session=core, **kwargs)`` on this process's shared loader."""
+    core = core or botocore.session.get_session()
+    # Lazy, as botocore registers its own: the data path is read once the profile is set, so a
+    # missing profile still fails here, naming it.
+    core.lazy_register_component("data_loader", lambda: _shared_loader(core.get_config_variable("data_path")))
+    session = boto3.Session(botocore_session=core, **kwargs)
+    with _LOADERS_LOCK:  # boto3.Session appends its resource models' folder to the paths each time
+        paths = core.get_component("data_loader").search_paths
+        paths[:] = dict.fromkeys(paths)
+    return session
+
+
+def _shared_loader(data_path: str | None) -> botocore.loaders.Loader:
+    with _LOADERS_LOCK:
+        loader = _LOADERS.get(data_path)
+        if loader is None:
+            loader = _LOADERS[data_path] = botocore.loaders.create_loader(data_path)
+        return loader
 
 
 def endpoint_override(endpoint_url: str) -> Callable[..., None]:
@@ -117,7 +148,7 @@ class AwsSession(ConfigurableResource):
         # which pass their own Config (without retries) and so would not see botocore_config().
         core.set_config_variable("retry_mode", self.retry_mode)
         core.set_config_variable("max_attempts", self.max_attempts)
-        session = boto3.Session(botocore_session=core, profile_name=self.profile, region_name=self.region)
+        session = new_boto3_session(core, profile_name=self.profile, region_name=self.region)
         if self.endpoint_url:
             session.events.register("before-endpoint-resolution", endpoint_override(self.endpoint_url))
         if self.owned_bucket:
@@ -131,7 +162,7 @@ class AwsSession(ConfigurableResource):
         return self._account
 
     def _plain_session(self) -> boto3.Session:
-        session = boto3.Session(profile_name=self.profile, region_name=self.region)
+        session = new_boto3_session(profile_name=self.profile, region_name=self.region)
         if self.endpoint_url:
             session.events.register("before-endpoint-resolution", endpoint_override(self.endpoint_url))
         return session

@@ -18,6 +18,8 @@ account is refused rather than written to.
 
 from __future__ import annotations
 
+import functools
+
 import json
 import threading
 from collections.abc import Mapping
@@ -230,6 +232,7 @@ def execution_policy(
     }
 
 
+@functools.cache  # the SDK reads its image table from a JSON file on every retrieve()
 def framework_image_repository_arn(partition: str, region: str) -> str:
     """The ECR repository of the scikit-learn image the pipeline runs (the SDK knows it offline)."""
     # Imported here: the SDK takes seconds to import and only this setup step needs it.
