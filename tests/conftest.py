@@ -195,7 +195,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in ONE_WORKER_MODULES:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
-            if config.getvalue("loadgroup") and "@" not in item.nodeid:
+            if getattr(config.option, "loadgroup", False) and "@" not in item.nodeid:  # set on xdist workers
                 # xdist 3.8 groups by the "@group" it appends to item._nodeid, which pytest 9's
                 # nodeid no longer reads: append it where pytest 9 keeps the id.
                 from _pytest.nodeid import NodeId
