@@ -164,3 +164,24 @@ def test_recipe_train_py_can_be_the_entry_point(tmp_path):
     hyperparameters = next(s for s in doc["Steps"] if s["Name"] == "Train")["Arguments"]["HyperParameters"]
     assert json.loads(hyperparameters["sagemaker_program"]) == "recipe_train.py"
     assert not any(k for k in hyperparameters if not k.startswith("sagemaker_"))
+
+
+def test_the_sdk_validates_a_config_once_however_many_sessions_load_it(monkeypatch, no_sockets):
+    # Every sagemaker.Session loads sdk_config.yaml and the SDK validated it against its schema
+    # each time (0.4 s a session); the same config is valid the second time too.
+    import boto3
+    import jsonschema
+    import sagemaker
+
+    validations: list[dict] = []
+    validate = jsonschema.validate
+    monkeypatch.setattr(
+        jsonschema, "validate", lambda config, *a, **k: validations.append(config) or validate(config, *a, **k)
+    )
+    boto = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1")
+    for _ in range(3):
+        session = sagemaker.Session(boto_session=boto, default_bucket="mlops-local")
+    assert session.sagemaker_config["SchemaVersion"] == "1.0"  # the project's config file, loaded
+    assert len(validations) <= 1, f"{len(validations)} validations for 3 sessions"
+    with pytest.raises(jsonschema.ValidationError):  # a config the SDK would refuse is still refused
+        sagemaker.config.config.validate_sagemaker_config({"SchemaVersion": "1.0", "SageMaker": {"Nope": 1}})

@@ -19,7 +19,6 @@ account is refused rather than written to.
 from __future__ import annotations
 
 import functools
-
 import json
 import threading
 from collections.abc import Mapping

@@ -60,7 +60,8 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep  # noqa: E402
 
 def _validate_config_once(config: dict) -> None:
     """The SDK re-validates its whole config schema on every config lookup (about 60 per build,
-    each ~0.2-1 s with jsonschema 4.2x); validating a given config once is enough."""
+    each ~0.2-1 s with jsonschema 4.2x) and on loading the config file (sdk_config.yaml) in every
+    Session; validating a given config once is enough."""
     key = json.dumps(config, sort_keys=True, default=str)
     if key not in _VALIDATED:
         _sdk_validate(config)
@@ -71,6 +72,7 @@ _VALIDATED: set[str] = set()
 _sdk_validate = sagemaker.config.validate_sagemaker_config
 sagemaker.utils.validate_sagemaker_config = _validate_config_once
 sagemaker.session.validate_sagemaker_config = _validate_config_once
+sagemaker.config.config.validate_sagemaker_config = _validate_config_once
 
 FRAMEWORK_VERSION = "1.2-1"
 PROCESSING = "/opt/ml/processing"
