@@ -14,6 +14,13 @@ checkpoint. In WAL mode NORMAL is what SQLite documents as always consistent: a 
 process loses nothing, a power cut may lose the last commits but never corrupts the database.
 Checkpoints still happen, by SQLite's own rule (every 1,000 pages) and when the process exits.
 ``MLOPS_DAGSTER_SQLITE_DURABLE=1`` keeps SQLite's defaults (FULL, no held connection).
+
+Dagster also opens each SQLite storage through alembic: a stamp when it creates the database, a
+revision check when it opens one, and every run's event shard is a new database. Each time,
+alembic read its ~100 migration scripts again: about 0.07 s per database, 0.25 s of the 0.5 s a
+fresh instance took (and as much per run shard). The scripts are files of the installed Dagster,
+so this process reads them once per script folder (``memoize_alembic_scripts``); the migrations
+themselves (env.py) still run every time, as before.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import sqlite3
 import threading
 from collections import OrderedDict
 
+from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -70,9 +79,34 @@ def _on_connect(dbapi_connection, _record) -> None:
             return
 
 
+_scripts: dict[tuple, ScriptDirectory] = {}
+_scripts_lock = threading.Lock()
+_read_scripts = ScriptDirectory.from_config.__func__  # type: ignore[attr-defined]
+
+
+def _script_directory(cls: type[ScriptDirectory], config: AlembicConfig) -> ScriptDirectory:
+    """ScriptDirectory.from_config, once per configuration: its main section (script_location,
+    version_locations, file_template...) is all a ScriptDirectory is made from. (Dagster's run,
+    event log and schedule storages each have an alembic.ini, all naming the same scripts.)"""
+    section = config.get_section(config.config_ini_section, {})
+    key = (cls, tuple(sorted((k, v) for k, v in section.items() if k != "here")))  # here: the .ini's folder
+    with _scripts_lock:
+        script = _scripts.get(key)
+        if script is None:
+            script = _scripts[key] = _read_scripts(cls, config)
+        return script
+
+
+def memoize_alembic_scripts() -> None:
+    """Read each alembic script folder once in this process (see the top)."""
+    ScriptDirectory.from_config = classmethod(_script_directory)  # type: ignore[method-assign]
+
+
 def install() -> bool:
-    """Tune every SQLite connection SQLAlchemy opens in this process; False if turned off."""
+    """Tune every SQLite connection SQLAlchemy opens in this process; False if turned off.
+    Alembic's scripts are read once either way (nothing about durability changes)."""
     global _installed
+    memoize_alembic_scripts()
     if os.environ.get(DURABLE_ENV, "").strip().lower() in {"1", "true", "yes"}:
         return False
     if not _installed:

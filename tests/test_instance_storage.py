@@ -60,3 +60,39 @@ def test_durable_setting_keeps_sqlite_defaults(monkeypatch, value):
     monkeypatch.setattr(instance_storage, "_installed", False)
     assert instance_storage.install() is False
     assert instance_storage._installed is False
+
+
+def test_alembic_scripts_are_read_once_and_every_new_database_is_still_stamped_at_head(tmp_path, monkeypatch):
+    import shutil
+
+    from dagster import DagsterInstance, asset, materialize
+
+    reads: list[str] = []
+    heads: set[str] = set()
+    read = instance_storage._read_scripts
+
+    def counted(cls, config):
+        reads.append(config.get_main_option("script_location"))
+        script = read(cls, config)
+        heads.add(script.get_current_head())
+        return script
+
+    monkeypatch.setattr(instance_storage, "_scripts", {})
+    monkeypatch.setattr(instance_storage, "_read_scripts", counted)
+
+    @asset
+    def one() -> int:
+        return 1
+
+    homes = [tmp_path / name for name in ("a", "b", "c")]
+    for home in homes:  # run-sharded SQLite, as make run and make ui have it: each run is a new database
+        home.mkdir()
+        shutil.copy(instance_storage.__file__.replace("mlops_dagster/instance_storage.py", "config/dagster.yaml"), home)
+        with DagsterInstance.from_config(str(home)) as instance:
+            assert materialize([one], instance=instance).success
+    assert reads and len(reads) == len(set(reads)), reads  # each script folder read once, not per database
+    stamped = [tmp_path / "a" / "history" / "runs.db", tmp_path / "c" / "schedules" / "schedules.db"]
+    stamped += sorted((tmp_path / "b" / "history" / "runs").glob("*.db"))  # the run's own event shard
+    for db in stamped:
+        [(version,)] = sqlite3.connect(db).execute("SELECT version_num FROM alembic_version").fetchall()
+        assert version in heads, (db, version, heads)
