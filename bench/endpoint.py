@@ -21,7 +21,9 @@ comparison, shorter.
 Batching (issue 12): the server batches concurrent requests (serving/batching.py). The full run ends
 with the goals: single-row CSV at --clients clients (>= 1,000 req/s, p99 <= 20 ms), the same on a
 second server started with batching off (MLOPS_ENDPOINT_BATCHING=off), and the 1,000-row CSV
-throughput against in-process predict at as many threads (>= 0.95x). --load drives single-row CSV
+throughput against in-process predict at as many threads (>= 0.95x), with its ceiling on this machine
+(predict_fn's share of the CPU a request costs: input_fn + predict_fn + output_fn, one thread, as
+csv_ceiling says). --load drives single-row CSV
 from --load-connections connections (64) for --load-seconds (60) and prints the error count (goal:
 zero; a non-200 answer or a failed connection is an error, the connection is reopened), p50, p99
 and throughput.
@@ -337,7 +339,35 @@ def predict_cost(model, X: np.ndarray) -> None:
     )
 
 
-def goals(args, record, pooled: dict, unbatched: Figures, labels: list[str]) -> None:
+def csv_ceiling(model, body: bytes) -> float:
+    """The best 1,000-row ratio any server of these handlers can reach on this machine: with every
+    core busy, throughput is cores / CPU per request, and a request costs the endpoint at least
+    input_fn + predict_fn + output_fn where in-process predict pays predict_fn only. Prints the
+    parts (median of 30 calls each, one thread) and returns predict / (parse + predict + write)."""
+    data = handlers.input_fn(body, "text/csv", model.features)
+    prediction = handlers.predict_fn(data, model)
+    parts = {
+        "input_fn (CSV parse)": lambda: handlers.input_fn(body, "text/csv", model.features),
+        "predict_fn": lambda: handlers.predict_fn(data, model),
+        "output_fn (CSV write)": lambda: handlers.output_fn(prediction, "text/csv"),
+    }
+    costs = {}
+    for name, call in parts.items():
+        times = []
+        for _ in range(30):
+            started = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - started)
+        costs[name] = float(np.median(times))
+    print("\n1,000-row CSV, one thread (median of 30 calls): the CPU a request costs beyond predict")
+    for name, cost in costs.items():
+        print(f"  {name:<22} {cost * 1000:6.2f} ms")
+    ceiling = costs["predict_fn"] / sum(costs.values())
+    print(f"  ceiling of endpoint / in-process predict with every core busy: predict / all three = {ceiling:.2f}x")
+    return ceiling
+
+
+def goals(args, record, pooled: dict, unbatched: Figures, labels: list[str], ceiling: float) -> None:
     single = pooled[("single-row CSV", labels[0])]
     big, big_predict, big_handlers = (pooled[("1,000-row CSV", label)] for label in labels[:3])
     p99 = float(np.percentile(single.latencies, 99)) * 1000
@@ -365,6 +395,7 @@ def goals(args, record, pooled: dict, unbatched: Figures, labels: list[str]) -> 
         f" {big_handlers.throughput / big_predict.throughput:.2f}x   (same run: what parsing and writing"
         " the CSV cost, without HTTP)"
     )
+    print(f"  1,000-row CSV: ceiling from one thread's CPU per request {ceiling:.2f}x   (same run, above)")
     counts = process.endpoint_status(record)["batching"]
     print(
         f"  the server batched (whole run, all phases): {counts['requests']} requests in {counts['batches']} batches"
@@ -458,7 +489,8 @@ def main() -> None:
             if args.capture_rounds:
                 capture_comparison(args, record, archive, sha256, X, home)
             predict_cost(model, X)
-            goals(args, record, pooled, batching_off(args, home, archive, sha256, X), labels)
+            ceiling = csv_ceiling(model, sizes[1][1][0])
+            goals(args, record, pooled, batching_off(args, home, archive, sha256, X), labels, ceiling)
         finally:
             process.stop_endpoint(home, "bench")
 

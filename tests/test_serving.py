@@ -233,6 +233,9 @@ def test_large_csv_bodies_parse_to_the_same_numbers_as_row_by_row(loaded, rows):
         (lambda t: t[:10] + ['"1",' + t[10].split(",", 1)[1]] + t[11:], None),  # a quoted cell
         (lambda t: t[:10] + [t[10].replace(",", ",1e999,", 1).rsplit(",", 1)[0]] + t[11:], "is not a finite number"),
         (lambda t: t[:10] + ["#" + t[10]] + t[11:], "is not a number"),
+        # as many commas in all as 100 rows of 13 need, one too many in row 11 and one too few in row 12
+        (lambda t: t[:10] + [t[10] + ",1.0", t[11].rsplit(",", 1)[0]] + t[12:], "row 11 has 14 values"),
+        (lambda t: t[:10] + [t[10] + "\r" + t[11]] + t[12:], "row 11: malformed CSV"),  # a lone \r: neither reader's row end
     ],
 )
 def test_large_csv_bodies_the_c_reader_does_not_take_go_row_by_row(loaded, lines, message):

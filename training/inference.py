@@ -203,11 +203,16 @@ _TOO_DEEP = (
 
 
 def _fast_csv(text, width):
-    lines = text.rstrip().splitlines()
-    if not lines or any(line.count(",") != width - 1 for line in lines):
+    body = text.rstrip()
+    if not body:
         return None
-    if len(lines) >= _LOADTXT_ROWS:
-        return _loadtxt_csv(text, len(lines), width)
+    # The rows are the lines, as splitlines() has them; counting \n is 2x faster when no \r can end one.
+    rows = len(body.splitlines()) if "\r" in body else body.count("\n") + 1
+    if rows >= _LOADTXT_ROWS:
+        return _loadtxt_csv(body, rows, width)
+    lines = body.splitlines()
+    if any(line.count(",") != width - 1 for line in lines):
+        return None
     try:
         values = np.array(",".join(lines).split(","), dtype=float)  # Python's float parsing: exact
     except ValueError:
@@ -218,7 +223,8 @@ def _fast_csv(text, width):
 # From this many rows numpy's C reader parses a body (1,000 rows: ~1.5 ms instead of ~4.3 ms). It
 # converts a cell as float() does (CPython's PyOS_string_to_double), so the values are the same;
 # anything it reads otherwise (a skipped blank line, quotes, underscores) fails or changes the shape,
-# and goes row by row.
+# and goes row by row. It checks that every row has as many cells as the first (else it fails) and
+# the shape is checked here, so the rows need not be split and counted one by one first.
 _LOADTXT_ROWS = 64
 
 
