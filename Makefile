@@ -13,12 +13,14 @@ UI_PORT ?= 3000
 
 # (Re)install when the dependency files change; constraints.txt pins every package, uv too.
 # pip brings uv, which installs the pinned set with parallel downloads (about 1 min; pip took 3).
-# --compile-bytecode, as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing else writes the
-# .pyc files, and every process would compile dagster, pandas... again (10 s more per import).
-$(STAMP): pyproject.toml setup.py constraints.txt
+# Then the bytecode, as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing else writes the
+# .pyc files, and every process would compile dagster, pandas... again (10 s more per import);
+# scripts/compile_bytecode.py skips the packages' tests and what nothing here imports.
+$(STAMP): pyproject.toml setup.py constraints.txt scripts/compile_bytecode.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt uv
-	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -c constraints.txt -e '.[dev]'
+	$(BIN)/python scripts/compile_bytecode.py
 	@touch $@
 
 install: $(STAMP)
