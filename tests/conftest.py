@@ -20,8 +20,13 @@ os.environ["SAGEMAKER_SUPPRESS_V2_WARNING"] = "1"
 
 @pytest.fixture(scope="session")
 def shared_definition_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One pipeline definition cache per test worker, as a user has one for all their homes."""
-    return tmp_path_factory.mktemp("definition-cache")
+    """One pipeline definition cache for the whole run, as a user has one for all their homes and
+    processes: the xdist workers share it (each entry is written to a temporary file and renamed,
+    so a worker reads a whole entry or none), and a definition is built once, not once per worker."""
+    base = tmp_path_factory.getbasetemp()  # under xdist: <the run's folder>/popen-gwN
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "definition-cache"
+    cache.mkdir(exist_ok=True)
+    return cache
 
 
 @pytest.fixture
