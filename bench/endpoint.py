@@ -319,19 +319,23 @@ def batching_off(args, home: Path, archive: Path, sha256: str, X: np.ndarray) ->
         process.stop_endpoint(home, "bench-unbatched")
 
 
+def median_seconds(call: Callable[[], object], calls: int = 30) -> float:
+    """The median wall time of ``calls`` calls, one after another in this thread."""
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
 def predict_cost(model, X: np.ndarray) -> None:
     """Where a batch's time goes: predict_fn on 1, 8 and 64 rows in this process, one thread, and the
     ceiling that sets for --clients clients when each round of their requests is one predict."""
     print("\npredict_fn in this process, one thread (median of 30 calls): what one batch costs")
     costs = {}
     for rows in (1, 8, 64):
-        data = X[:rows]
-        times = []
-        for _ in range(30):
-            started = time.perf_counter()
-            handlers.predict_fn(data, model)
-            times.append(time.perf_counter() - started)
-        costs[rows] = float(np.median(times))
+        costs[rows] = median_seconds(lambda data=X[:rows]: handlers.predict_fn(data, model))
         print(f"  {rows:>3} rows: {costs[rows] * 1000:6.2f} ms")
     print(
         f"  ceiling with one predict per batch of 8 requests: 8 / {costs[8] * 1000:.2f} ms ="
@@ -351,14 +355,7 @@ def csv_ceiling(model, body: bytes) -> float:
         "predict_fn": lambda: handlers.predict_fn(data, model),
         "output_fn (CSV write)": lambda: handlers.output_fn(prediction, "text/csv"),
     }
-    costs = {}
-    for name, call in parts.items():
-        times = []
-        for _ in range(30):
-            started = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - started)
-        costs[name] = float(np.median(times))
+    costs = {name: median_seconds(call) for name, call in parts.items()}
     print("\n1,000-row CSV, one thread (median of 30 calls): the CPU a request costs beyond predict")
     for name, cost in costs.items():
         print(f"  {name:<22} {cost * 1000:6.2f} ms")

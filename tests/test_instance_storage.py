@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -87,7 +88,7 @@ def test_alembic_scripts_are_read_once_and_every_new_database_is_still_stamped_a
     homes = [tmp_path / name for name in ("a", "b", "c")]
     for home in homes:  # run-sharded SQLite, as make run and make ui have it: each run is a new database
         home.mkdir()
-        shutil.copy(instance_storage.__file__.replace("mlops_dagster/instance_storage.py", "config/dagster.yaml"), home)
+        shutil.copy(Path(__file__).resolve().parent.parent / "config" / "dagster.yaml", home)
         with DagsterInstance.from_config(str(home)) as instance:
             assert materialize([one], instance=instance).success
     assert reads and len(reads) == len(set(reads)), reads  # each script folder read once, not per database

@@ -219,13 +219,13 @@ class DagsterDev:
         """The stop_endpoints job (what `make endpoint-stop` runs), in this process on dagster dev's
         MLOPS_HOME: the CLI would only add seconds of imports."""
         from dagster import DagsterInstance
+        from helpers import run_job
 
         from mlops_dagster import build_definitions
         from mlops_dagster.settings import Settings
 
-        job = build_definitions(Settings.from_env(self.env)).resolve_job_def("stop_endpoints")
         with DagsterInstance.ephemeral() as instance:
-            result = job.execute_in_process(instance=instance, raise_on_error=False)
+            result = run_job(build_definitions(Settings.from_env(self.env)), instance, "stop_endpoints")
             if not result.success:
                 print(f"stop_endpoints failed:\n{run_failure_report(instance, result.run_id)}")
 

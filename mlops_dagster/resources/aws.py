@@ -55,8 +55,8 @@ def new_boto3_session(core: botocore.session.Session | None = None, **kwargs: An
     # missing profile still fails here, naming it.
     core.lazy_register_component("data_loader", lambda: _shared_loader(core.get_config_variable("data_path")))
     session = boto3.Session(botocore_session=core, **kwargs)
+    paths = core.get_component("data_loader").search_paths  # outside the lock its factory takes
     with _LOADERS_LOCK:  # boto3.Session appends its resource models' folder to the paths each time
-        paths = core.get_component("data_loader").search_paths
         paths[:] = dict.fromkeys(paths)
     return session
 
