@@ -8,10 +8,11 @@ from dagster import BetaWarning, PreviewWarning
 warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
-from . import instance_storage  # noqa: E402
+from . import instance_storage, process_exit  # noqa: E402
 from .definitions import build_definitions  # noqa: E402
 
 instance_storage.install()  # fewer fsyncs per Dagster event (see instance_storage.py)
+process_exit.install()  # no collection over the whole heap at exit (see process_exit.py)
 
 defs = build_definitions()
 
