@@ -117,8 +117,8 @@ def test_sessions_share_the_parsed_service_models_and_keep_their_own_settings(mo
     assert clients[0].meta.config.retries["total_max_attempts"] == 3
     assert clients[3].meta.config.retries["total_max_attempts"] == 5
     assert _first_url(clients[3], "list_pipelines") == "http://127.0.0.1:9/"
-    plain = botocore.session.get_session()  # a session made elsewhere keeps botocore's own loader
-    assert plain.get_component("data_loader") is not clients[0]._loader  # noqa: SLF001
+    plain = botocore.session.get_session()  # a session made elsewhere (a library's) shares it too
+    assert plain.get_component("data_loader") is clients[0]._loader  # noqa: SLF001
     for _ in range(3):
         east.boto_session()
     loader = clients[0]._loader  # noqa: SLF001 - boto3's resource path is listed once, not per session

@@ -3,6 +3,8 @@
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,22 +168,79 @@ def test_recipe_train_py_can_be_the_entry_point(tmp_path):
     assert not any(k for k in hyperparameters if not k.startswith("sagemaker_"))
 
 
+def test_the_sdk_parses_the_endpoint_list_once_for_its_sessions_and_image_uris(monkeypatch, no_sockets):
+    import boto3
+    import botocore.loaders
+    import sagemaker
+    from sagemaker import image_uris
+
+    parsed: list[str] = []
+    load_file = botocore.loaders.JSONFileLoader.load_file
+    monkeypatch.setattr(
+        botocore.loaders.JSONFileLoader,
+        "load_file",
+        lambda self, path: parsed.append(path) or load_file(self, path),  # type: ignore[func-returns-value]
+    )
+
+    boto = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name="us-west-2")
+    for _ in range(2):
+        sagemaker.Session(boto_session=boto, default_bucket="mlops-local")
+    uris = {image_uris.retrieve("sklearn", "us-west-2", "1.2-1", instance_type="ml.m5.large") for _ in range(3)}
+    assert uris == {"246618743249.dkr.ecr.us-west-2.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"}
+    # Before: one parse per session and one per image URI (0.05 s each).
+    assert len([p for p in parsed if p.endswith("/endpoints")]) <= 1, parsed
+    assert len([p for p in parsed if p.endswith("sagemaker/2017-07-24/service-2")]) <= 1, parsed
+
+
 def test_the_sdk_validates_a_config_once_however_many_sessions_load_it(monkeypatch, no_sockets):
     # Every sagemaker.Session loads sdk_config.yaml and the SDK validated it against its schema
-    # each time (0.4 s a session); the same config is valid the second time too.
+    # each time (0.065 s each, several per session); the same config is valid the second time too.
     import boto3
     import jsonschema
     import sagemaker
 
+    from mlops_dagster.sagemaker import pipeline_builder
+
     validations: list[dict] = []
-    validate = jsonschema.validate
+    validate = pipeline_builder._jsonschema_validate
     monkeypatch.setattr(
-        jsonschema, "validate", lambda config, *a, **k: validations.append(config) or validate(config, *a, **k)
+        pipeline_builder,
+        "_jsonschema_validate",
+        lambda config, *a, **k: validations.append(config) or validate(config, *a, **k),  # type: ignore[func-returns-value]
     )
+    monkeypatch.setattr(pipeline_builder, "_VALIDATED", set())
     boto = boto3.Session(aws_access_key_id="local", aws_secret_access_key="local", region_name="us-east-1")
     for _ in range(3):
         session = sagemaker.Session(boto_session=boto, default_bucket="mlops-local")
     assert session.sagemaker_config["SchemaVersion"] == "1.0"  # the project's config file, loaded
-    assert len(validations) <= 1, f"{len(validations)} validations for 3 sessions"
+    assert len(validations) == 1, f"{len(validations)} validations for 3 sessions"
     with pytest.raises(jsonschema.ValidationError):  # a config the SDK would refuse is still refused
         sagemaker.config.config.validate_sagemaker_config({"SchemaVersion": "1.0", "SageMaker": {"Nope": 1}})
+    with pytest.raises(jsonschema.ValidationError):  # and other schemas are jsonschema's business
+        jsonschema.validate({"a": 1}, {"type": "object", "properties": {"a": {"type": "string"}}})
+    assert len(validations) == 3
+
+
+_IMPORT_PROBE = """
+import json, sys, types
+import jsonschema
+package = types.ModuleType('mlops_dagster')
+package.__path__ = [sys.argv[1]]
+sys.modules['mlops_dagster'] = package  # the builder alone, not the code location
+calls = []
+validate = jsonschema.validate
+jsonschema.validate = lambda *a, **k: calls.append(1) or validate(*a, **k)
+from mlops_dagster.sagemaker import pipeline_builder
+print(json.dumps({'validations': len(calls), 'sagemaker': 'sagemaker.jumpstart.constants' in sys.modules}))
+"""
+
+
+def test_importing_the_sdk_validates_its_config_once():
+    # `import sagemaker` makes a JumpStart Session, which validated the config four times.
+    import mlops_dagster
+
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", _IMPORT_PROBE, str(Path(mlops_dagster.__file__).parent)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert json.loads(done.stdout) == {"validations": 1, "sagemaker": True}

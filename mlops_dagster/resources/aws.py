@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import boto3
-import botocore.loaders
 import botocore.session
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
@@ -22,6 +20,7 @@ from dagster import ConfigurableResource, MetadataValue
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr, field_validator
 
+from .. import botocore_loader
 from .object_store import (
     ObjectInfo,
     ObjectNotFound,
@@ -40,33 +39,11 @@ _MISSING = ("404", "NoSuchKey", "NotFound")
 LOG_GROUPS = {"training": "/aws/sagemaker/TrainingJobs", "processing": "/aws/sagemaker/ProcessingJobs"}
 
 
-# botocore parses a service's JSON model once per session (SageMaker's is 3 MB: about 0.1 s, IAM's
-# and S3's more), and boto_session() makes a new session each time; so every session of this
-# process shares one loader per data path. A loader's models are read-only once loaded, as they
-# are for the many clients of a single session.
-_LOADERS: dict[str | None, botocore.loaders.Loader] = {}
-_LOADERS_LOCK = threading.Lock()
-
-
 def new_boto3_session(core: botocore.session.Session | None = None, **kwargs: Any) -> boto3.Session:
-    """``boto3.Session(botocore_session=core, **kwargs)`` on this process's shared loader."""
-    core = core or botocore.session.get_session()
-    # Lazy, as botocore registers its own: the data path is read once the profile is set, so a
-    # missing profile still fails here, naming it.
-    core.lazy_register_component("data_loader", lambda: _shared_loader(core.get_config_variable("data_path")))
-    session = boto3.Session(botocore_session=core, **kwargs)
-    paths = core.get_component("data_loader").search_paths  # outside the lock its factory takes
-    with _LOADERS_LOCK:  # boto3.Session appends its resource models' folder to the paths each time
-        paths[:] = dict.fromkeys(paths)
-    return session
-
-
-def _shared_loader(data_path: str | None) -> botocore.loaders.Loader:
-    with _LOADERS_LOCK:
-        loader = _LOADERS.get(data_path)
-        if loader is None:
-            loader = _LOADERS[data_path] = botocore.loaders.create_loader(data_path)
-        return loader
+    """``boto3.Session(botocore_session=core, **kwargs)`` on this process's shared loaders
+    (``botocore_loader.py``: each service's JSON model is parsed once per process, not per session)."""
+    botocore_loader.share()
+    return boto3.Session(botocore_session=core or botocore.session.get_session(), **kwargs)
 
 
 def endpoint_override(endpoint_url: str) -> Callable[..., None]:

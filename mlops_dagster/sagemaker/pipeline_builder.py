@@ -27,16 +27,40 @@ instances, at most the dataset's part count (an instance without a part fails, s
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
+import jsonschema
 
 from . import SDK_CONFIG  # noqa: F401  (configures the SDK before it is imported)
 from .training_code import TRAINING_DIR, stage_training_code
 
-import sagemaker  # noqa: E402  isort: skip
+
+def _validate_sdk_config_once(instance: object, schema: object, *args, **kwargs) -> None:
+    """``jsonschema.validate``, where a config the SDK validated before is not validated again.
+
+    The SDK validates its config against its whole schema (0.065 s each, mostly checking the
+    schema itself) when a Session loads ``sdk_config.yaml`` and on every config lookup: four times
+    during ``import sagemaker`` alone (JumpStart makes a Session) and about 60 times per build.
+    A config that was valid stays valid; any other schema is validated as jsonschema does.
+    """
+    sdk_schema = getattr(sys.modules.get("sagemaker.config.config_schema"), "SAGEMAKER_PYTHON_SDK_CONFIG_SCHEMA", None)
+    if schema is not sdk_schema or args or kwargs:
+        return _jsonschema_validate(instance, schema, *args, **kwargs)
+    key = json.dumps(instance, sort_keys=True, default=str)
+    if key not in _VALIDATED:
+        _jsonschema_validate(instance, schema)
+        _VALIDATED.add(key)
+    return None
+
+
+_VALIDATED: set[str] = set()
+_jsonschema_validate = jsonschema.validate
+jsonschema.validate = _validate_sdk_config_once  # the SDK calls jsonschema.validate(config, schema)
+
 from sagemaker import image_uris  # noqa: E402
 from sagemaker.drift_check_baselines import DriftCheckBaselines  # noqa: E402
 from sagemaker.inputs import TrainingInput  # noqa: E402
@@ -56,23 +80,6 @@ from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
 from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 from sagemaker.workflow.properties import PropertyFile  # noqa: E402
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep  # noqa: E402
-
-
-def _validate_config_once(config: dict) -> None:
-    """The SDK re-validates its whole config schema on every config lookup (about 60 per build,
-    each ~0.2-1 s with jsonschema 4.2x) and on loading the config file (sdk_config.yaml) in every
-    Session; validating a given config once is enough."""
-    key = json.dumps(config, sort_keys=True, default=str)
-    if key not in _VALIDATED:
-        _sdk_validate(config)
-        _VALIDATED.add(key)
-
-
-_VALIDATED: set[str] = set()
-_sdk_validate = sagemaker.config.validate_sagemaker_config
-sagemaker.utils.validate_sagemaker_config = _validate_config_once
-sagemaker.session.validate_sagemaker_config = _validate_config_once
-sagemaker.config.config.validate_sagemaker_config = _validate_config_once
 
 FRAMEWORK_VERSION = "1.2-1"
 PROCESSING = "/opt/ml/processing"
