@@ -23,6 +23,10 @@ gives each run an empty one, `warm` one that an untimed build filled first.
     .venv/bin/python bench/e2e.py --select '*trained_model' --source /work/shared/data/BostonHousing.csv
     .venv/bin/python bench/e2e.py --sqlite both    # same-run comparison of the instance's SQLite tuning
 
+    .venv/bin/python bench/e2e.py --mode rerun --step-cache both    # rerun with and without step caching
+
+`--step-cache off` runs pipeline_definition with `step_cache_expire_after: ""` (every execution runs
+every step; with the default, a rerun on unchanged data and code reuses the earlier jobs).
 `--sqlite durable` runs with MLOPS_DAGSTER_SQLITE_DURABLE=1 (SQLite's defaults for the Dagster
 instance, see mlops_dagster/instance_storage.py); `both` alternates tuned and durable runs.
 
@@ -36,6 +40,7 @@ the endpoint server importing its handlers and scikit-learn.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -53,6 +58,7 @@ NOTICED = re.compile(r"^(execution \S+ ended|step \S+: (Succeeded|Failed|Stopped
 
 DEFINITION_CACHE = "MLOPS_DEFINITION_CACHE_DIR"
 DURABLE_SQLITE = "MLOPS_DAGSTER_SQLITE_DURABLE"
+STEP_CACHE = "MLOPS_BENCH_STEP_CACHE"  # this script's own switch, read by _materialize
 
 
 def _env(home: str, source: str) -> dict:
@@ -64,9 +70,12 @@ def _env(home: str, source: str) -> dict:
 def _materialize(home: str, source: str, select: str) -> tuple[float, float]:
     """(wall-clock start, seconds) of one `dagster asset materialize`."""
     dagster = Path(sys.executable).with_name("dagster")
+    config = []
+    if os.environ.get(STEP_CACHE) == "off":  # pipeline_definition's config: every step runs every time
+        config = ["--config-json", json.dumps({"ops": {"pipeline_definition": {"config": {"step_cache_expire_after": ""}}}})]
     started_at, started = time.time(), time.perf_counter()
     done = subprocess.run(
-        [str(dagster), "asset", "materialize", "-m", "mlops_dagster", "--select", select],
+        [str(dagster), "asset", "materialize", "-m", "mlops_dagster", "--select", select, *config],
         cwd=REPO, env=_env(home, source), capture_output=True, text=True,
     )  # fmt: skip
     wall = time.perf_counter() - started
@@ -150,7 +159,9 @@ def _execution_parts(home: str, noticed: float) -> dict[str, float]:
         intervals.append((start, end))
         job = next((m["Arn"].rsplit("/", 1)[-1] for m in step.get("Metadata", {}).values() if "Arn" in m), None)
         parts[f"    step {step['StepName']}"] = end - start
-        if job in scripts:
+        if step.get("CacheHitResult"):  # the job is an earlier execution's: nothing ran here
+            parts["    steps reused from the step cache (count)"] = parts.get("    steps reused from the step cache (count)", 0) + 1
+        elif job in scripts:
             parts[f"      {step['StepName']}: script process (start, imports, script)"] = scripts[job]
             busy += scripts[job]
     covered = _union(intervals)
@@ -204,18 +215,27 @@ def main() -> None:
     parser.add_argument("--source", default="synthetic")
     parser.add_argument("--definition-cache", choices=("cold", "warm"), default="cold")
     parser.add_argument("--sqlite", choices=("tuned", "durable", "both"), default="tuned")
+    parser.add_argument("--step-cache", choices=("on", "off", "both"), default="on",
+                        help="pipeline_definition's step caching (on: its default); both alternates, with tuned sqlite")
     args = parser.parse_args()
     warm = tempfile.TemporaryDirectory(prefix="mlops-bench-cache-")
     if args.definition_cache == "warm":
         warm_definition_cache(warm.name, args.source)
-    modes = ("tuned", "durable") if args.sqlite == "both" else (args.sqlite,)
+    if args.step_cache != "on" and args.sqlite != "tuned":
+        parser.error("--step-cache off|both compares with tuned sqlite only")
+    if args.step_cache == "both":
+        modes: tuple[str, ...] = ("cache on", "cache off")
+    elif args.step_cache == "off":
+        modes = ("cache off",)
+    else:
+        modes = ("tuned", "durable") if args.sqlite == "both" else (args.sqlite,)
     runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for i in range(args.runs):
         for mode in modes:  # alternated, so that a change in the machine's load hits both alike
-            _set_sqlite(mode)
+            _set_mode(mode)
             parts = one_run(args.mode, args.select, args.source)
             runs[mode].append(parts)
-            print(f"run {i + 1} ({mode} sqlite): wall {parts['wall']:6.2f} s", flush=True)
+            print(f"run {i + 1} ({mode}): wall {parts['wall']:6.2f} s", flush=True)
     warm.cleanup()
     print(f"\nmode {args.mode}, select {args.select!r}, source {args.source}, "
           f"definition cache {args.definition_cache}, runs {args.runs} (medians, s)")
@@ -230,11 +250,13 @@ def main() -> None:
     print_floor()
 
 
-def _set_sqlite(mode: str) -> None:
+def _set_mode(mode: str) -> None:
+    """tuned | durable (the instance's SQLite), or cache on | cache off (step caching, tuned SQLite)."""
     if mode == "durable":
         os.environ[DURABLE_SQLITE] = "1"
     else:
         os.environ.pop(DURABLE_SQLITE, None)
+    os.environ[STEP_CACHE] = "off" if mode == "cache off" else "on"
 
 
 def _import_seconds(code: str, runs: int = 3) -> float:

@@ -41,6 +41,9 @@ def refusal(config_class, **values) -> str:
         ("max_model_bytes", -1, "greater than 0"),
         ("max_model_bytes", math.nan, "Input should be a finite number"),
         ("max_model_bytes", 1.5, "Input should be a valid integer"),
+        ("step_cache_expire_after", "soon", "'soon' is not an ISO 8601 duration"),
+        ("step_cache_expire_after", "30", "is not an ISO 8601 duration"),
+        ("step_cache_expire_after", "P" + "1" * 40 + "D", "at most 32 characters"),
     ],
 )
 def test_pipeline_config_refuses_out_of_range_values(field: str, value, expected: str):
@@ -72,6 +75,14 @@ def test_defaults_and_bounds_pass():
     assert (PipelineConfig().min_samples_leaf, PipelineConfig().max_samples) == (None, None)
     assert PipelineConfig(max_samples=1).max_samples == 1.0
     assert PipelineConfig().max_model_bytes == 2**30
+
+
+def test_step_cache_default_is_the_builders_and_empty_turns_it_off():
+    from mlops_dagster.sagemaker.pipeline_builder import DEFAULT_STEP_CACHE, PipelineSpec
+
+    assert PipelineConfig().step_cache_expire_after == DEFAULT_STEP_CACHE == PipelineSpec.step_cache_expire_after
+    assert PipelineConfig(step_cache_expire_after=" PT12H ").step_cache_expire_after == "PT12H"
+    assert PipelineConfig(step_cache_expire_after="").step_cache_expire_after == ""
 
 
 def test_size_gate_default_is_the_builders():

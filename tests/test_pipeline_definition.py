@@ -80,6 +80,28 @@ def test_definition_has_the_recipe_steps_and_parameters(tmp_path, no_sockets):
     ]
 
 
+def test_processing_and_training_steps_are_cached_unless_turned_off(tmp_path, no_sockets):
+    def caches(doc: dict) -> dict:
+        steps = {s["Name"]: s for s in doc["Steps"]}
+        condition = steps["CheckQuality"]["Arguments"]
+        nested = [*condition["IfSteps"], *condition["ElseSteps"], *condition["IfSteps"][0]["Arguments"]["IfSteps"]]
+        return {s["Name"]: s.get("CacheConfig") for s in [*doc["Steps"], *nested]}
+
+    cached = caches(json.loads(_build(tmp_path / "on")))
+    assert cached == {
+        "Preprocess": {"Enabled": True, "ExpireAfter": "P30D"},
+        "Train": {"Enabled": True, "ExpireAfter": "P30D"},
+        "Evaluate": {"Enabled": True, "ExpireAfter": "P30D"},
+        "CheckQuality": None, "CheckModelSize": None, "MseAboveThreshold": None, "RegisterModel-RegisterModel": None,
+    }  # fmt: skip
+    assert set(caches(json.loads(_build(tmp_path / "off", step_cache_expire_after=None))).values()) == {None}
+    sharded = json.loads(_build(tmp_path / "sharded", processing_instance_count=2, step_cache_expire_after="PT1H"))
+    assert {s["Name"]: s.get("CacheConfig") for s in sharded["Steps"][:2]} == {
+        "Statistics": {"Enabled": True, "ExpireAfter": "PT1H"},
+        "Preprocess": {"Enabled": True, "ExpireAfter": "PT1H"},
+    }
+
+
 def test_sdk_uploads_land_in_the_local_store(tmp_path, no_sockets):
     doc = json.loads(_build(tmp_path / "s3"))
     train = next(s for s in doc["Steps"] if s["Name"] == "Train")["Arguments"]

@@ -21,12 +21,13 @@ from dagster import (
     TableSchema,
     asset,
 )
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..resources.object_store import ObjectStore, sha256_file
 from ..resources.sagemaker import SageMaker
 from ..sagemaker.definition import definition_sha256, step_graph_mermaid
 from ..sagemaker.definition_cache import cached_definition
+from ..sagemaker.local.step_cache import CacheConfigError, duration_seconds
 from ..sagemaker.training_code import TRAINING_DIR, code_version
 from ..settings import Settings
 
@@ -44,6 +45,7 @@ INSTANCE_TYPE = r"^ml\.[a-z0-9-]+\.[a-z0-9]+$"  # e.g. ml.m5.large, ml.g4dn.xlar
 # pipeline_builder.DEFAULT_MAX_MODEL_BYTES (not imported here: the SDK takes seconds to import).
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
 MAX_PROCESSING_INSTANCES = 100  # SageMaker's limit for a processing job's InstanceCount
+DEFAULT_STEP_CACHE = "P30D"  # pipeline_builder.DEFAULT_STEP_CACHE
 
 
 class PipelineConfig(Config):
@@ -83,6 +85,22 @@ class PipelineConfig(Config):
     pass_hyperparameters: bool = Field(
         default=True, description="False runs a script without hyperparameters (the recipe's own train.py)"
     )
+    step_cache_expire_after: str = Field(
+        default=DEFAULT_STEP_CACHE, max_length=32,
+        description="SageMaker step caching of Preprocess, Train and Evaluate: an execution reuses the job of an "
+        "earlier one with the same data, code and settings if it ran within this ISO 8601 duration (P30D, PT12H); "
+        "empty: every execution runs every step (the recipe's definition)",
+    )  # fmt: skip
+
+    @field_validator("step_cache_expire_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if value.strip():
+            try:
+                duration_seconds(value)
+            except CacheConfigError as err:
+                raise ValueError(str(err)) from None
+        return value.strip()
 
 
 class TrainedModelConfig(Config):
@@ -131,6 +149,7 @@ def pipeline_definition(
         "training_dir": config.training_dir,
         "entry_point": config.entry_point,
         "pass_hyperparameters": config.pass_hyperparameters,
+        "step_cache_expire_after": config.step_cache_expire_after or None,
     }
     started = time.perf_counter()
     definition, cache = _cached_definition(settings, sagemaker, store, fields)
@@ -363,6 +382,13 @@ def trained_model(
     )
     metrics = {m: evaluation["regression_metrics"][m]["value"] for m in METRICS if m in evaluation["regression_metrics"]}
     context.log.info("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None))
+    # SageMaker's step cache: steps whose data, code and settings an earlier execution had already run.
+    cached = {s["StepName"]: s["CacheHitResult"]["SourcePipelineExecutionArn"] for s in steps if s.get("CacheHitResult")}
+    if cached:
+        context.log.info(
+            "reused from earlier executions (step caching, pipeline_definition's step_cache_expire_after): "
+            + ", ".join(f"{step} from {source}" for step, source in sorted(cached.items()))
+        )
     value = {
         "execution_arn": arn,
         "model_data_url": model_uri,
@@ -386,6 +412,7 @@ def trained_model(
         "execution_link": sagemaker.console_link("pipeline-execution", arn),
         "model_package_arn": package_arn or "",
         "quality_gate": quality_gate or "passed",
+        "cached_steps": MetadataValue.json(cached),
         **_footprint(evaluation),
         "evaluation": MetadataValue.md(_evaluation_summary(evaluation, quality_gate)),
     }

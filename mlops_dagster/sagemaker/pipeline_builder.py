@@ -79,7 +79,7 @@ from sagemaker.workflow.parameters import ParameterFloat, ParameterInteger, Para
 from sagemaker.workflow.pipeline import Pipeline  # noqa: E402
 from sagemaker.workflow.pipeline_context import PipelineSession  # noqa: E402
 from sagemaker.workflow.properties import PropertyFile  # noqa: E402
-from sagemaker.workflow.steps import ProcessingStep, TrainingStep  # noqa: E402
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep, TrainingStep  # noqa: E402
 
 FRAMEWORK_VERSION = "1.2-1"
 PROCESSING = "/opt/ml/processing"
@@ -90,6 +90,7 @@ APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 # about 1.5 GiB of headroom.
 DEFAULT_MAX_MODEL_BYTES = 1 << 30
 MAX_PROCESSING_INSTANCES = 100  # SageMaker's limit for a processing job's InstanceCount
+DEFAULT_STEP_CACHE = "P30D"
 # Model Monitor's baseline file names (monitoring/baseline.py; not imported: it pulls pandas into the builder).
 STATISTICS, CONSTRAINTS = "statistics.json", "constraints.json"
 
@@ -117,6 +118,10 @@ class PipelineSpec:
     entry_point: str = "train.py"
     # The recipe's own train.py takes no hyperparameters; set False to run it unmodified.
     pass_hyperparameters: bool = True
+    # SageMaker step caching of the Processing and Training steps: an execution reuses an earlier
+    # one's job whose inputs, code and settings were the same within this ISO 8601 duration; None
+    # runs every step every time (the recipe's definition).
+    step_cache_expire_after: str | None = DEFAULT_STEP_CACHE
 
     @property
     def model_package_group(self) -> str:
@@ -158,6 +163,11 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     train_instance = ParameterString("TrainInstanceType", default_value=spec.train_instance_type)
     processing_instance = ParameterString("ProcessingInstanceType", default_value=spec.processing_instance_type)
     approval = ParameterString("ModelApprovalStatus", default_value=spec.approval_status)
+    cache = (
+        CacheConfig(enable_caching=True, expire_after=spec.step_cache_expire_after)
+        if spec.step_cache_expire_after
+        else None
+    )
 
     def processor(base: str, instance_count: int | ParameterInteger = 1) -> SKLearnProcessor:
         return SKLearnProcessor(
@@ -173,6 +183,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     if count == 1:
         preprocess = ProcessingStep(
             name="Preprocess",
+            cache_config=cache,
             step_args=processor("preprocess").run(
                 code=str(source / "preprocess.py"),
                 inputs=[ProcessingInput(source=input_data, destination=f"{PROCESSING}/input")],
@@ -184,7 +195,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     else:
         # An execution may run Preprocess on another count (the step graph is the same for any).
         instances = ParameterInteger("ProcessingInstanceCount", default_value=count)
-        first_steps = _sharded_preprocess(spec, source, input_data, instances, processor)
+        first_steps = _sharded_preprocess(spec, source, input_data, instances, processor, cache)
         preprocess = first_steps[-1]
         sharding = [instances]
     outputs = preprocess.properties.ProcessingOutputConfig.Outputs
@@ -210,6 +221,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     )
     train = TrainingStep(
         name="Train",
+        cache_config=cache,
         step_args=estimator.fit(
             inputs={
                 "training": TrainingInput(outputs["train"].S3Output.S3Uri, content_type="text/csv"),
@@ -222,6 +234,7 @@ def _build_pipeline(spec: PipelineSpec, boto_session: boto3.Session) -> Pipeline
     report = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
     evaluate = ProcessingStep(
         name="Evaluate",
+        cache_config=cache,
         step_args=processor("evaluate").run(
             code=str(source / "evaluate.py"),
             inputs=[
@@ -319,7 +332,12 @@ def _split_outputs() -> list[ProcessingOutput]:
 
 
 def _sharded_preprocess(
-    spec: PipelineSpec, source: Path, input_data: ParameterString, instances: ParameterInteger, processor
+    spec: PipelineSpec,
+    source: Path,
+    input_data: ParameterString,
+    instances: ParameterInteger,
+    processor,
+    cache: CacheConfig | None,
 ) -> list[ProcessingStep]:
     """Statistics (one instance, every train part) then Preprocess on the spec's instances, each
     given its shard of the parts and the global statistics (module docstring)."""
@@ -327,6 +345,7 @@ def _sharded_preprocess(
     train_parts = Join(on="", values=[input_data, "train/"])  # InputData ends with "/" (s3_dataset's uri)
     statistics = ProcessingStep(
         name="Statistics",
+        cache_config=cache,
         step_args=processor("statistics").run(
             code=str(source / "preprocess.py"),
             inputs=[ProcessingInput(source=train_parts, destination=f"{inputs}/train")],
@@ -339,6 +358,7 @@ def _sharded_preprocess(
     statistics_uri = statistics.properties.ProcessingOutputConfig.Outputs["statistics"].S3Output.S3Uri
     preprocess = ProcessingStep(
         name="Preprocess",
+        cache_config=cache,
         step_args=processor("preprocess", instances).run(
             code=str(source / "preprocess.py"),
             inputs=[

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import step_cache
+
 SUPPORTED_STEP_TYPES = ("Processing", "Training", "Condition", "RegisterModel", "Fail", "Model", "Transform")
 PARAMETER_TYPES = ("String", "Integer", "Float", "Boolean")
 EXECUTION_VARIABLES = (
@@ -76,6 +78,7 @@ class StepDef:
     # (condition step, "IfSteps" | "ElseSteps") for steps inside a condition's branch.
     branch: tuple[str, str] | None = None
     index: int = 0
+    cache_config: Any = None  # the step's CacheConfig (step_cache.py)
 
     @property
     def expressions(self) -> Any:
@@ -115,6 +118,10 @@ class Plan:
             if step.type not in SUPPORTED_STEP_TYPES:
                 return f"step '{name}' has type '{step.type}', which the local SageMaker service does not run"
             try:
+                step_cache.window_seconds(step.type, step.cache_config)
+            except step_cache.CacheConfigError as err:
+                return f"step '{name}': {err}"
+            try:
                 check_expressions(step.expressions, self)
                 if step.type == "Condition":
                     for condition in step.arguments.get("Conditions") or []:
@@ -151,6 +158,7 @@ def _collect_steps(raw: list, steps: dict[str, StepDef], branch: tuple[str, str]
             property_files=list(item.get("PropertyFiles") or []),
             branch=branch,
             index=len(steps),
+            cache_config=item.get("CacheConfig"),
         )
         steps[name] = step
         if step.type == "Condition":

@@ -305,6 +305,7 @@ class Step(Record):
     ended: float | None
     failure_reason: str | None
     metadata: dict
+    cache_source: str | None  # the execution whose job this step reused (SageMaker's step cache)
 
     def describe(self) -> dict:
         return _drop_none(
@@ -316,6 +317,7 @@ class Step(Record):
                 "AttemptCount": 1,
                 "FailureReason": self.failure_reason,
                 "Metadata": self.metadata,
+                "CacheHitResult": {"SourcePipelineExecutionArn": self.cache_source} if self.cache_source else None,
             }
         )
 
@@ -519,6 +521,7 @@ CREATE UNIQUE INDEX IF NOT EXISTS executions_by_token ON executions (pipeline_na
 CREATE TABLE IF NOT EXISTS steps (
     execution_arn TEXT NOT NULL, name TEXT NOT NULL, type TEXT NOT NULL, status TEXT NOT NULL,
     started REAL NOT NULL, ended REAL, failure_reason TEXT, metadata TEXT NOT NULL,
+    cache_source TEXT,
     PRIMARY KEY (execution_arn, name)
 );
 CREATE TABLE IF NOT EXISTS jobs (
@@ -603,6 +606,8 @@ def _migrate(conn: sqlite3.Connection) -> None:
             conn.execute("ALTER TABLE executions ADD COLUMN heartbeat_boot TEXT")  # NULL: boot unknown
         if "parallelism" not in {row["name"] for row in conn.execute("PRAGMA table_info(pipelines)")}:
             conn.execute("ALTER TABLE pipelines ADD COLUMN parallelism TEXT")
+        if "cache_source" not in {row["name"] for row in conn.execute("PRAGMA table_info(steps)")}:
+            conn.execute("ALTER TABLE steps ADD COLUMN cache_source TEXT")  # NULL: the step ran
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
@@ -912,7 +917,7 @@ class LocalSageMakerBackend:
     ) -> None:
         with self.db.write() as conn:
             conn.execute(
-                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, NULL, NULL, ?)",
+                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, NULL, NULL, ?, NULL)",
                 (arn, name, step_type, status, time.time(), json.dumps(metadata or {})),
             )
 
@@ -923,15 +928,31 @@ class LocalSageMakerBackend:
         status: str,
         failure_reason: str | None = None,
         metadata: dict | None = None,
+        cache_source: str | None = None,
     ) -> None:
-        """Set a step's status (ending it when the status is terminal); no-op once it ended."""
+        """Set a step's status (ending it when the status is terminal); no-op once it ended.
+        ``cache_source``: the execution whose job the step reused instead of running one."""
         ended = time.time() if status in ("Succeeded", "Failed", "Stopped") else None
         with self.db.write() as conn:
             conn.execute(
                 "UPDATE steps SET status = ?, ended = ?, failure_reason = COALESCE(?, failure_reason),"
-                " metadata = COALESCE(?, metadata) WHERE execution_arn = ? AND name = ? AND status IN (?, ?, ?)",
-                (status, ended, failure_reason, _dumps(metadata), arn, name, *ACTIVE_STEP),
+                " metadata = COALESCE(?, metadata), cache_source = COALESCE(?, cache_source)"
+                " WHERE execution_arn = ? AND name = ? AND status IN (?, ?, ?)",
+                (status, ended, failure_reason, _dumps(metadata), cache_source, arn, name, *ACTIVE_STEP),
             )
+
+    def cached_jobs(self, pipeline_name: str, step_name: str, kind: str, since: float) -> list[Job]:
+        """The jobs that a step ``step_name`` of this pipeline's executions ran to completion after
+        ``since``, newest first: the candidates of SageMaker's step cache (reused results are not jobs,
+        so a reuse always names the execution that ran the job)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT jobs.* FROM jobs JOIN executions ON jobs.execution_arn = executions.arn"
+                " WHERE executions.pipeline_name = ? AND jobs.step_name = ? AND jobs.kind = ?"
+                " AND jobs.status = 'Completed' AND jobs.ended >= ? ORDER BY jobs.ended DESC",
+                (pipeline_name, step_name, kind, since),
+            ).fetchall()
+        return [Job.from_row(r) for r in rows]
 
     # jobs
 

@@ -26,7 +26,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import interpreter, model_steps
+from . import interpreter, model_steps, step_cache
 from .interpreter import ExpressionError, Plan, Scope, evaluate, evaluate_conditions, resolve_parameters
 from .models import (
     ACTIVE_EXECUTION,
@@ -317,6 +317,8 @@ class ExecutionRunner:
         name = job_name_for(self.execution.id, step.name)
         self.backend.start_step(self.arn, step.name, step.type, "Starting")
         request = self._resolve(step, step.arguments, **{f"{step.type}JobName": name})
+        if self._reuse_cached_job(step, kind, request):
+            return
         job = self.backend.create_job(name, kind, request, self.arn, step.name)
         self.backend.update_step(self.arn, step.name, "Starting", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}})
 
@@ -357,6 +359,25 @@ class ExecutionRunner:
             self._fail(step, f"{step.type.lower()} job {name} failed: {result.failure_reason} (log: {result.log_path})")
         self.properties[step.name] = job.describe()
         self.backend.update_step(self.arn, step.name, "Succeeded")
+
+    def _reuse_cached_job(self, step: interpreter.StepDef, kind: str, request: dict) -> bool:
+        """SageMaker's step cache (step_cache.py): end the step with an earlier execution's job, if
+        one matches; False when the step must run."""
+        window = step_cache.window_seconds(step.type, step.cache_config)  # Plan.unsupported checked it
+        if window is None:
+            return False
+        key = step_cache.cache_key(step.type, request)
+        since = time.time() - window
+        for job in self.backend.cached_jobs(self.execution.pipeline_name, step.name, kind, since):
+            if step_cache.cache_key(step.type, job.request) == key:
+                self.properties[step.name] = job.describe()
+                self.backend.update_step(
+                    self.arn, step.name, "Succeeded", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}},
+                    cache_source=job.execution_arn,
+                )  # fmt: skip
+                log.info("step %s: cache hit, reusing %s job %s of %s", step.name, kind, job.name, job.execution_arn)
+                return True
+        return False
 
     def _run_condition(self, step: interpreter.StepDef) -> None:
         self.backend.start_step(self.arn, step.name, step.type)
