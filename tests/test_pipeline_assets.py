@@ -67,6 +67,17 @@ def test_whole_graph_trains_evaluates_and_registers(defs, instance, mlops_home):
     assert _metadata(again, "pipeline_definition")["upsert"] == "unchanged"
     assert _metadata(again, "pipeline_definition")["definition_sha256"] == definition["definition_sha256"]
 
+    # A new execution on the same dataset and code: step caching reuses the first execution's jobs,
+    # and trained_model says so; the model is the same artifact, registered as a new version.
+    rerun = _run(defs, instance, selection=["pipeline_execution", "trained_model"])
+    assert rerun.success
+    reused = _metadata(rerun, "trained_model")
+    assert reused["execution_arn"] != model["execution_arn"]
+    assert reused["cached_steps"] == {step: model["execution_arn"] for step in ("Preprocess", "Train", "Evaluate")}
+    assert (reused["model_data_url"], reused["model_sha256"]) == (model["model_data_url"], model["model_sha256"])
+    assert reused["model_package_arn"] not in ("", model["model_package_arn"])
+    assert _metadata(result, "trained_model")["cached_steps"] == {}
+
 
 def test_a_failing_training_script_reaches_dagster_with_its_failure_text(defs, instance, tmp_path):
     code = tmp_path / "training"
