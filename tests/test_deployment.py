@@ -28,6 +28,11 @@ def _run(defs, instance, ops=None, selection=None):
 _materialized = latest_metadata
 
 
+def _messages(instance, result, step: str) -> list[str]:
+    """What the step logged (context.log) in this run."""
+    return [e.user_message for e in instance.all_logs(result.run_id) if e.step_key == step and e.user_message]
+
+
 def _observed_skip(result, key):
     for event in result.all_events:
         if event.event_type_value == "ASSET_OBSERVATION":
@@ -71,6 +76,9 @@ def test_dev_staging_prod_with_gates_rollback_and_restart(world, mlops_home):
     assert gate.startswith("approval gate: no Approved package") and "PendingManualApproval" in gate
     record = read_endpoint(mlops_home, "dev")
     assert record.url.startswith("http://127.0.0.1:") and is_alive(record)
+    # The run deploys after training: pipeline_execution started a standby server, and dev adopted it.
+    standby = [m for m in _messages(instance, first, "pipeline_execution") if "standby endpoint server (pid" in m]
+    assert len(standby) == 1 and f"(pid {record.pid})" in standby[0], standby
     row = dev["curl"].split("--data-binary '")[1].rstrip("'")
     prediction = _predict(defs, "mlops-pipeline-dev", row)
     assert isinstance(prediction, float)

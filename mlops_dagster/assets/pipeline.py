@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from botocore.exceptions import ClientError
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
     Config,
     DataVersion,
     Failure,
@@ -23,6 +24,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
+from ..naming import ENVIRONMENTS
 from ..resources.object_store import ObjectStore, sha256_file
 from ..resources.sagemaker import SageMaker
 from ..sagemaker.definition import definition_sha256, step_graph_mermaid
@@ -250,6 +252,13 @@ def pipeline_execution(
     )
     arn = response["PipelineExecutionArn"]
     context.log.info(f"started {arn} on {s3_dataset['uri']}")
+    # A run that deploys after training: hosting gets ready meanwhile (locally, a standby server).
+    selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
+    deploying = [env for env in ENVIRONMENTS if AssetKey(f"{env}_endpoint") in selected]
+    if deploying:
+        prepared = sagemaker.prepare_hosting(deploying[0])
+        if prepared:
+            context.log.info(prepared)
     return Output(
         {"execution_arn": arn, "input_data": s3_dataset["uri"], "definition_sha256": pipeline_definition["definition_sha256"]},
         metadata={

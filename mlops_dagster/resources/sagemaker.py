@@ -54,6 +54,12 @@ class SageMaker(ConfigurableResource, ABC):
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         """A ready-to-paste command that sends one CSV row to the endpoint and prints the prediction."""
 
+    def prepare_hosting(self, env: str) -> str | None:
+        """Called when a run that will deploy to the ``env`` endpoint has started its pipeline
+        execution. SageMaker provisions an endpoint's instances when the endpoint is created:
+        nothing to do. Returns what was prepared, for the log."""
+        return None
+
     def poll_pauses(self, max_poll: float) -> Iterator[float]:
         """Pauses between status checks of a running pipeline execution, endless. SageMaker's
         executions take minutes and its Describe/List calls are throttled: back off from 1 s,
@@ -107,6 +113,21 @@ class LocalSageMaker(SageMaker):
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         url = self.get_client().local_endpoint_url(endpoint_name)
         return f"curl -s -X POST {url} -H 'Content-Type: text/csv' --data-binary '{csv_row}'"
+
+    def prepare_hosting(self, env: str) -> str | None:
+        """Unless ``env``'s server is up (a deploy loads the new model into it), a standby endpoint
+        server imports the serving stack and the model's libraries while the pipeline trains; the
+        endpoint's deploy adopts it (serving/standby.py)."""
+        from ..serving import process, standby
+
+        record = process.read_endpoint(Path(self.home), env)
+        if record is not None and process.is_alive(record):
+            return None
+        directory = process.endpoints_dir(Path(self.home))
+        pid = standby.start(directory)
+        if pid is None:
+            return None
+        return f"a standby endpoint server (pid {pid}) is starting for the deploy after training ({directory / standby.LOG})"
 
     def poll_pauses(self, max_poll: float) -> Iterator[float]:
         return itertools.repeat(min(LOCAL_POLL_SECONDS, max_poll))

@@ -37,6 +37,8 @@ from typing import Any
 
 import psutil
 
+from . import standby
+
 # A process's start time is boot time (wall clock) + ticks since boot: a wall-clock step or NTP
 # correction moves it for every reader. A pid reused within a second by another process is not a real risk.
 START_TIME_TOLERANCE = 1.0
@@ -62,10 +64,21 @@ _BOOTSTRAP = (
     "monitoring = types.ModuleType('mlops_dagster.monitoring')\n"
     "monitoring.__path__ = [package.__path__[0] + '/monitoring']\n"
     "sys.modules['mlops_dagster.monitoring'] = monitoring\n"
-    "from mlops_dagster.serving.app import main\n"
+    "from mlops_dagster.serving.{module} import {function} as main\n"
     "main(sys.argv[1:])\n"
 )
 _PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def bootstrap(module: str, function: str) -> list[str]:
+    """The command that runs ``mlops_dagster.serving.<module>.<function>(args)``, args to append
+    (-P: the working directory is not put on sys.path, where nothing may shadow a module)."""
+    return [sys.executable, "-P", "-c", _BOOTSTRAP.format(module=module, function=function), str(_PACKAGE_DIR)]
+
+
+def remember_child(proc: subprocess.Popen) -> None:
+    """A process started here, polled so that it does not linger as a zombie once it exits."""
+    _children[proc.pid] = proc
 
 # Popen handles of servers started here, polled so that dead ones do not linger as zombies.
 _children: dict[int, subprocess.Popen] = {}
@@ -268,7 +281,7 @@ def _start(home: Path, env: str, ports: Sequence[int]) -> EndpointRecord:
     proc = None
     try:
         _write_private(token_file, token)
-        proc = _launch(sock, token_file, directory / env / "models", log_file, env)
+        proc = _launch(sock, token_file, directory / env / "models", log_file, env, directory)
         sock.close()  # the server has its own copy
         _wait_until_up(proc, port, env, log_file)
         created = psutil.Process(proc.pid).create_time()
@@ -317,14 +330,20 @@ def _bind(ports: Sequence[int], env: str) -> socket.socket:
     raise EndpointError(f"endpoint {env}: cannot listen on {HOST} ({'; '.join(errors)})")
 
 
-def _launch(sock: socket.socket, token_file: Path, model_root: Path, log_file: Path, env: str) -> subprocess.Popen:
-    fd = sock.fileno()
-    args = ["--fd", str(fd), "--token-file", str(token_file), "--model-root", str(model_root), "--name", env]
+def _launch(
+    sock: socket.socket, token_file: Path, model_root: Path, log_file: Path, env: str, directory: Path
+) -> subprocess.Popen | _Adopted:
+    """The server of ``env`` on ``sock``: the standby server if one is waiting, else a new process."""
+    args = ["--token-file", str(token_file), "--model-root", str(model_root), "--name", env]
     args += ["--log-file", str(log_file), "--log-max-bytes", str(LOG_MAX_BYTES)]
+    pid = standby.adopt(directory, sock, args)
+    if pid is not None:
+        return _Adopted(pid)
+    fd = sock.fileno()
+    args += ["--fd", str(fd)]
     with open(log_file, "ab") as out:  # until the server takes its log over (and if it fails before)
         proc = subprocess.Popen(
-            # -P: the working directory is not put on sys.path (nothing there may shadow a module)
-            [sys.executable, "-P", "-c", _BOOTSTRAP, str(_PACKAGE_DIR), *args],
+            [*bootstrap("app", "main"), *args],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -332,11 +351,38 @@ def _launch(sock: socket.socket, token_file: Path, model_root: Path, log_file: P
             start_new_session=True,  # outlives the caller; a Ctrl-C in its terminal does not reach it
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-    _children[proc.pid] = proc
+    remember_child(proc)
     return proc
 
 
-def _wait_until_up(proc: subprocess.Popen, port: int, env: str, log_file: Path) -> None:
+class _Adopted:
+    """A standby server (standby.py) that became this environment's: the parts of a Popen that
+    starting a server uses, for a process another process started."""
+
+    def __init__(self, pid: int):
+        self.pid, self.returncode = pid, None
+        self._process = psutil.Process(pid)
+
+    def poll(self) -> int | None:
+        _reap(self.pid)  # the standby is our child when this process started it
+        try:
+            if self._process.status() != psutil.STATUS_ZOMBIE:
+                return None
+        except psutil.NoSuchProcess:
+            pass
+        self.returncode = -1 if self.returncode is None else self.returncode  # not ours to collect
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            self._process.kill()
+
+    def wait(self, timeout: float) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.TimeoutExpired):
+            self._process.wait(timeout)
+
+
+def _wait_until_up(proc: subprocess.Popen | _Adopted, port: int, env: str, log_file: Path) -> None:
     deadline = time.monotonic() + START_DEADLINE_SECONDS
     while _ping(port) is None:
         if proc.poll() is not None:
@@ -358,7 +404,7 @@ def _tail(path: Path, lines: int = 15) -> str:
         return f"(unreadable: {exc})"
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen | _Adopted) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)

@@ -1,0 +1,183 @@
+"""A standby endpoint server: started while a pipeline trains, it imports the serving stack and the
+model's libraries (numpy, pandas, scikit-learn, uvicorn: about 1.3 s of a 2-core machine's time)
+ahead of the deploy, and becomes an environment's server when ``process`` starts one.
+
+    $MLOPS_HOME/endpoints/standby.lock   held by the standby while it lives unadopted (one at a time)
+    $MLOPS_HOME/endpoints/standby.sock   the adoption socket (mode 0600), there once the imports are done
+    $MLOPS_HOME/endpoints/standby.log    what the standby printed before it was adopted
+
+``process._start`` adopts it: over the Unix socket it passes the listening socket it bound (as
+SCM_RIGHTS), the server's arguments and its environment variables, and gets the standby's pid back;
+from then on the standby runs ``app.main`` exactly as a launched server does (the arguments name the
+environment's token file, models folder and log). Only a process of the same user can adopt it (the
+socket's mode and SO_PEERCRED). Anything that goes wrong before the answer makes the caller start a
+server as before; a standby nobody adopts within ``IDLE_SECONDS`` exits.
+
+Locally this is what SageMaker's warm pools are to training: capacity provisioned before it is asked
+for. The backend's resource starts one (``LocalSageMaker.prepare_hosting``) when a run that will
+deploy an endpoint starts a pipeline execution.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+IDLE_SECONDS = 60.0  # a run whose training outlasts this starts its server the usual way
+ADOPT_TIMEOUT_SECONDS = 5.0
+LOCK, SOCKET, LOG = "standby.lock", "standby.sock", "standby.log"
+_MAX_MESSAGE = 1 << 20  # arguments and environment variables
+
+
+def start(directory: Path, idle_seconds: float = IDLE_SECONDS) -> int | None:
+    """Start a standby server for the endpoints under ``directory`` unless one is alive or
+    starting; the pid of the one started, else None."""
+    from .process import bootstrap, remember_child  # here: process imports this module
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # a standby is starting or waiting
+        # The standby inherits the locked file: the lock is held from now until it stops waiting.
+        args = ["--directory", str(directory), "--idle-seconds", str(idle_seconds), "--lock-fd", str(lock.fileno())]
+        with open(directory / LOG, "ab") as out:
+            proc = subprocess.Popen(
+                [*bootstrap("standby", "standby_main"), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                pass_fds=(lock.fileno(),),
+                start_new_session=True,  # as a launched server: outlives the caller
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+    remember_child(proc)
+    return proc.pid
+
+
+def waiting(directory: Path) -> bool:
+    """True while a standby is starting or waiting for adoption."""
+    with open(directory / LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
+
+
+def adopt(directory: Path, listening: socket.socket, argv: list[str]) -> int | None:
+    """Hand ``listening`` and ``argv`` (app.main's arguments, without --fd) to the waiting standby;
+    its pid, or None if there is none or it did not answer (then start a server instead)."""
+    path = directory / SOCKET
+    if not path.exists():
+        return None
+    message = json.dumps({"argv": argv, "env": {**os.environ, "PYTHONUNBUFFERED": "1"}}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(ADOPT_TIMEOUT_SECONDS)
+        try:
+            conn.connect(str(path))
+            socket.send_fds(conn, [struct.pack("!I", len(message)), message], [listening.fileno()])
+            answer = conn.recv(64).decode(errors="replace").split()
+        except OSError:
+            return None
+    if len(answer) != 2 or answer[0] != "adopted" or not answer[1].isdigit():
+        return None
+    return int(answer[1])
+
+
+# --- the standby process ---------------------------------------------------------------------
+
+
+def standby_main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A standby local endpoint server.")
+    parser.add_argument("--directory", type=Path, required=True)
+    parser.add_argument("--idle-seconds", type=float, default=IDLE_SECONDS)
+    parser.add_argument("--lock-fd", type=int, required=True, help="standby.lock, locked by start()")
+    args = parser.parse_args(argv)
+    with open(args.lock_fd, "a"):  # closing it releases the lock: another standby may start
+        _preload()
+        adopted = _wait_for_adoption(args.directory, args.idle_seconds)
+    if adopted is None:
+        print(f"standby (pid {os.getpid()}): not adopted within {args.idle_seconds:g} s, exiting", flush=True)
+        return
+    server_argv, env, fd = adopted
+    os.environ.clear()
+    os.environ.update(env)
+    from .app import main
+
+    main([*server_argv, "--fd", str(fd)])
+
+
+def _preload() -> None:
+    """What a server imports to start and to load the first model (model_fn unpickles a forest)."""
+    import joblib  # noqa: F401
+    import pandas  # noqa: F401
+    import sklearn.ensemble  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    from . import app  # noqa: F401
+
+
+def _wait_for_adoption(directory: Path, idle_seconds: float) -> tuple[list[str], dict[str, str], int] | None:
+    path = directory / SOCKET
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)  # the socket file is created 0600: only this user connects
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(previous)
+    listener.listen(4)
+    listener.settimeout(idle_seconds)
+    try:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                return None
+            with conn:
+                adopted = _receive(conn)
+                if adopted is not None:
+                    conn.sendall(f"adopted {os.getpid()}".encode())
+                    return adopted
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], int] | None:
+    """One adoption request from a process of this user; None for anything else (it is ignored)."""
+    conn.settimeout(ADOPT_TIMEOUT_SECONDS)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, struct.error):
+        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        if uid != os.getuid():
+            return None
+        data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 1)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            return None
+        size = struct.unpack("!I", data[:4])[0]
+        while len(data) < 4 + size:
+            chunk = conn.recv(_MAX_MESSAGE)
+            if not chunk:
+                raise ValueError("truncated adoption request")
+            data += chunk
+        request: dict[str, Any] = json.loads(data[4 : 4 + size])
+        argv, env = request["argv"], request["env"]
+        if not all(isinstance(a, str) for a in argv) or not all(isinstance(v, str) for v in env.values()):
+            os.close(fds[0])
+            return None
+        return argv, env, fds[0]
+    return None

@@ -1,0 +1,118 @@
+"""The standby endpoint server (mlops_dagster/serving/standby.py): started ahead of a deploy, adopted
+as an environment's server. Every process a test starts is stopped by the fixture; polling loops
+have deadlines only to bound a broken run, nothing asserts on timings."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from mlops_dagster.resources.object_store import LocalObjectStore
+from mlops_dagster.resources.sagemaker import LocalSageMaker
+from mlops_dagster.serving import process, standby
+
+DEADLINE = 90.0
+
+
+@pytest.fixture
+def endpoints(mlops_home: Path) -> Iterator[Path]:
+    directory = process.endpoints_dir(mlops_home)
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield directory
+    for env in ("dev", "staging"):
+        process.stop_endpoint(mlops_home, env)
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in before:
+            child.kill()
+
+
+def _ready(directory: Path, pid: int) -> None:
+    """Wait until the standby has imported what it preloads and listens for adoption."""
+    deadline = time.monotonic() + DEADLINE
+    while not (directory / standby.SOCKET).exists():
+        assert psutil.pid_exists(pid), (directory / standby.LOG).read_text()
+        assert time.monotonic() < deadline, "the standby never listened"
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        process._reap(pid)
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_waiting_standby_becomes_the_environments_server(mlops_home, endpoints):
+    pid = standby.start(endpoints)
+    assert pid is not None
+    assert standby.start(endpoints) is None  # one standby at a time
+    _ready(endpoints, pid)
+    assert stat.S_IMODE((endpoints / standby.SOCKET).stat().st_mode) == 0o600
+    record = process.start_endpoint(mlops_home, "dev")
+    assert record.pid == pid  # adopted: no new process
+    assert process._ping(record.port) == 503  # up, no model yet
+    assert process.is_alive(record)
+    assert not (endpoints / standby.SOCKET).exists()
+    assert f"endpoint dev (pid {pid}) serving" in Path(record.log).read_text()
+    # The next server starts the usual way, and a new standby may start.
+    other = process.start_endpoint(mlops_home, "staging")
+    assert other.pid != pid and process.is_alive(other)
+    assert process.stop_endpoint(mlops_home, "dev") and _gone(pid)
+
+
+def test_without_a_standby_adoption_declines_and_a_server_is_launched(mlops_home, endpoints):
+    endpoints.mkdir(parents=True)
+    with socket.create_server(("127.0.0.1", 0)) as listening:
+        assert standby.adopt(endpoints, listening, ["--name", "dev"]) is None
+    record = process.start_endpoint(mlops_home, "dev")
+    assert process.is_alive(record)
+
+
+def test_a_request_without_a_socket_is_ignored_and_the_standby_keeps_waiting(mlops_home, endpoints):
+    pid = standby.start(endpoints)
+    _ready(endpoints, pid)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(10)
+        conn.connect(str(endpoints / standby.SOCKET))
+        conn.sendall(b"\x00\x00\x00\x02{}")  # no listening socket passed along
+        assert conn.recv(64) == b""  # closed without an answer
+    assert psutil.pid_exists(pid) and (endpoints / standby.SOCKET).exists()
+    assert process.start_endpoint(mlops_home, "dev").pid == pid
+
+
+def test_a_standby_nobody_adopts_exits_after_its_idle_time(endpoints):
+    pid = standby.start(endpoints, idle_seconds=0.5)
+    assert standby.waiting(endpoints)
+    assert _gone(pid)
+    assert "not adopted within 0.5 s, exiting" in (endpoints / standby.LOG).read_text()
+    assert not (endpoints / standby.SOCKET).exists()
+    assert not standby.waiting(endpoints)
+
+
+def test_prepare_hosting_starts_a_standby_unless_the_environment_is_serving(mlops_home, endpoints):
+    resource = LocalSageMaker(
+        home=str(mlops_home), region="us-east-1", bucket="mlops-local", store=LocalObjectStore(root=str(mlops_home))
+    )
+    message = resource.prepare_hosting("dev")
+    assert message is not None and "standby endpoint server" in message
+    pid = int(message.split("(pid ")[1].split(")")[0])
+    assert resource.prepare_hosting("dev") is None  # one is already starting
+    _ready(endpoints, pid)
+    record = process.start_endpoint(mlops_home, "dev")
+    assert record.pid == pid
+    assert resource.prepare_hosting("dev") is None  # dev is serving: its deploys load into it
+    assert not (endpoints / standby.SOCKET).exists()
+    assert os.getpid() != pid
