@@ -4,9 +4,11 @@ have deadlines only to bound a broken run, nothing asserts on timings."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,6 +93,20 @@ def test_a_request_without_a_socket_is_ignored_and_the_standby_keeps_waiting(mlo
         assert conn.recv(64) == b""  # closed without an answer
     assert psutil.pid_exists(pid) and (endpoints / standby.SOCKET).exists()
     assert process.start_endpoint(mlops_home, "dev").pid == pid
+
+
+def test_a_caller_that_gives_up_before_its_go_ahead_leaves_the_standby_waiting(mlops_home, endpoints):
+    pid = standby.start(endpoints)
+    _ready(endpoints, pid)
+    message = json.dumps({"argv": ["--name", "dev"], "env": {}}).encode()
+    with socket.create_server(("127.0.0.1", 0)) as listening, socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(10)
+        conn.connect(str(endpoints / standby.SOCKET))
+        socket.send_fds(conn, [struct.pack("!I", len(message)), message], [listening.fileno()])
+        assert conn.recv(64) == f"adopted {pid}".encode()
+    # Closed without the go-ahead (as a caller that timed out): the standby did not serve that socket.
+    record = process.start_endpoint(mlops_home, "dev")
+    assert record.pid == pid and process._ping(record.port) == 503
 
 
 def test_a_standby_nobody_adopts_exits_after_its_idle_time(endpoints):

@@ -33,6 +33,7 @@ from typing import Any
 IDLE_SECONDS = 60.0  # a run whose training outlasts this starts its server the usual way
 ADOPT_TIMEOUT_SECONDS = 5.0
 LOCK, SOCKET, LOG = "standby.lock", "standby.sock", "standby.log"
+GO = b"go"
 _MAX_MESSAGE = 1 << 20  # arguments and environment variables
 
 
@@ -87,10 +88,12 @@ def adopt(directory: Path, listening: socket.socket, argv: list[str]) -> int | N
             conn.connect(str(path))
             socket.send_fds(conn, [struct.pack("!I", len(message)), message], [listening.fileno()])
             answer = conn.recv(64).decode(errors="replace").split()
+            if len(answer) != 2 or answer[0] != "adopted" or not answer[1].isdigit():
+                return None
+            # Without this the standby does not serve (and waits on): never two servers on one socket.
+            conn.sendall(GO)
         except OSError:
             return None
-    if len(answer) != 2 or answer[0] != "adopted" or not answer[1].isdigit():
-        return None
     return int(answer[1])
 
 
@@ -148,26 +151,32 @@ def _wait_for_adoption(directory: Path, idle_seconds: float) -> tuple[list[str],
                 return None
             with conn:
                 adopted = _receive(conn)
-                if adopted is not None:
-                    conn.sendall(f"adopted {os.getpid()}".encode())
+                if adopted is not None and _confirmed(conn):
                     return adopted
+                if adopted is not None:
+                    os.close(adopted[2])  # the caller gave up: it starts a server of its own
     finally:
         listener.close()
         path.unlink(missing_ok=True)
 
 
+def _confirmed(conn: socket.socket) -> bool:
+    """Our pid out, the caller's go-ahead back (it may have timed out and started its own server)."""
+    with contextlib.suppress(OSError):
+        conn.sendall(f"adopted {os.getpid()}".encode())
+        return conn.recv(len(GO)) == GO
+    return False
+
+
 def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], int] | None:
     """One adoption request from a process of this user; None for anything else (it is ignored)."""
     conn.settimeout(ADOPT_TIMEOUT_SECONDS)
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, struct.error):
+    fds: list[int] = []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError, struct.error):
         uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
         if uid != os.getuid():
             return None
         data, fds, _, _ = socket.recv_fds(conn, _MAX_MESSAGE, 1)
-        if len(fds) != 1:
-            for fd in fds:
-                os.close(fd)
-            return None
         size = struct.unpack("!I", data[:4])[0]
         while len(data) < 4 + size:
             chunk = conn.recv(_MAX_MESSAGE)
@@ -176,8 +185,12 @@ def _receive(conn: socket.socket) -> tuple[list[str], dict[str, str], int] | Non
             data += chunk
         request: dict[str, Any] = json.loads(data[4 : 4 + size])
         argv, env = request["argv"], request["env"]
-        if not all(isinstance(a, str) for a in argv) or not all(isinstance(v, str) for v in env.values()):
-            os.close(fds[0])
-            return None
-        return argv, env, fds[0]
+        if (
+            len(fds) == 1
+            and isinstance(argv, list) and all(isinstance(a, str) for a in argv)
+            and isinstance(env, dict) and all(isinstance(v, str) for v in env.values())
+        ):  # fmt: skip
+            return argv, env, fds.pop()
+    for fd in fds:  # a request we do not take: its descriptors are not kept open
+        os.close(fd)
     return None
