@@ -30,6 +30,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from mlops_dagster.sagemaker.local import idle_core
+
 IDLE_SECONDS = 60.0  # a run whose training outlasts this starts its server the usual way
 ADOPT_TIMEOUT_SECONDS = 5.0
 LOCK, SOCKET, LOG = "standby.lock", "standby.sock", "standby.log"
@@ -109,6 +111,7 @@ def standby_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-fd", type=int, required=True, help="standby.lock, locked by start()")
     args = parser.parse_args(argv)
     with open(args.lock_fd, "a"):  # closing it releases the lock: another standby may start
+        idle_core.wait()  # the pipeline's running step comes first
         _preload()
         adopted = _wait_for_adoption(args.directory, args.idle_seconds)
     if adopted is None:

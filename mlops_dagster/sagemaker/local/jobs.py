@@ -63,7 +63,8 @@ from botocore.exceptions import BotoCoreError
 from botocore.exceptions import ClientError as BotoClientError
 
 from mlops_dagster.objects import ObjectStoreError, split_uri
-from mlops_dagster.sagemaker.local import contract, opt_ml
+from mlops_dagster.sagemaker.local import contract, opt_ml, spares
+from mlops_dagster.sagemaker.local.spares import Spare, Spares
 
 if TYPE_CHECKING:
     from mlops_dagster.resources.object_store import ObjectStore
@@ -187,10 +188,13 @@ def run_training_job(
     log_path: Path,
     on_start: Callable[[subprocess.Popen], None] | None = None,
     job_arn: str | None = None,
+    spare: Spare | None = None,
 ) -> JobResult:
     """Run a resolved CreateTrainingJob request (without TrainingJobName) and wait for it.
 
     ``job_arn``, when given, is in the container as SageMaker puts it there (TRAINING_JOB_ARN).
+    ``spare``, when given, is a process started ahead for this job (see spares.py): the script runs
+    in it when it can, else the job starts cold and the spare is ended.
     """
     work_dir = Path(work_dir).absolute()
     return _run_job(
@@ -200,6 +204,7 @@ def run_training_job(
         on_start,
         prepare=lambda note: [_prepare_training(name, request, store, work_dir, note, job_arn)],
         collect=lambda note: _collect_training(name, request, store, work_dir, note),
+        spare=spare,
     )
 
 
@@ -211,10 +216,12 @@ def run_processing_job(
     log_path: Path,
     on_start: Callable[[subprocess.Popen], None] | None = None,
     job_arn: str | None = None,
+    spare: Spare | None = None,
 ) -> JobResult:
     """Run a resolved CreateProcessingJob request (without ProcessingJobName) and wait for it.
 
-    ``job_arn``, when given, is in the container as SageMaker puts it there (processingjobconfig.json).
+    ``job_arn``, when given, is in the container as SageMaker puts it there (processingjobconfig.json);
+    ``spare`` as for run_training_job (used for a single instance only).
     """
     work_dir = Path(work_dir).absolute()
     return _run_job(
@@ -224,7 +231,20 @@ def run_processing_job(
         on_start,
         prepare=lambda note: _prepare_processing(name, request, store, work_dir, note, job_arn),
         collect=lambda note: _collect_processing(request, store, _instance_dirs(request, work_dir), note),
+        spare=spare,
     )
+
+
+def execution_spares() -> Spares | None:
+    """Spare processes for an execution's jobs (see spares.py), None when MLOPS_LOCAL_SPARES is off
+    or the /opt/ml mode is misconfigured (each job then fails with that reason)."""
+    if not spares.enabled():
+        return None
+    try:
+        namespace, _why_not = opt_ml.job_mode()
+    except opt_ml.ModeError:
+        return None
+    return Spares(_base_env(), namespace)
 
 
 def stop_process(proc: subprocess.Popen, grace_seconds: float = STOP_GRACE_SECONDS) -> None:
@@ -256,9 +276,10 @@ def _run_job(
     on_start: Callable[[subprocess.Popen], None] | None,
     prepare: Callable[[Note], list[_Launch]],
     collect: Callable[[Note], dict],
+    spare: Spare | None = None,
 ) -> JobResult:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with open(log_path, "ab") as log, _ending(spare):
 
         def note(line: str) -> None:
             log.write(f"{line}\n".encode())
@@ -269,13 +290,17 @@ def _run_job(
             launches = prepare(note)
         except JobSetupError as exc:
             return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
+        spare, started_ahead = _spare_for(spare, launches)
 
         for launch in launches[1:]:  # SageMaker gives each instance its own log stream
             launch.log_path = log_path.with_name(f"{log_path.stem}.{launch.host}{log_path.suffix}")
         for launch in launches:
             on = f" on {launch.host}" if len(launches) > 1 else ""
             where = f", log {launch.log_path}" if launch.log_path else ""
-            note(f"=== {kind} job {name}{on}: running {shlex.join(launch.command)} (cwd {launch.cwd}{where}) ===")
+            note(
+                f"=== {kind} job {name}{on}: running {shlex.join(launch.command)} (cwd {launch.cwd}{where})"
+                f"{started_ahead} ==="
+            )
         offsets = [log.tell() if launch.log_path is None else _size(launch.log_path) for launch in launches]
         started = time.monotonic()
         procs: list[subprocess.Popen] = []
@@ -294,7 +319,8 @@ def _run_job(
                     launch.env = {**_scratch_env(scratch), **launch.env}  # the request's Environment may set them
                     out = log if launch.log_path is None else stack.enter_context(open(launch.log_path, "ab"))
                     group = None if len(launches) == 1 else procs[0].pid if procs else 0
-                    procs.append(_launch(launch, out, scratch, group))
+                    proc = _adopt(spare, launch, out, note) if spare is not None else None
+                    procs.append(proc or _launch(launch, out, scratch, group))
             except JobSetupError as exc:
                 _end_instances(procs)
                 return _finish(note, kind, name, JobResult("Failed", str(exc), {}, None, log_path))
@@ -320,6 +346,43 @@ def _run_job(
             except JobSetupError as exc:
                 result = JobResult("Failed", str(exc), {}, result.exit_code, log_path)
         return _finish(note, kind, name, result)
+
+
+@contextlib.contextmanager
+def _ending(spare: Spare | None):
+    """A spare given to a job that never used it (a setup failure, an error) ends with the job."""
+    try:
+        yield
+    finally:
+        if spare is not None and not spare.used:
+            spare.end()
+
+
+def _spare_for(spare: Spare | None, launches: list[_Launch]) -> tuple[Spare | None, str]:
+    """The spare this job runs in (None: it starts cold), and what the job log says about it."""
+    if spare is None:
+        return None, ""
+    if len(launches) != 1:
+        spare.end()
+        return None, " (started cold: a spare process serves a single instance)"
+    launch = launches[0]
+    reason = spare.ready_for(launch.command, str(launch.cwd), launch.env, _host_ml(launch))
+    if reason is not None:
+        return None, f" (started cold: {reason})"
+    return spare, f" (in a process started ahead, which imported {', '.join(spare.modules)})"
+
+
+def _host_ml(launch: _Launch) -> str | None:
+    return str(launch.view.host_ml) if launch.view.namespace else None
+
+
+def _adopt(spare: Spare, launch: _Launch, log: BinaryIO, note: Note) -> subprocess.Popen | None:
+    """The spare running the job's script, or None (noted) when it could not be given the job."""
+    reason = spare.go(launch.command, str(launch.cwd), launch.env, _host_ml(launch), log.fileno())
+    if reason is not None:
+        note(f"=== started cold: {reason} ===")
+        return None
+    return spare.proc
 
 
 def _size(path: Path) -> int:

@@ -23,7 +23,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
 
-def _libc() -> ctypes.CDLL:
+def libc_handle() -> ctypes.CDLL:
     # The interpreter's own symbols include libc's (find_library would spawn ldconfig: ~100 ms).
     return ctypes.CDLL(None, use_errno=True)
 
@@ -45,7 +45,7 @@ def _mount(
     _call(what, libc.mount(_bytes(source), _bytes(target), _bytes(fstype), ctypes.c_ulong(flags), _bytes(data)))
 
 
-def _enter_namespace(libc: ctypes.CDLL) -> None:
+def enter_namespace(libc: ctypes.CDLL) -> None:
     """A user namespace mapping our own ids (the script keeps them), with a mount namespace."""
     uid, gid = os.getuid(), os.getgid()
     _call("unshare(CLONE_NEWUSER | CLONE_NEWNS)", libc.unshare(CLONE_NEWUSER | CLONE_NEWNS))
@@ -58,11 +58,10 @@ def _enter_namespace(libc: ctypes.CDLL) -> None:
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE, None)  # nothing we mount reaches the host
 
 
-def _bind_opt_ml(libc: ctypes.CDLL, host_ml: str, stage: str) -> None:
-    """host_ml on /opt/ml: directly if the host has /opt/ml, else over a tmpfs copy of /opt."""
-    target = os.path.realpath(OPT_ML)
-    if os.path.isdir(target):
-        _mount(libc, host_ml, target, None, MS_BIND | MS_REC, None)
+def cover_opt(libc: ctypes.CDLL, stage: str) -> None:
+    """Make /opt/ml a place to bind on: nothing to do if the host has it, else /opt is covered by
+    a tmpfs (built in ``stage``) holding binds of the host's /opt entries and an empty ``ml``."""
+    if os.path.isdir(os.path.realpath(OPT_ML)):
         return
     opt = os.path.realpath(os.path.dirname(OPT_ML))
     if not os.path.isdir(opt):
@@ -79,8 +78,13 @@ def _bind_opt_ml(libc: ctypes.CDLL, host_ml: str, stage: str) -> None:
             open(place, "w").close()
         _mount(libc, entry.path, place, None, MS_BIND | MS_REC, None)
     os.mkdir(os.path.join(stage, "ml"))
-    _mount(libc, host_ml, os.path.join(stage, "ml"), None, MS_BIND | MS_REC, None)
     _mount(libc, stage, opt, None, MS_MOVE, None)
+
+
+def bind_ml(libc: ctypes.CDLL, host_ml: str) -> None:
+    """host_ml on /opt/ml (after ``cover_opt``); the mount namespace is the process's, so a
+    process that entered it before starting threads can bind from any thread later."""
+    _mount(libc, host_ml, os.path.realpath(OPT_ML), None, MS_BIND | MS_REC, None)
 
 
 def main(argv: list[str]) -> int:
@@ -90,9 +94,10 @@ def main(argv: list[str]) -> int:
         return 2
     host_ml, stage, cwd, _separator, *command = argv
     try:
-        libc = _libc()
-        _enter_namespace(libc)
-        _bind_opt_ml(libc, host_ml, stage)
+        libc = libc_handle()
+        enter_namespace(libc)
+        cover_opt(libc, stage)
+        bind_ml(libc, host_ml)
         os.chdir(cwd)
     except OSError as exc:
         print(f"{SETUP_FAILED_PREFIX}: {exc}", file=sys.stderr)

@@ -204,8 +204,17 @@ class ExecutionRunner:
         self.properties: dict[str, dict] = {}
         self.outcomes: dict[str, str] = {}  # condition step -> "IfSteps" | "ElseSteps"
         self.parameters: dict[str, Any] = {}
+        start_spares = getattr(jobs, "execution_spares", None)  # a test's fake runner has none
+        self.spares = start_spares() if start_spares is not None else None
 
     def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            if self.spares is not None:
+                self.spares.close()
+
+    def _run(self) -> None:
         try:
             self.plan = Plan.parse(self.execution.definition)
             self.parameters = resolve_parameters(self.plan.parameters, self.execution.parameters)
@@ -216,6 +225,9 @@ class ExecutionRunner:
         if problem:
             self._end("Failed", problem)
             return
+        if self.spares is not None:
+            steps = [(name, self.plan.steps[name].type, self.plan.steps[name].arguments) for name in self.plan.order]
+            self.spares.plan(steps, self.store.get_bytes)
         slots = self._slots()
         failure: str | None = None
         stopped = False
@@ -226,8 +238,12 @@ class ExecutionRunner:
             while True:
                 stopped = stopped or self.watch.stop_requested.is_set()
                 if not stopped and failure is None:
-                    for name in self._ready(pending, skipped, slots - len(running)):
+                    ready = self._ready(pending, skipped, slots - len(running))
+                    for name in ready:
                         running[pool.submit(self._run_step, self.plan.steps[name])] = name
+                    if self.spares is not None:
+                        self.spares.discard(skipped)
+                        self.spares.fill(started=ready)
                 if not running:
                     break
                 done, _ = wait_futures(running, timeout=STOP_POLL_SECONDS, return_when=FIRST_COMPLETED)
@@ -317,7 +333,10 @@ class ExecutionRunner:
         name = job_name_for(self.execution.id, step.name)
         self.backend.start_step(self.arn, step.name, step.type, "Starting")
         request = self._resolve(step, step.arguments, **{f"{step.type}JobName": name})
+        spare = self.spares.take(step.name) if self.spares is not None else None
         if self._reuse_cached_job(step, kind, request):
+            if spare is not None:
+                spare.end()
             return
         job = self.backend.create_job(name, kind, request, self.arn, step.name)
         self.backend.update_step(self.arn, step.name, "Starting", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}})
@@ -340,6 +359,7 @@ class ExecutionRunner:
                 self.backend.job_log_path(name),
                 on_start=on_start,
                 job_arn=job.arn,  # TRAINING_JOB_ARN / ProcessingJobArn, as SageMaker gives the container
+                **({"spare": spare} if spare is not None else {}),
             )
         except Exception as err:  # a bug or an I/O error in the job runner: the job and step fail, with why
             log.exception("job %s", name)
