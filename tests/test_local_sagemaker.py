@@ -947,7 +947,11 @@ def test_two_sdk_executions_at_once_in_detached_workers(sm: LocalSageMakerServic
             assert json.load(tar.extractfile("model.json"))["job_arn"] == training["TrainingJobArn"]
         models.add(training["ModelArtifacts"]["S3ModelArtifacts"])
         channel = training["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"]
-        assert arn.rsplit("/", 1)[-1] in channel  # resolved from Preprocess's output, per execution
+        # Resolved from the output of the Preprocess job this execution used: its own, or, when the
+        # other execution's Preprocess had already succeeded, that one (a step cache hit).
+        preprocess_job = steps["Preprocess"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]
+        source = (steps["Preprocess"].get("CacheHitResult") or {}).get("SourcePipelineExecutionArn", arn)
+        assert source.rsplit("/", 1)[-1] in channel and source.rsplit("/", 1)[-1] in preprocess_job
 
         evaluation = sm.describe_processing_job(
             ProcessingJobName=steps["Evaluate"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]

@@ -97,7 +97,8 @@ def _run_main(path: str) -> int:
         trace = exc.__traceback__
         while trace is not None and trace.tb_frame.f_code.co_filename != path:
             trace = trace.tb_next
-        sys.excepthook(type(exc), exc, trace or exc.__traceback__)
+        exc = exc.with_traceback(trace or exc.__traceback__)  # what the hook prints
+        sys.excepthook(type(exc), exc, exc.__traceback__)
         return 1
     return 0
 

@@ -1,0 +1,246 @@
+"""Spare job processes (mlops_dagster/sagemaker/local/spares.py): a script run in a process started
+ahead sees exactly what a cold start gives it, falls back to a cold start when it could not, and
+the worker uses them for the steps that wait."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+# ruff: noqa: F811 - the fixtures imported below are parameters of the tests
+from test_local_jobs import (  # noqa: F401 - fixtures
+    EXEC,
+    opt_ml_mode,
+    processing_input,
+    processing_request,
+    script,
+    store,
+)
+from test_local_sagemaker import sdk_pipeline, sm, steps_of, wait  # noqa: F401 - fixtures
+
+from mlops_dagster.sagemaker.local import idle_core, jobs, opt_ml, spares
+from mlops_dagster.sagemaker.local.jobs import run_processing_job
+
+CODE = f"{EXEC}/code/probe.py"
+ENTRY = ["python3", "/opt/ml/processing/input/code/probe.py"]
+
+# What the script can observe of how it was started.
+PROBE = script(
+    """
+    import json, os, pickle, sys, tempfile
+    import __main__
+
+    class Thing:
+        pass
+
+    if sys.argv[1:] == ["--fail"]:
+        raise ValueError("probe failed on purpose")
+    print(json.dumps({
+        "argv": sys.argv,
+        "path0": sys.path[0],
+        "file": __file__,
+        "name": __name__,
+        "main_is_module": __main__.__dict__ is globals(),
+        "pickles": pickle.loads(pickle.dumps(Thing())).__class__.__name__,
+        "cwd": os.getcwd(),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k not in ("HOME", "TMPDIR")},
+        "tmp_is_job_tmp": tempfile.gettempdir() == os.environ["TMPDIR"],
+        "home_is_job_home": os.path.expanduser("~") == os.environ["HOME"],
+        "own_session": os.getsid(0) == os.getpid(),
+        "opt_ml": sorted(os.listdir("/opt/ml")) if os.path.isdir("/opt/ml") else None,
+        "this_project": "mlops_dagster" in sys.modules or "opt_ml_launcher" in sys.modules,
+    }), flush=True)
+    """
+)
+
+
+def put_probe(store, text: str = PROBE) -> None:
+    store.put_bytes(CODE, text.encode())
+
+
+def probe_request(args: list[str] | None = None, environment: dict | None = None) -> dict:
+    request = processing_request(
+        [processing_input("code", CODE, "/opt/ml/processing/input/code")], {}, ENTRY, args or []
+    )
+    if environment:
+        request["Environment"] = environment
+    return request
+
+
+def run(store, root: Path, request: dict, spare: spares.Spare | None = None) -> jobs.JobResult:
+    name = "pipelines-exec1-Probe-abc"
+    return run_processing_job(name, request, store, root / "work", root / "job.log", spare=spare)
+
+
+def new_spare(modules: list[str]) -> spares.Spare:
+    namespace, _ = opt_ml.job_mode()
+    return spares.start(modules, jobs._base_env(), namespace)
+
+
+def observed(result: jobs.JobResult, root: Path) -> dict:
+    lines = [line for line in result.log_path.read_text().splitlines() if line.startswith("{")]
+    return json.loads(lines[-1].replace(str(root), "<root>"))
+
+
+def test_a_script_in_a_spare_sees_what_a_cold_start_gives_it(store, tmp_path: Path, opt_ml_mode: str):
+    put_probe(store)
+    request = probe_request(["--alpha", "1"], environment={"MY_SETTING": "x"})
+    cold = run(store, tmp_path / "cold", request)
+    spare = new_spare(["json", "pickle", "tempfile"])
+    warm = run(store, tmp_path / "warm", request, spare=spare)
+
+    assert cold.status == warm.status == "Completed", (cold.log_path.read_text(), warm.log_path.read_text())
+    seen_cold, seen_warm = observed(cold, tmp_path / "cold"), observed(warm, tmp_path / "warm")
+    assert seen_warm == seen_cold
+    assert seen_warm["argv"] == ["/opt/ml/processing/input/code/probe.py", "--alpha", "1"] or opt_ml_mode == "remap"
+    assert seen_warm["name"] == "__main__" and seen_warm["main_is_module"] and seen_warm["pickles"] == "Thing"
+    assert seen_warm["env"]["MY_SETTING"] == "x" and not seen_warm["this_project"]
+    assert seen_warm["tmp_is_job_tmp"] and seen_warm["home_is_job_home"] and seen_warm["own_session"]
+    assert "in a process started ahead, which imported json, pickle, tempfile" in warm.log_path.read_text()
+    assert spare.used and not spare.scratch.exists()  # its own folder went once the job had its own
+    assert spare.proc.poll() is not None  # the job ended with its script
+
+
+def test_a_failing_script_in_a_spare_fails_as_a_cold_one(store, tmp_path: Path):
+    put_probe(store)
+    request = probe_request(["--fail"])
+    cold = run(store, tmp_path / "cold", request)
+    warm = run(store, tmp_path / "warm", request, spare=new_spare(["json"]))
+    assert cold.status == warm.status == "Failed" and cold.exit_code == warm.exit_code == 1
+    assert warm.failure_reason == cold.failure_reason
+    assert "ValueError: probe failed on purpose" in warm.failure_reason
+    trace = warm.log_path.read_text()
+    assert "spare_runner" not in trace and 'probe.py", line' in trace  # from the script's own frame
+
+
+@pytest.mark.parametrize(
+    ("environment", "sibling", "why"),
+    [
+        ({"OMP_NUM_THREADS": "1"}, None, "the job sets OMP_NUM_THREADS"),
+        ({"JSON_MODE": "fast"}, None, "the job sets JSON_MODE"),  # named after a preloaded package
+        (None, "json.py", "code holds a module 'json'"),  # the script's folder shadows a preloaded module
+    ],
+)
+def test_a_job_the_spare_cannot_take_starts_cold_and_says_why(store, tmp_path: Path, environment, sibling, why):
+    put_probe(store)
+    if sibling:
+        store.put_bytes(f"{EXEC}/code/{sibling}", b"VALUE = 'sibling'\n")
+        request = probe_request(environment=environment)
+        request["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{EXEC}/code"
+    else:
+        request = probe_request(environment=environment)
+    spare = new_spare(["json"])
+    result = run(store, tmp_path, request, spare=spare)
+    log = result.log_path.read_text()
+    assert "started cold: " in log and why in log.replace('"', "'")
+    assert not spare.used and spare.proc.poll() is not None and not spare.scratch.exists()
+    if sibling is None:  # the probe itself ran (a sibling json.py breaks its own json import, as cold)
+        assert result.status == "Completed", log
+
+
+def test_a_module_that_fails_to_import_in_the_spare_fails_in_the_script(store, tmp_path: Path):
+    put_probe(store, "import no_such_module_here\n")
+    result = run(store, tmp_path, probe_request(), spare=new_spare(["no_such_module_here"]))
+    assert result.status == "Failed"
+    assert "ModuleNotFoundError: No module named 'no_such_module_here'" in result.failure_reason
+    assert "in a process started ahead" in result.log_path.read_text()
+
+
+def test_a_spare_whose_worker_goes_away_exits(tmp_path: Path):
+    spare = new_spare(["json"])
+    assert spare.control.recv(16) == b"ready"
+    spare.control.close()  # as when the worker dies
+    assert spare.proc.wait(timeout=30) == 0
+    spare.used = True  # nothing left to kill
+    spare.end()
+
+
+def test_top_level_imports_are_what_runs_at_import():
+    source = script(
+        """
+        from __future__ import annotations
+        import os, numpy as np
+        from sklearn.ensemble import RandomForestRegressor
+        from . import sibling
+        try:
+            import pandas
+        except ImportError:
+            import csv
+        if os.name == "posix":
+            import json
+        def later():
+            import scipy
+        if __name__ == "__main__":
+            import argparse
+        """
+    )
+    assert spares.top_level_imports(source) == ["os", "numpy", "sklearn.ensemble", "pandas", "csv", "json"]
+    assert spares.top_level_imports("def broken(:\n") == []
+
+
+def test_script_source_reads_the_code_as_the_job_will(store):
+    put_probe(store)
+    arguments = probe_request()
+    assert spares.script_source("Processing", arguments, store.get_bytes) == PROBE.encode()
+    arguments["ProcessingResources"]["ClusterConfig"]["InstanceCount"] = 2  # a spare serves one instance
+    assert spares.script_source("Processing", arguments, store.get_bytes) is None
+    expression = probe_request()
+    expression["ProcessingInputs"][0]["S3Input"]["S3Uri"] = {"Get": "Parameters.Code"}
+    assert spares.script_source("Processing", expression, store.get_bytes) is None
+    missing = probe_request()
+    missing["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{EXEC}/nowhere/probe.py"
+    assert spares.script_source("Processing", missing, store.get_bytes) is None
+
+
+def test_spares_are_off_with_the_setting(monkeypatch):
+    monkeypatch.setenv(spares.SETTING, "0")
+    assert jobs.execution_spares() is None
+    monkeypatch.setenv(spares.SETTING, "1")
+    assert isinstance(jobs.execution_spares(), spares.Spares)
+
+
+def test_idle_core_waits_for_a_free_core_or_the_interrupt(tmp_path: Path):
+    busy, idle = tmp_path / "busy", tmp_path / "idle"
+    busy.write_text("2.00 1.00 0.50 5/200 1234\n")  # 4 others running
+    idle.write_text("0.10 0.10 0.10 1/200 1234\n")  # only the reader
+    assert idle_core.others_running(str(busy)) == 4 and idle_core.others_running(str(idle)) == 0
+    assert idle_core.others_running(str(tmp_path / "none")) is None
+    assert idle_core.wait(max_seconds=5, cores=2, loadavg=str(idle)) < 1
+    assert idle_core.wait(max_seconds=0.1, cores=2, loadavg=str(busy)) >= 0.1  # gives up, goes on
+    left, right = socket.socketpair()
+    right.send(b"now")
+    started = time.monotonic()
+    idle_core.wait(max_seconds=30, cores=2, loadavg=str(busy), interrupt=left.fileno())
+    assert time.monotonic() - started < 30
+    left.close()
+    right.close()
+
+
+def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str):
+    """The example pipeline: Train and Evaluate (which wait for earlier steps) run in spares; Preprocess,
+    ready at once, starts cold; no spare outlives the execution."""
+    arn = sm.start_pipeline_execution(PipelineName=sdk_pipeline)["PipelineExecutionArn"]
+    assert wait(sm, arn)["PipelineExecutionStatus"] == "Succeeded"
+    logs = {}
+    for name, step in steps_of(sm, arn).items():
+        job = (step.get("Metadata") or {}).get("TrainingJob") or (step.get("Metadata") or {}).get("ProcessingJob")
+        if job:
+            logs[name] = sm.job_log_path(job["Arn"].rsplit("/", 1)[-1]).read_text()
+    assert "in a process started ahead" not in logs["Preprocess"]
+    assert "in a process started ahead, which imported argparse, csv, json, os) ===" in logs["Train"]
+    assert "in a process started ahead, which imported argparse, csv, json, os, tarfile) ===" in logs["Evaluate"]
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p)]
+
+
+def _is_spare(proc_dir: Path) -> bool:
+    try:
+        cmdline = (proc_dir / "cmdline").read_bytes()
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return False
+    return b"spare_runner.py" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z" and str(os.getpid()) != proc_dir.name
