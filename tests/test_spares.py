@@ -5,7 +5,6 @@ the worker uses them for the steps that wait."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from pathlib import Path
@@ -215,15 +214,18 @@ def test_idle_core_waits_for_a_free_core_or_the_interrupt(tmp_path: Path):
     left, right = socket.socketpair()
     right.send(b"now")
     started = time.monotonic()
-    idle_core.wait(max_seconds=30, cores=2, loadavg=str(busy), interrupt=left.fileno())
+    idle_core.wait(max_seconds=30, cores=2, loadavg=str(busy), hurried=idle_core.readable(left.fileno()))
     assert time.monotonic() - started < 30
     left.close()
     right.close()
 
 
-def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str):
+def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str, tmp_path: Path, monkeypatch):
     """The example pipeline: Train and Evaluate (which wait for earlier steps) run in spares; Preprocess,
     ready at once, starts cold; no spare outlives the execution."""
+    scratch = tmp_path / "worker-tmp"  # the worker's TMPDIR: its spares' folders are in it
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     arn = sm.start_pipeline_execution(PipelineName=sdk_pipeline)["PipelineExecutionArn"]
     assert wait(sm, arn)["PipelineExecutionStatus"] == "Succeeded"
     logs = {}
@@ -234,13 +236,23 @@ def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str):
     assert "in a process started ahead" not in logs["Preprocess"]
     assert "in a process started ahead, which imported argparse, csv, json, os) ===" in logs["Train"]
     assert "in a process started ahead, which imported argparse, csv, json, os, tarfile) ===" in logs["Evaluate"]
-    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p)]
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p, scratch)]
+    assert not list(scratch.glob("mlops-spare-*"))
+
+    # Again on the same data: every job step is a cache hit, so the spares started for Train and
+    # Evaluate are ended unused, with their folders.
+    again = sm.start_pipeline_execution(PipelineName=sdk_pipeline)["PipelineExecutionArn"]
+    assert wait(sm, again)["PipelineExecutionStatus"] == "Succeeded"
+    assert all(steps_of(sm, again)[name].get("CacheHitResult") for name in ("Preprocess", "Train", "Evaluate"))
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p, scratch)]
+    assert not list(scratch.glob("mlops-spare-*"))
 
 
-def _is_spare(proc_dir: Path) -> bool:
+def _is_spare(proc_dir: Path, scratch: Path) -> bool:
+    """A live spare of this test's worker (its command line names its folder in ``scratch``)."""
     try:
         cmdline = (proc_dir / "cmdline").read_bytes()
         stat = (proc_dir / "stat").read_text()
     except OSError:
         return False
-    return b"spare_runner.py" in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z" and str(os.getpid()) != proc_dir.name
+    return b"spare_runner.py" in cmdline and str(scratch).encode() in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"

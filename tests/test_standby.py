@@ -75,6 +75,17 @@ def test_a_waiting_standby_becomes_the_environments_server(mlops_home, endpoints
     assert process.stop_endpoint(mlops_home, "dev") and _gone(pid)
 
 
+def test_a_server_started_while_the_standby_imports_waits_for_it(mlops_home, endpoints):
+    """The standby waits for an idle core before importing; a server start hurries it and adopts it
+    (its imports are what a new server would do), instead of starting a second process."""
+    pid = standby.start(endpoints)
+    assert not (endpoints / standby.SOCKET).exists()  # just started: still importing, or waiting to
+    record = process.start_endpoint(mlops_home, "dev")
+    assert record.pid == pid and process.is_alive(record)
+    assert (endpoints / standby.HURRY).exists()  # told to import now
+    assert process.stop_endpoint(mlops_home, "dev") and _gone(pid)
+
+
 def test_without_a_standby_adoption_declines_and_a_server_is_launched(mlops_home, endpoints):
     endpoints.mkdir(parents=True)
     with socket.create_server(("127.0.0.1", 0)) as listening:

@@ -27,6 +27,7 @@ import os
 import socket
 import struct
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ from mlops_dagster.sagemaker.local import idle_core
 
 IDLE_SECONDS = 60.0  # a run whose training outlasts this starts its server the usual way
 ADOPT_TIMEOUT_SECONDS = 5.0
+READY_WAIT_SECONDS = 30.0  # how long a caller waits for a standby that is still importing
 LOCK, SOCKET, LOG = "standby.lock", "standby.sock", "standby.log"
+HURRY = "standby.hurry"  # created by a caller that waits for it: import now, not once a core is idle
 GO = b"go"
 _MAX_MESSAGE = 1 << 20  # arguments and environment variables
 
@@ -50,6 +53,7 @@ def start(directory: Path, idle_seconds: float = IDLE_SECONDS) -> int | None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None  # a standby is starting or waiting
+        (directory / HURRY).unlink(missing_ok=True)  # an earlier caller's
         # The standby inherits the locked file: the lock is held from now until it stops waiting.
         args = ["--directory", str(directory), "--idle-seconds", str(idle_seconds), "--lock-fd", str(lock.fileno())]
         with open(directory / LOG, "ab") as out:
@@ -81,7 +85,7 @@ def adopt(directory: Path, listening: socket.socket, argv: list[str]) -> int | N
     """Hand ``listening`` and ``argv`` (app.main's arguments, without --fd) to the waiting standby;
     its pid, or None if there is none or it did not answer (then start a server instead)."""
     path = directory / SOCKET
-    if not path.exists():
+    if not path.exists() and not _ready_soon(directory):
         return None
     message = json.dumps({"argv": argv, "env": {**os.environ, "PYTHONUNBUFFERED": "1"}}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -99,6 +103,22 @@ def adopt(directory: Path, listening: socket.socket, argv: list[str]) -> int | N
     return int(answer[1])
 
 
+def _ready_soon(directory: Path) -> bool:
+    """A standby that is starting: tell it to import now and wait for its socket (its imports are
+    what a new server would do anyway); False when there is none or it went away."""
+    if not waiting(directory):
+        return False
+    (directory / HURRY).touch()
+    deadline = time.monotonic() + READY_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if (directory / SOCKET).exists():
+            return True
+        if not waiting(directory):
+            return False
+        time.sleep(0.02)
+    return False
+
+
 # --- the standby process ---------------------------------------------------------------------
 
 
@@ -111,7 +131,8 @@ def standby_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lock-fd", type=int, required=True, help="standby.lock, locked by start()")
     args = parser.parse_args(argv)
     with open(args.lock_fd, "a"):  # closing it releases the lock: another standby may start
-        idle_core.wait()  # the pipeline's running step comes first
+        # The pipeline's running step comes first, unless a server start already waits for this one.
+        idle_core.wait(hurried=(args.directory / HURRY).exists)
         _preload()
         adopted = _wait_for_adoption(args.directory, args.idle_seconds)
     if adopted is None:

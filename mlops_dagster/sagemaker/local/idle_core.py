@@ -10,6 +10,7 @@ spare runner imports it before anything else.
 import os
 import select
 import time
+from collections.abc import Callable
 
 POLL_SECONDS = 0.02
 MAX_WAIT_SECONDS = 10.0  # then it goes on anyway: a busy machine must not make it useless
@@ -30,18 +31,20 @@ def wait(
     max_seconds: float = MAX_WAIT_SECONDS,
     cores: int | None = None,
     loadavg: str = LOADAVG,
-    interrupt: int | None = None,
+    hurried: Callable[[], bool] | None = None,
 ) -> float:
-    """Return once fewer tasks than cores run besides this one, or ``interrupt`` (a descriptor) is
-    readable (the work is needed now), or after ``max_seconds``; the seconds waited."""
+    """Return once fewer tasks than cores run besides this one, or ``hurried()`` says the work is
+    needed now, or after ``max_seconds``; the seconds waited."""
     cores = cores or os.cpu_count() or 1
     started = time.monotonic()
     while True:
         others = others_running(loadavg)
         waited = time.monotonic() - started
-        if others is None or others < cores or waited >= max_seconds:
+        if others is None or others < cores or waited >= max_seconds or (hurried is not None and hurried()):
             return waited
-        if interrupt is None:
-            time.sleep(POLL_SECONDS)
-        elif select.select([interrupt], [], [], POLL_SECONDS)[0]:
-            return time.monotonic() - started
+        time.sleep(POLL_SECONDS)
+
+
+def readable(fd: int) -> Callable[[], bool]:
+    """``hurried`` for a descriptor: True once something arrived on it."""
+    return lambda: bool(select.select([fd], [], [], 0)[0])

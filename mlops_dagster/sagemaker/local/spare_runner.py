@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"{launcher.SETUP_FAILED_PREFIX}: {exc}", file=sys.stderr)
             return launcher.SETUP_FAILED
-    idle_core.wait(interrupt=control.fileno())  # a step that runs now comes first, unless this one's job waits
+    idle_core.wait(hurried=idle_core.readable(control.fileno()))  # a step that runs now comes first, unless this one's job waits
     _preload(modules)
     control.sendall(b"ready")
     message, log_fd = _receive(control)
