@@ -5,8 +5,6 @@ the worker uses them for the steps that wait."""
 from __future__ import annotations
 
 import json
-import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ from test_local_jobs import (  # noqa: F401 - fixtures
 )
 from test_local_sagemaker import sdk_pipeline, sm, steps_of, wait  # noqa: F401 - fixtures
 
-from mlops_dagster.sagemaker.local import idle_core, jobs, opt_ml, spares
+from mlops_dagster.sagemaker.local import jobs, opt_ml, spares
 from mlops_dagster.sagemaker.local.jobs import run_processing_job
 
 CODE = f"{EXEC}/code/probe.py"
@@ -201,23 +199,6 @@ def test_spares_are_off_with_the_setting(monkeypatch):
     assert jobs.execution_spares() is None
     monkeypatch.setenv(spares.SETTING, "1")
     assert isinstance(jobs.execution_spares(), spares.Spares)
-
-
-def test_idle_core_waits_for_a_free_core_or_the_interrupt(tmp_path: Path):
-    busy, idle = tmp_path / "busy", tmp_path / "idle"
-    busy.write_text("2.00 1.00 0.50 5/200 1234\n")  # 4 others running
-    idle.write_text("0.10 0.10 0.10 1/200 1234\n")  # only the reader
-    assert idle_core.others_running(str(busy)) == 4 and idle_core.others_running(str(idle)) == 0
-    assert idle_core.others_running(str(tmp_path / "none")) is None
-    assert idle_core.wait(max_seconds=5, cores=2, loadavg=str(idle)) < 1
-    assert idle_core.wait(max_seconds=0.1, cores=2, loadavg=str(busy)) >= 0.1  # gives up, goes on
-    left, right = socket.socketpair()
-    right.send(b"now")
-    started = time.monotonic()
-    idle_core.wait(max_seconds=30, cores=2, loadavg=str(busy), hurried=idle_core.readable(left.fileno()))
-    assert time.monotonic() - started < 30
-    left.close()
-    right.close()
 
 
 def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str, tmp_path: Path, monkeypatch):

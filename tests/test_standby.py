@@ -18,7 +18,7 @@ import pytest
 
 from mlops_dagster.resources.object_store import LocalObjectStore
 from mlops_dagster.resources.sagemaker import LocalSageMaker
-from mlops_dagster.serving import process, standby
+from mlops_dagster.serving import idle_core, process, standby
 
 DEADLINE = 90.0
 
@@ -143,3 +143,16 @@ def test_prepare_hosting_starts_a_standby_unless_the_environment_is_serving(mlop
     assert resource.prepare_hosting("dev") is None  # dev is serving: its deploys load into it
     assert not (endpoints / standby.SOCKET).exists()
     assert os.getpid() != pid
+
+
+def test_idle_core_waits_for_a_free_core_or_the_interrupt(tmp_path: Path):
+    busy, idle = tmp_path / "busy", tmp_path / "idle"
+    busy.write_text("2.00 1.00 0.50 5/200 1234\n")  # 4 others running
+    idle.write_text("0.10 0.10 0.10 1/200 1234\n")  # only the reader
+    assert idle_core.others_running(str(busy)) == 4 and idle_core.others_running(str(idle)) == 0
+    assert idle_core.others_running(str(tmp_path / "none")) is None
+    assert idle_core.wait(max_seconds=5, cores=2, loadavg=str(idle)) < 1
+    assert idle_core.wait(max_seconds=0.1, cores=2, loadavg=str(busy)) >= 0.1  # gives up, goes on
+    calls = []
+    assert idle_core.wait(max_seconds=30, cores=2, loadavg=str(busy), hurried=lambda: calls.append(1) or len(calls) > 2) < 30
+    assert len(calls) == 3  # asked on every poll, and returned as soon as it said so

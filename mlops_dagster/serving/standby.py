@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlops_dagster.sagemaker.local import idle_core
+from . import idle_core
 
 IDLE_SECONDS = 60.0  # a run whose training outlasts this starts its server the usual way
 ADOPT_TIMEOUT_SECONDS = 5.0

@@ -27,21 +27,17 @@ import socket
 import sys
 import types
 
-import idle_core
 import opt_ml_launcher as launcher
 
-del sys.modules["opt_ml_launcher"], sys.modules["idle_core"], sys.path[0]  # the script must not see them
+del sys.modules["opt_ml_launcher"], sys.path[0]  # the script must not import this folder's modules
 
 MAX_MESSAGE = 1 << 20
-HURRY = b"now"  # the job is waiting: import without waiting for an idle core
 
 
 def _receive(control: socket.socket) -> tuple[dict | None, int | None]:
     """The go message and the log descriptor; (None, None) when the worker closed the socket."""
     fds = array.array("i")
-    data = HURRY
-    while data == HURRY:  # sent when the job wanted this process before its imports were done
-        data, ancillary, _flags, _address = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(fds.itemsize))
+    data, ancillary, _flags, _address = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(fds.itemsize))
     if not data:
         return None, None
     for level, kind, payload in ancillary:
@@ -115,7 +111,6 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"{launcher.SETUP_FAILED_PREFIX}: {exc}", file=sys.stderr)
             return launcher.SETUP_FAILED
-    idle_core.wait(hurried=idle_core.readable(control.fileno()))  # a step that runs now comes first, unless this one's job waits
     _preload(modules)
     control.sendall(b"ready")
     message, log_fd = _receive(control)

@@ -3,9 +3,11 @@
 A fresh Python that imports pandas and scikit-learn spends ~1.4-2 s of this machine's time before
 the script's first line; Train and Evaluate pay that one after the other, after Preprocess. SageMaker
 provisions a step's instance while it waits to start; locally the worker does the same with the
-process: when an execution starts, each Training and single-instance Processing step that must wait
-for other steps gets a spare process (``spare_runner``) that imports the script's own top-level
-imports (read from the step's code in the object store with ``ast``) and waits. When the step's job
+process: the next Training or single-instance Processing step that waits for other steps gets a
+spare process (``spare_runner``) that imports the script's own top-level imports (read from the
+step's code in the object store with ``ast``) and waits. One spare imports at a time: the next
+starts once the step before has taken its spare and found it ready (two at once, with the running
+step, slow the one needed first; ``bench/e2e.py --spares both`` measures). When the step's job
 starts, its launch is handed to the spare: the script then runs in that process with exactly the
 job's environment, arguments, folder and /opt/ml, one process per job as before. Everything else of
 the contract (staging, collecting, failure, stop) is the same code path.
@@ -15,14 +17,13 @@ interpreter running a script without options; the variables read at interpreter 
 (PYTHON* but PYTHONPATH, LD_*, MALLOC_*, the host's thread and locale settings, and any named after a
 preloaded package, such as SKLEARN_* or JOBLIB_*) are those it started with; the script's folder and
 PYTHONPATH do not hold a module named like one it preloaded. Otherwise the job starts cold, and the
-job log says why. ``MLOPS_LOCAL_SPARES=0`` turns spares off; at most ``limit`` wait at once (the
-machine's cores, at most 2), so they do not crowd out the steps that run.
+job log says why. ``MLOPS_LOCAL_SPARES=0`` turns spares off. Steps ready when the execution starts
+start cold: nothing could have been started ahead of them.
 """
 
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
 import logging
@@ -47,10 +48,9 @@ from . import opt_ml
 log = logging.getLogger(__name__)
 
 SETTING = "MLOPS_LOCAL_SPARES"
-HURRY = b"now"  # as spare_runner.HURRY
 READY_TIMEOUT_SECONDS = 120.0  # a spare not ready by then is ended and the job starts cold
 RUNNER = Path(__file__).with_name("spare_runner.py")
-MAX_LIMIT = 1  # measured: two at once crowd out the running step on 2 cores
+MAX_LIMIT = 1
 # Read when an interpreter or a numeric library starts: a job that sets them differently than the
 # spare started with must start cold.
 _STARTUP_PREFIXES = ("PYTHON", "LD_", "MALLOC_", "LC_", "LANG", "OMP_", "OPENBLAS_", "GOTO_", "MKL_", "KMP_")
@@ -62,10 +62,6 @@ def enabled(env: dict[str, str] | None = None) -> bool:
     """False when ``MLOPS_LOCAL_SPARES`` is 0/false/no/off."""
     value = (os.environ if env is None else env).get(SETTING, "1").strip().lower()
     return value not in ("0", "false", "no", "off")
-
-
-def default_limit() -> int:
-    return max(1, min(MAX_LIMIT, os.cpu_count() or 1))
 
 
 # --------------------------------------------------------------------------- what a script imports
@@ -191,11 +187,7 @@ class Spare:
     def ready_for(self, command: list[str], cwd: str, env: dict[str, str], host_ml: str | None) -> str | None:
         """None when the job can run in this spare and the spare has done its imports; else why
         not (the spare is then ended, and the caller starts the job cold)."""
-        reason = mismatch(self, command, cwd, env, host_ml)
-        if reason is None:
-            with contextlib.suppress(OSError):  # it may still wait for an idle core: not any more
-                self.control.send(HURRY)
-            reason = self._wait_ready()
+        reason = mismatch(self, command, cwd, env, host_ml) or self._wait_ready()
         if reason is not None:
             self.end()
         if self.on_ready is not None:
@@ -322,9 +314,9 @@ class Spares:
     """The spares of one execution, keyed by step name: at most ``limit`` waiting at once, started
     in run order (the next when one is taken, so a step's imports overlap the step before it)."""
 
-    def __init__(self, env: dict[str, str], namespace: bool, limit: int | None = None):
+    def __init__(self, env: dict[str, str], namespace: bool, limit: int = 1):
         self.env, self.namespace = env, namespace
-        self.limit = default_limit() if limit is None else limit
+        self.limit = limit  # spares importing or waiting at once
         self.waiting: dict[str, Spare] = {}
         self.tried: set[str] = set()
         self.steps: list[tuple[str, str, Any]] = []

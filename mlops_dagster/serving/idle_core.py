@@ -1,14 +1,13 @@
 """Wait for an idle core before work that was started ahead of its need.
 
-A spare job process or the standby endpoint server imports a second of libraries for a step that
-comes later; on a 2-core machine, doing it while the running step and another spare also compute
-slows the running step by as much as it saves. Such a process first waits, briefly, until the
-kernel's count of runnable tasks (``/proc/loadavg``) leaves a core free. Standard library only: the
-spare runner imports it before anything else.
+The standby endpoint server (standby.py) imports 1.5 s of libraries for a deploy that comes after
+the whole pipeline; on a 2-core machine, doing it while the Preprocess job and the Train job's spare
+process (sagemaker/local/spares.py) import and compute slows the steps in front of it by as much as
+it saves. It first waits, briefly, until the kernel's count of runnable tasks (``/proc/loadavg``)
+leaves a core free, unless a server start already waits for it.
 """
 
 import os
-import select
 import time
 from collections.abc import Callable
 
@@ -44,7 +43,3 @@ def wait(
             return waited
         time.sleep(POLL_SECONDS)
 
-
-def readable(fd: int) -> Callable[[], bool]:
-    """``hurried`` for a descriptor: True once something arrived on it."""
-    return lambda: bool(select.select([fd], [], [], 0)[0])
