@@ -20,6 +20,7 @@ importable by the script.
 
 import array
 import importlib
+import importlib.machinery
 import io
 import json
 import os
@@ -83,6 +84,7 @@ def _run_main(path: str) -> int:
     main = types.ModuleType("__main__")
     main.__file__ = path
     main.__cached__ = None
+    main.__loader__ = importlib.machinery.SourceFileLoader("__main__", path)
     main.__builtins__ = __builtins__
     sys.modules["__main__"] = main
     try:
