@@ -151,8 +151,19 @@ def test_idle_core_waits_for_a_free_core_or_the_interrupt(tmp_path: Path):
     idle.write_text("0.10 0.10 0.10 1/200 1234\n")  # only the reader
     assert idle_core.others_running(str(busy)) == 4 and idle_core.others_running(str(idle)) == 0
     assert idle_core.others_running(str(tmp_path / "none")) is None
-    assert idle_core.wait(max_seconds=5, cores=2, loadavg=str(idle)) < 1
+    assert idle_core.wait(max_seconds=5, cores=2, loadavg=str(idle), sustain_seconds=0.1) >= 0.1
     assert idle_core.wait(max_seconds=0.1, cores=2, loadavg=str(busy)) >= 0.1  # gives up, goes on
     calls = []
     assert idle_core.wait(max_seconds=30, cores=2, loadavg=str(busy), hurried=lambda: calls.append(1) or len(calls) > 2) < 30
     assert len(calls) == 3  # asked on every poll, and returned as soon as it said so
+
+
+def test_idle_core_wants_the_core_idle_for_a_while(monkeypatch):
+    """A moment's idle core (the pipeline's start, before its first job) is not enough."""
+    readings = [0, 3] + [0] * 10_000  # idle, then busy, then idle for good
+    seen = []
+    monkeypatch.setattr(idle_core, "others_running", lambda loadavg: seen.append(1) or readings[len(seen) - 1])
+    waited = idle_core.wait(max_seconds=30, cores=2, sustain_seconds=0.2)
+    assert 0.2 <= waited < 30
+    assert len(seen) >= 2 + int(0.2 / idle_core.POLL_SECONDS)  # counted from the reading after the busy one
+

@@ -4,7 +4,8 @@ The standby endpoint server (standby.py) imports 1.5 s of libraries for a deploy
 the whole pipeline; on a 2-core machine, doing it while the Preprocess job and the Train job's spare
 process (sagemaker/local/spares.py) import and compute slows the steps in front of it by as much as
 it saves. It first waits, briefly, until the kernel's count of runnable tasks (``/proc/loadavg``)
-leaves a core free, unless a server start already waits for it.
+has left a core free for a while (the standby starts with the execution, a moment before its first
+job does), unless a server start already waits for it.
 """
 
 import os
@@ -12,6 +13,8 @@ import time
 from collections.abc import Callable
 
 POLL_SECONDS = 0.02
+# A core idle this long: not the moment between the pipeline's start and its first job's.
+SUSTAIN_SECONDS = 0.3
 MAX_WAIT_SECONDS = 10.0  # then it goes on anyway: a busy machine must not make it useless
 LOADAVG = "/proc/loadavg"
 
@@ -31,15 +34,22 @@ def wait(
     cores: int | None = None,
     loadavg: str = LOADAVG,
     hurried: Callable[[], bool] | None = None,
+    sustain_seconds: float = SUSTAIN_SECONDS,
 ) -> float:
-    """Return once fewer tasks than cores run besides this one, or ``hurried()`` says the work is
-    needed now, or after ``max_seconds``; the seconds waited."""
+    """Return once fewer tasks than cores have run besides this one for ``sustain_seconds``, or
+    ``hurried()`` says the work is needed now, or after ``max_seconds``; the seconds waited."""
     cores = cores or os.cpu_count() or 1
     started = time.monotonic()
+    idle_since: float | None = None
     while True:
         others = others_running(loadavg)
-        waited = time.monotonic() - started
-        if others is None or others < cores or waited >= max_seconds or (hurried is not None and hurried()):
-            return waited
+        now = time.monotonic()
+        if others is None or now - started >= max_seconds or (hurried is not None and hurried()):
+            return now - started
+        if others >= cores:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = now
+        if idle_since is not None and now - idle_since >= sustain_seconds:
+            return now - started
         time.sleep(POLL_SECONDS)
-

@@ -132,8 +132,14 @@ def standby_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with open(args.lock_fd, "a"):  # closing it releases the lock: another standby may start
         # The pipeline's running step comes first, unless a server start already waits for this one.
-        idle_core.wait(hurried=(args.directory / HURRY).exists)
+        waited = idle_core.wait(hurried=(args.directory / HURRY).exists)
+        started = time.monotonic()
         _preload()
+        print(
+            f"standby (pid {os.getpid()}): imports done in {time.monotonic() - started:.2f} s, "
+            f"after {waited:.2f} s waiting for an idle core",
+            flush=True,
+        )
         adopted = _wait_for_adoption(args.directory, args.idle_seconds)
     if adopted is None:
         print(f"standby (pid {os.getpid()}): not adopted within {args.idle_seconds:g} s, exiting", flush=True)
