@@ -5,6 +5,10 @@ the worker uses them for the steps that wait."""
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,9 +41,11 @@ PROBE = script(
 
     if sys.argv[1:] == ["--fail"]:
         raise ValueError("probe failed on purpose")
+    if sys.argv[1:] == ["--interrupt"]:
+        raise KeyboardInterrupt
     print(json.dumps({
         "argv": sys.argv,
-        "path0": sys.path[0],
+        "path": sys.path,
         "file": __file__,
         "name": __name__,
         "loader": type(__loader__).__name__,
@@ -106,16 +112,24 @@ def test_a_script_in_a_spare_sees_what_a_cold_start_gives_it(store, tmp_path: Pa
     assert spare.proc.poll() is not None  # the job ended with its script
 
 
-def test_a_failing_script_in_a_spare_fails_as_a_cold_one(store, tmp_path: Path):
-    put_probe(store)
-    request = probe_request(["--fail"])
+@pytest.mark.parametrize(
+    ("text", "args", "code", "says"),
+    [
+        (PROBE, ["--fail"], 1, "ValueError: probe failed on purpose"),
+        (PROBE, ["--interrupt"], -2, "KeyboardInterrupt"),  # the interpreter ends itself with SIGINT
+        ("import json\nreturn 1\n", [], 1, "SyntaxError: 'return' outside function"),  # cannot compile
+    ],
+)
+def test_a_failing_script_in_a_spare_fails_as_a_cold_one(store, tmp_path: Path, text, args, code, says):
+    put_probe(store, text)
+    request = probe_request(args)
     cold = run(store, tmp_path / "cold", request)
     warm = run(store, tmp_path / "warm", request, spare=new_spare(["json"]))
-    assert cold.status == warm.status == "Failed" and cold.exit_code == warm.exit_code == 1
+    assert "in a process started ahead" in warm.log_path.read_text()
+    assert cold.status == warm.status == "Failed" and cold.exit_code == warm.exit_code == code
     assert warm.failure_reason == cold.failure_reason
-    assert "ValueError: probe failed on purpose" in warm.failure_reason
-    trace = warm.log_path.read_text()
-    assert "spare_runner" not in trace and 'probe.py", line' in trace  # from the script's own frame
+    assert says in warm.failure_reason
+    assert "spare_runner" not in warm.log_path.read_text()  # from the script's own frame
 
 
 @pytest.mark.parametrize(
@@ -124,6 +138,7 @@ def test_a_failing_script_in_a_spare_fails_as_a_cold_one(store, tmp_path: Path):
         ({"OMP_NUM_THREADS": "1"}, None, "the job sets OMP_NUM_THREADS"),
         ({"JSON_MODE": "fast"}, None, "the job sets JSON_MODE"),  # named after a preloaded package
         (None, "json.py", "code holds a module 'json'"),  # the script's folder shadows a preloaded module
+        (None, "socket.py", "code holds a module 'socket'"),  # ... or one the spare's runner loaded
     ],
 )
 def test_a_job_the_spare_cannot_take_starts_cold_and_says_why(store, tmp_path: Path, environment, sibling, why):
@@ -134,12 +149,12 @@ def test_a_job_the_spare_cannot_take_starts_cold_and_says_why(store, tmp_path: P
         request["ProcessingInputs"][0]["S3Input"]["S3Uri"] = f"{EXEC}/code"
     else:
         request = probe_request(environment=environment)
-    spare = new_spare(["json"])
+    spare = new_spare(["json"] if sibling != "socket.py" else ["csv"])
     result = run(store, tmp_path, request, spare=spare)
     log = result.log_path.read_text()
     assert "started cold: " in log and why in log.replace('"', "'")
     assert not spare.used and spare.proc.poll() is not None and not spare.scratch.exists()
-    if sibling is None:  # the probe itself ran (a sibling json.py breaks its own json import, as cold)
+    if sibling != "json.py":  # the probe itself ran (a sibling json.py breaks its json import, as cold)
         assert result.status == "Completed", log
 
 
@@ -153,7 +168,7 @@ def test_a_module_that_fails_to_import_in_the_spare_fails_in_the_script(store, t
 
 def test_a_spare_whose_worker_goes_away_exits(tmp_path: Path):
     spare = new_spare(["json"])
-    assert spare.control.recv(16) == b"ready"
+    assert spare.control.recv(1 << 20).startswith(b"ready [")
     spare.control.close()  # as when the worker dies
     assert spare.proc.wait(timeout=30) == 0
     spare.used = True  # nothing left to kill
@@ -179,8 +194,14 @@ def test_top_level_imports_are_what_runs_at_import():
             import argparse
         """
     )
-    assert spares.top_level_imports(source) == ["os", "numpy", "sklearn.ensemble", "pandas", "csv", "json"]
+    # Up to the first statement that is not an import: the `if` may decide what runs next.
+    assert spares.top_level_imports(source) == ["os", "numpy", "sklearn.ensemble", "pandas", "csv"]
     assert spares.top_level_imports("def broken(:\n") == []
+    # Code before an import may change what the import does (threads, paths, filters): not preloaded.
+    setting = '"""Doc."""\nimport os\nos.environ["OPENBLAS_NUM_THREADS"] = "1"\nimport numpy\n'
+    assert spares.top_level_imports(setting) == ["os"]
+    guarded = "try:\n    import pandas\nexcept ImportError:\n    pandas = None\nimport numpy\n"
+    assert spares.top_level_imports(guarded) == []  # the handler runs code: stop there
 
 
 def test_script_source_reads_the_code_as_the_job_will(store):
@@ -240,3 +261,68 @@ def _is_spare(proc_dir: Path, scratch: Path) -> bool:
     except OSError:
         return False
     return b"spare_runner.py" in cmdline and str(scratch).encode() in cmdline and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+_OTHER_ENDS: list[socket.socket] = []
+
+
+def _fake_spare(tmp_path: Path, code: str, answers: bool = True) -> spares.Spare:
+    """A Spare around a process running ``code`` that never says it is ready; ``answers`` False:
+    its end of the socket is closed, as when the process died."""
+    scratch = tmp_path / f"spare-{len(list(tmp_path.iterdir()))}"
+    scratch.mkdir()
+    pre_log = scratch / "imports.log"
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with open(pre_log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    if answers:
+        _OTHER_ENDS.append(child)  # open, silent
+    else:
+        child.close()
+    return spares.Spare(proc, parent, scratch, {}, ["json"], False, pre_log)
+
+
+def test_a_spare_that_died_says_why_in_the_reason(tmp_path: Path):
+    spare = _fake_spare(tmp_path, "print('boom: cannot import'); raise SystemExit(3)", answers=False)
+    reason = spare.ready_for([sys.executable, "x.py"], str(tmp_path), {}, None)
+    assert reason.startswith("the spare process ended before it was ready (exit code 3): boom: cannot import")
+    assert spare.ended and not spare.scratch.exists()
+
+
+def test_waiting_for_a_spare_ends_on_a_stop_request_or_the_max_runtime(tmp_path: Path):
+    stop = threading.Event()
+    stopping = _fake_spare(tmp_path, "import time; time.sleep(60)")
+    stopping.stop = stop
+    threading.Timer(0.3, stop.set).start()
+    assert stopping.ready_for([sys.executable, "x.py"], str(tmp_path), {}, None) == "the execution is stopping"
+    assert stopping.proc.returncode is not None  # ended, not left sleeping
+    slow = _fake_spare(tmp_path, "import time; time.sleep(60)")
+    assert slow.ready_for([sys.executable, "x.py"], str(tmp_path), {}, None, max_wait=1) == (
+        "the spare process was not ready within 1 s"
+    )
+    assert slow.proc.returncode is not None
+
+
+def test_one_spare_imports_at_a_time(tmp_path: Path, monkeypatch):
+    """B's spare starts with the execution; C's only once B's step has taken B's spare and found it
+    ready (not merely taken it), or B's spare ended."""
+    started: list[spares.Spare] = []
+
+    def fake_start(modules, env, namespace):
+        started.append(_fake_spare(tmp_path, "import time; time.sleep(60)"))
+        return started[-1]
+
+    monkeypatch.setattr(spares, "start", fake_start)
+    monkeypatch.setattr(spares, "script_source", lambda step_type, arguments, get_bytes: b"import json\n")
+    pool = spares.Spares({}, namespace=False)
+    pool.plan([(name, "Processing", {}) for name in "ABC"], get_bytes=lambda uri: b"")
+    pool.fill(started=["A"])  # A starts cold, with the execution
+    assert list(pool.waiting) == ["B"] and len(started) == 1
+    b = pool.take("B")
+    pool.fill()  # the worker's loop: B's spare still imports, so no second one
+    assert len(started) == 1 and not pool.waiting
+    b.end()  # as when B's job found it not usable (or ready)
+    assert list(pool.waiting) == ["C"] and len(started) == 2
+    pool.close()
+    assert all(spare.ended and spare.proc.returncode is not None for spare in started)
+

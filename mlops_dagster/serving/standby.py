@@ -166,12 +166,14 @@ def _wait_for_adoption(directory: Path, idle_seconds: float) -> tuple[list[str],
     path = directory / SOCKET
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = directory / f".{os.getpid()}"  # no longer than SOCKET: AF_UNIX paths are short
     previous = os.umask(0o177)  # the socket file is created 0600: only this user connects
     try:
-        listener.bind(str(path))
+        listener.bind(str(bound))
     finally:
         os.umask(previous)
     listener.listen(4)
+    os.replace(bound, path)  # named once it listens: a caller that sees it can connect
     listener.settimeout(idle_seconds)
     try:
         while True:

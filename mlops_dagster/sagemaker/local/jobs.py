@@ -366,7 +366,7 @@ def _spare_for(spare: Spare | None, launches: list[_Launch]) -> tuple[Spare | No
         spare.end()
         return None, " (started cold: a spare process serves a single instance)"
     launch = launches[0]
-    reason = spare.ready_for(launch.command, str(launch.cwd), launch.env, _host_ml(launch))
+    reason = spare.ready_for(launch.command, str(launch.cwd), launch.env, _host_ml(launch), launch.max_runtime)
     if reason is not None:
         return None, f" (started cold: {reason})"
     return spare, f" (in a process started ahead, which imported {', '.join(spare.modules)})"

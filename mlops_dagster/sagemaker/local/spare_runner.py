@@ -18,21 +18,26 @@ was told to, and takes its own folder off ``sys.path`` first, so nothing of this
 importable by the script.
 """
 
-import array
-import importlib
-import importlib.machinery
-import io
-import json
-import os
-import socket
 import sys
-import types
 
-import opt_ml_launcher as launcher
+_AT_START = {name.partition(".")[0] for name in sys.modules}  # what the interpreter loaded itself
+
+import array  # noqa: E402 - after the snapshot: what this runner adds counts as preloaded
+import importlib  # noqa: E402
+import importlib.machinery  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import socket  # noqa: E402
+import types  # noqa: E402
+
+import opt_ml_launcher as launcher  # noqa: E402
 
 del sys.modules["opt_ml_launcher"], sys.path[0]  # the script must not import this folder's modules
 
 MAX_MESSAGE = 1 << 20
+READY = b"ready "  # then the JSON list of the top-level modules it loaded
 
 
 def _receive(control: socket.socket) -> tuple[dict | None, int | None]:
@@ -47,12 +52,15 @@ def _receive(control: socket.socket) -> tuple[dict | None, int | None]:
     return json.loads(data), (fds[0] if fds else None)
 
 
-def _preload(modules: list[str]) -> None:
+def _preload(modules: list[str]) -> list[str]:
+    """Import ``modules``; every top-level module loaded since the interpreter started (this
+    runner's own, and the libraries' dependencies): what a script's folder must not shadow."""
     for name in modules:
         try:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - the script's own import of it raises this again, in its log
             continue
+    return sorted({name.partition(".")[0] for name in sys.modules} - _AT_START)
 
 
 def _become(message: dict, log_fd: int, libc: object) -> str:
@@ -61,26 +69,32 @@ def _become(message: dict, log_fd: int, libc: object) -> str:
     os.environ.update(message["env"])
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None  # TMPDIR is the job's now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)  # first: a failure below is the job's, in its log
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
     if message["host_ml"] is not None:
         launcher.bind_ml(libc, message["host_ml"])
     os.chdir(message["cwd"])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    os.close(log_fd)
     script, *_args = message["argv"]
     path = os.path.abspath(script)
     sys.argv = list(message["argv"])
-    extra = [entry for entry in message["env"].get("PYTHONPATH", "").split(os.pathsep) if entry]
+    # As the interpreter reads PYTHONPATH: entries made absolute, an empty one the working folder.
+    pythonpath = message["env"].get("PYTHONPATH")
+    extra = [os.path.abspath(entry) for entry in pythonpath.split(os.pathsep)] if pythonpath else []
     sys.path[0:0] = [os.path.dirname(os.path.realpath(path)), *extra]
     return path
 
 
 def _run_main(path: str) -> int:
     """Run the script as ``__main__``, as the interpreter runs a script file."""
-    with io.open_code(path) as source:
-        code = compile(source.read(), path, "exec")
+    try:
+        with io.open_code(path) as source:
+            code = compile(source.read(), path, "exec")
+    except SyntaxError as exc:  # printed as the interpreter prints a script it cannot compile
+        sys.excepthook(type(exc), exc.with_traceback(None), None)
+        return 1
     main = types.ModuleType("__main__")
     main.__file__ = path
     main.__cached__ = None
@@ -97,6 +111,10 @@ def _run_main(path: str) -> int:
             trace = trace.tb_next
         exc = exc.with_traceback(trace or exc.__traceback__)  # what the hook prints
         sys.excepthook(type(exc), exc, exc.__traceback__)
+        if isinstance(exc, KeyboardInterrupt):  # the interpreter then ends itself with SIGINT
+            sys.stdout.flush()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
         return 1
     return 0
 
@@ -113,8 +131,8 @@ def main(argv: list[str]) -> int:
         except OSError as exc:
             print(f"{launcher.SETUP_FAILED_PREFIX}: {exc}", file=sys.stderr)
             return launcher.SETUP_FAILED
-    _preload(modules)
-    control.sendall(b"ready")
+    loaded = _preload(modules)
+    control.sendall(READY + json.dumps(loaded).encode())
     message, log_fd = _receive(control)
     control.close()
     if message is None or log_fd is None:

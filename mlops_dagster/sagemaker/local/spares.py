@@ -24,6 +24,7 @@ start cold: nothing could have been started ahead of them.
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import logging
@@ -36,7 +37,8 @@ import sys
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -48,6 +50,10 @@ from . import opt_ml
 log = logging.getLogger(__name__)
 
 SETTING = "MLOPS_LOCAL_SPARES"
+JOB_STEP_TYPES = ("Training", "Processing")
+READY = b"ready "  # as spare_runner.READY: then the JSON list of the modules it holds
+MAX_READY_MESSAGE = 1 << 20
+STOP_POLL_SECONDS = 0.5
 READY_TIMEOUT_SECONDS = 120.0  # a spare not ready by then is ended and the job starts cold
 RUNNER = Path(__file__).with_name("spare_runner.py")
 MAX_LIMIT = 1
@@ -68,40 +74,46 @@ def enabled(env: dict[str, str] | None = None) -> bool:
 
 
 def top_level_imports(source: str | bytes) -> list[str]:
-    """The absolute modules a script imports at module level (in try blocks too), in order, once
-    each: ``import a.b`` -> a.b, ``from a.b import c`` -> a.b; never __future__ or relative ones."""
+    """The modules a script imports before it runs any other code, in order, once each: its
+    leading ``import a.b`` (-> a.b) and ``from a.b import c`` (-> a.b) statements, and try blocks
+    of nothing but imports. It stops at the first other statement: code that sets
+    ``os.environ``, ``sys.path`` or warning filters must run before the imports after it, and
+    only the script can run it. Never __future__ or relative imports."""
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return []  # the script fails on its own, in its log
+    body = tree.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
     names: list[str] = []
-    for node in _module_level(tree.body):
-        if isinstance(node, ast.Import):
-            found = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module != "__future__":
-            found = [node.module]
-        else:
-            continue
+    for node in body:
+        found = _prelude_imports(node)
+        if found is None:
+            break
         names.extend(name for name in found if name not in names)
     return names
 
 
-def _module_level(body: list[ast.stmt]) -> list[ast.stmt]:
-    """Statements that run at import: the body, and the bodies of its try and if blocks."""
-    out: list[ast.stmt] = []
-    for node in body:
-        out.append(node)
-        if isinstance(node, ast.Try):
-            for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
-                out.extend(_module_level(block))
-        elif isinstance(node, ast.If) and not _is_main_guard(node):
-            out.extend(_module_level(node.body) + _module_level(node.orelse))
-    return out
-
-
-def _is_main_guard(node: ast.If) -> bool:
-    test = node.test
-    return isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+def _prelude_imports(node: ast.stmt) -> list[str] | None:
+    """The modules an import statement (or a try block of them) loads; None for any other code."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom):
+        absolute = node.level == 0 and node.module and node.module != "__future__"
+        return [node.module] if absolute else []
+    if isinstance(node, ast.Pass):
+        return []
+    if isinstance(node, ast.Try):
+        found: list[str] = []
+        for block in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+            for inner in block:
+                names = _prelude_imports(inner)
+                if names is None:
+                    return None
+                found.extend(names)
+        return found
+    return None
 
 
 def script_source(step_type: str, arguments: Any, get_bytes: Callable[[str], bytes]) -> bytes | None:
@@ -180,19 +192,29 @@ class Spare:
     modules: list[str]
     namespace: bool
     pre_log: Path
-    used: bool = field(default=False)  # given its job: the job runner owns the process now
-    on_ready: Callable[[], None] | None = None  # called once its job may run in it (Spares: the next spare)
-    ended: bool = field(default=False)
+    loaded: list[str] = field(default_factory=list)  # top-level modules it holds once ready
+    used: bool = False  # given its job: the job runner owns the process now
+    ended: bool = False
+    on_ready: Callable[[], None] | None = None  # called once its job knows (Spares: the next spare starts)
+    stop: threading.Event | None = None  # the execution's stop request: waiting for the imports ends
 
-    def ready_for(self, command: list[str], cwd: str, env: dict[str, str], host_ml: str | None) -> str | None:
-        """None when the job can run in this spare and the spare has done its imports; else why
-        not (the spare is then ended, and the caller starts the job cold)."""
-        reason = mismatch(self, command, cwd, env, host_ml) or self._wait_ready()
+    def ready_for(
+        self, command: list[str], cwd: str, env: dict[str, str], host_ml: str | None, max_wait: float | None = None
+    ) -> str | None:
+        """None when the spare has done its imports and the job can run in it; else why not (the
+        spare is then ended, and the caller starts the job cold). Waits at most ``max_wait``
+        (the job's MaxRuntimeInSeconds: a cold start spends its imports inside it too)."""
+        reason = self._wait_ready(max_wait) or mismatch(self, command, cwd, env, host_ml)
         if reason is not None:
             self.end()
-        if self.on_ready is not None:
-            self.on_ready()
+        self._notify()
         return reason
+
+    def _notify(self) -> None:
+        """Tell the owner, once, that this spare no longer imports (ready, or ended)."""
+        callback, self.on_ready = self.on_ready, None
+        if callback is not None:
+            callback()
 
     def go(self, command: list[str], cwd: str, env: dict[str, str], host_ml: str | None, log_fd: int) -> str | None:
         """Give the job to the spare (after ``ready_for``): None once the script runs in it."""
@@ -209,15 +231,30 @@ class Spare:
         self.end()  # its folder: the job has its own HOME and TMPDIR
         return None
 
-    def _wait_ready(self) -> str | None:
-        self.control.settimeout(READY_TIMEOUT_SECONDS)
+    def _wait_ready(self, max_wait: float | None) -> str | None:
+        limit = READY_TIMEOUT_SECONDS if max_wait is None else min(READY_TIMEOUT_SECONDS, max_wait)
+        deadline = time.monotonic() + limit
+        self.control.settimeout(STOP_POLL_SECONDS)
+        while True:
+            try:
+                answer = self.control.recv(MAX_READY_MESSAGE)
+                break
+            except TimeoutError:
+                if self.stop is not None and self.stop.is_set():
+                    return "the execution is stopping"
+                if time.monotonic() >= deadline:
+                    return f"the spare process was not ready within {limit:g} s"
+            except OSError as exc:
+                return f"the spare process was not ready: {exc}"
+        if not answer.startswith(READY):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            tail = _tail(self.pre_log)
+            return f"the spare process ended before it was ready (exit code {self.proc.returncode}){tail}"
         try:
-            answer = self.control.recv(16)
-        except (TimeoutError, OSError) as exc:
-            return f"the spare process was not ready: {exc}"
-        if answer != b"ready":
-            code = self.proc.poll()
-            return f"the spare process ended before it was ready (exit code {code}; see {self.pre_log})"
+            self.loaded = json.loads(answer[len(READY) :])
+        except ValueError:
+            return f"the spare process answered {answer[:80]!r}"
         return None
 
     def end(self) -> None:
@@ -226,34 +263,51 @@ class Spare:
             return
         self.ended = True
         self.control.close()
+        self._notify()
         if not self.used:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            if self.proc.returncode is None:  # not reaped: its pid (and group) are still its own
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+def _shadows(folder: Path, name: str) -> bool:
+    """True when ``folder`` on sys.path would give module ``name`` (a package without __init__.py
+    would not: a regular module later on the path wins over a namespace portion)."""
+    if (folder / f"{name}.py").is_file() or (folder / name / "__init__.py").is_file():
+        return True
+    return any(folder.glob(f"{name}.*.so")) or (folder / f"{name}.pyc").is_file()
+
+
+def _tail(path: Path, limit: int = 600) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return f": {text[-limit:]}" if text else ""
+
+
 def mismatch(spare: Spare, command: list[str], cwd: str, env: dict[str, str], host_ml: str | None) -> str | None:
-    """Why running this job in the spare could differ from starting it cold; None when it cannot."""
+    """Why running this job in the ready spare could differ from starting it cold; None when it
+    cannot. ``spare.loaded`` is every top-level module it holds: the ones asked for, their
+    dependencies and the runner's own."""
     if len(command) < 2 or command[0] != sys.executable or command[1].startswith("-"):
         return f"the command is not {sys.executable} <script>: {command[:2]}"
     if (host_ml is not None) != spare.namespace:
         return "the job's /opt/ml mode is not the spare's"
+    packages = tuple(name.upper() + "_" for name in spare.loaded if not name.startswith("_"))
     for key in sorted(set(env) | set(spare.env)):
         if key in _LATE or env.get(key) == spare.env.get(key):
             continue
-        packages = tuple(name.split(".")[0].upper() + "_" for name in spare.modules)
         if key.startswith(_STARTUP_PREFIXES) or key.startswith(packages) or key in spare.env:
             return f"the job sets {key}, which is read when the interpreter or a library starts"
-    preloaded = {name.split(".")[0] for name in spare.modules}
     seen = [Path(cwd, command[1]).parent]
-    seen += [Path(cwd, entry) for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry]
-    folders = [_host_path(folder, host_ml) for folder in seen]
-    for folder in folders:
-        for name in preloaded:
-            if (folder / f"{name}.py").exists() or (folder / name).is_dir():
+    pythonpath = env.get("PYTHONPATH")
+    seen += [Path(cwd, entry) for entry in pythonpath.split(os.pathsep)] if pythonpath else []
+    for folder in (_host_path(folder, host_ml) for folder in seen):
+        for name in spare.loaded:
+            if _shadows(folder, name):
                 return f"{folder} holds a module {name!r}, which the spare imported from the environment"
     return None
 
@@ -311,66 +365,102 @@ def start(modules: list[str], env: dict[str, str], namespace: bool) -> Spare:
 
 
 class Spares:
-    """The spares of one execution, keyed by step name: at most ``limit`` waiting at once, started
-    in run order (the next when one is taken, so a step's imports overlap the step before it)."""
+    """The spares of one execution, keyed by step name, started in run order: one importing at a
+    time (``limit``), the next once the step before has taken its spare and found it ready (two
+    importing at once, beside the running step, slow the one needed first)."""
 
     def __init__(self, env: dict[str, str], namespace: bool, limit: int = 1):
-        self.env, self.namespace = env, namespace
-        self.limit = limit  # spares importing or waiting at once
-        self.waiting: dict[str, Spare] = {}
-        self.tried: set[str] = set()
+        self.env, self.namespace, self.limit = env, namespace, limit
+        self.waiting: dict[str, Spare] = {}  # started, not yet taken
+        self.importing = 0  # taken by their steps, not yet ready (they still take a core)
+        self.starting = 0  # being started by fill
+        self.tried: set[str] = set()  # steps that got a spare, or will never get one
+        self.taken: set[str] = set()  # steps that started (with their spare or cold)
+        self.closed = False
         self.steps: list[tuple[str, str, Any]] = []
         self.get_bytes: Callable[[str], bytes] | None = None
+        self.stop: threading.Event | None = None  # the execution's stop request
         self.lock = threading.Lock()  # steps take their spares from the worker's step threads
 
     def plan(self, steps: list[tuple[str, str, Any]], get_bytes: Callable[[str], bytes]) -> None:
         """The execution's steps (name, type, arguments) in run order, and where to read their code."""
         self.steps, self.get_bytes = steps, get_bytes
 
-    def fill(self, started: list[str] = ()) -> None:
-        """Start spares for the next steps that have none, up to ``limit`` waiting; never for
-        ``started`` (steps that start now, cold)."""
-        with self.lock:
-            self.tried.update(started)
-            for name, step_type, arguments in self.steps:
-                if len(self.waiting) >= self.limit:
+    def fill(self, started: Iterable[str] = ()) -> None:
+        """Start spares for the next steps that have none, while fewer than ``limit`` import or
+        wait; never for ``started`` (steps that start now, cold)."""
+        while True:
+            with self.lock:
+                self.tried.update(started)
+                started = ()
+                busy = len(self.waiting) + self.importing + self.starting
+                step = None if self.closed or busy >= self.limit else self._next()
+                if step is None:
                     return
-                if name in self.tried or step_type not in ("Training", "Processing"):
-                    continue
-                self.tried.add(name)
-                self._start(name, step_type, arguments)
+                self.tried.add(step[0])
+                self.starting += 1
+            spare = self._start(*step)  # outside the lock: it reads the code and starts a process
+            with self.lock:
+                self.starting -= 1
+                keep = spare is not None and not self.closed and step[0] not in self.taken
+                if keep:
+                    self.waiting[step[0]] = spare
+            if spare is not None and not keep:
+                spare.end()  # the execution ended, or the step started, meanwhile
 
-    def _start(self, name: str, step_type: str, arguments: Any) -> None:
+    def _next(self) -> tuple[str, str, Any] | None:
+        for name, step_type, arguments in self.steps:
+            if name not in self.tried and step_type in JOB_STEP_TYPES:
+                return name, step_type, arguments
+        return None
+
+    def _start(self, name: str, step_type: str, arguments: Any) -> Spare | None:
         source = script_source(step_type, arguments, self.get_bytes) if self.get_bytes else None
         modules = top_level_imports(source) if source is not None else []
         if not modules:
-            return
+            return None
         try:
-            self.waiting[name] = start(modules, self.env, self.namespace)
+            spare = start(modules, self.env, self.namespace)
         except OSError as exc:
             log.warning("step %s: no spare process: %s", name, exc)
-        else:
-            log.info("step %s: spare process %s importing %s", name, self.waiting[name].proc.pid, ", ".join(modules))
-
-    def take(self, name: str) -> Spare | None:
-        """The step's spare (None: it starts cold). The next step's spare starts once this one's
-        imports are done (or now, without one): two importing at once slow the one needed first."""
-        with self.lock:
-            self.tried.add(name)
-            spare = self.waiting.pop(name, None)
-        if spare is None:
-            self.fill()
-        else:
-            spare.on_ready = self.fill
+            return None
+        spare.stop = self.stop
+        log.info("step %s: spare process %s importing %s", name, spare.proc.pid, ", ".join(modules))
         return spare
 
-    def discard(self, names: set[str] | list[str]) -> None:
-        """End the spares of steps that will not run (a branch not taken, the execution's end)."""
+    def take(self, name: str) -> Spare | None:
+        """The step's spare (None: it starts cold); the next spare starts once this one is ready."""
         with self.lock:
+            self.tried.add(name)
+            self.taken.add(name)
+            spare = self.waiting.pop(name, None)
+            if spare is not None:
+                self.importing += 1
+                spare.on_ready = self._ready
+        if spare is None:
+            self.fill()
+        return spare
+
+    def _ready(self) -> None:
+        with self.lock:
+            self.importing -= 1
+        self.fill()
+
+    def discard(self, names: Iterable[str]) -> None:
+        """End the spares of steps that will not run (a branch not taken, a step cache hit)."""
+        with self.lock:
+            names = set(names)
             self.tried.update(names)
             ended = [self.waiting.pop(name) for name in names if name in self.waiting]
         for spare in ended:
             spare.end()
+        if ended:
+            self.fill()
 
     def close(self) -> None:
-        self.discard(list(self.waiting))
+        """End every spare not taken (the execution ended)."""
+        with self.lock:
+            self.closed = True
+            ended, self.waiting = list(self.waiting.values()), {}
+        for spare in ended:
+            spare.end()

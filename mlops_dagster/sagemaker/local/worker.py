@@ -228,6 +228,7 @@ class ExecutionRunner:
         if self.spares is not None:
             steps = [(name, self.plan.steps[name].type, self.plan.steps[name].arguments) for name in self.plan.order]
             self.spares.plan(steps, self.store.get_bytes)
+            self.spares.stop = self.watch.stop_requested
         slots = self._slots()
         failure: str | None = None
         stopped = False
@@ -333,10 +334,9 @@ class ExecutionRunner:
         name = job_name_for(self.execution.id, step.name)
         self.backend.start_step(self.arn, step.name, step.type, "Starting")
         request = self._resolve(step, step.arguments, **{f"{step.type}JobName": name})
-        spare = self.spares.take(step.name) if self.spares is not None else None
         if self._reuse_cached_job(step, kind, request):
-            if spare is not None:
-                spare.end()
+            if self.spares is not None:
+                self.spares.discard([step.name])
             return
         job = self.backend.create_job(name, kind, request, self.arn, step.name)
         self.backend.update_step(self.arn, step.name, "Starting", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}})
@@ -350,6 +350,8 @@ class ExecutionRunner:
             self.watch.attach(proc)
 
         run = self.jobs.run_training_job if kind == "training" else self.jobs.run_processing_job
+        # Taken last: from here the job runner ends it, used or not.
+        spare = self.spares.take(step.name) if self.spares is not None else None
         try:
             result = run(
                 name,
