@@ -4,8 +4,9 @@ A fresh Python that imports pandas and scikit-learn spends ~1.4-2 s of this mach
 the script's first line; Train and Evaluate pay that one after the other, after Preprocess. SageMaker
 provisions a step's instance while it waits to start; locally the worker does the same with the
 process: the next Training or single-instance Processing step that waits for other steps gets a
-spare process (``spare_runner``) that imports the script's own top-level imports (read from the
-step's code in the object store with ``ast``) and waits. One spare imports at a time: the next
+spare process (``spare_runner``) that imports the imports the script starts with (its leading
+import statements, read from the step's code in the object store with ``ast``; none after the first
+other statement, which may set what they do) and waits. One spare imports at a time: the next
 starts once the step before has taken its spare and found it ready (two at once, with the running
 step, slow the one needed first; ``bench/e2e.py --spares both`` measures). When the step's job
 starts, its launch is handed to the spare: the script then runs in that process with exactly the
@@ -15,9 +16,12 @@ the contract (staging, collecting, failure, stop) is the same code path.
 A spare is used only when starting it cold could not differ (``mismatch``): the command is this
 interpreter running a script without options; the variables read at interpreter or library start
 (PYTHON* but PYTHONPATH, LD_*, MALLOC_*, the host's thread and locale settings, and any named after a
-preloaded package, such as SKLEARN_* or JOBLIB_*) are those it started with; the script's folder and
-PYTHONPATH do not hold a module named like one it preloaded. Otherwise the job starts cold, and the
-job log says why. ``MLOPS_LOCAL_SPARES=0`` turns spares off. Steps ready when the execution starts
+module the spare holds, such as SKLEARN_* or JOBLIB_*) are those it started with; the script's folder
+and PYTHONPATH do not hold a module named like one the spare holds (what it was asked to import, their
+dependencies and its runner's own, which it reports when ready). Otherwise the job starts cold, and
+the job log says why. While a step waits for its spare's imports, a stop request or the job's
+MaxRuntimeInSeconds ends the wait. What still differs from a cold start: ``sys.orig_argv`` and
+/proc/self/cmdline name the runner, and ``sys.modules`` holds the runner's few standard modules. ``MLOPS_LOCAL_SPARES=0`` turns spares off. Steps ready when the execution starts
 start cold: nothing could have been started ahead of them.
 """
 
