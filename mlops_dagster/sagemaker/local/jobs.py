@@ -151,7 +151,7 @@ class _View:
 
     def seen(self, value: str) -> str:
         """A container path (or any value) as the script must be given it."""
-        return value if self.namespace else _remap(value, self.work_dir)
+        return value if self.namespace else opt_ml.on_host(value, self.work_dir)
 
 
 def _view(work_dir: Path) -> _View:
@@ -855,7 +855,7 @@ def _processing_path(local_path: object, work_dir: Path, what: str) -> Path:
         raise _client_error(f"{what}: LocalPath {local_path!r} must begin with {PROCESSING_ROOT}")
     if ".." in PurePosixPath(local_path).parts:
         raise _client_error(f"{what}: LocalPath {local_path!r} has '..' parts")
-    return Path(_remap(local_path, work_dir))
+    return Path(opt_ml.on_host(local_path, work_dir))
 
 
 def _split_uri(uri: object, what: str) -> tuple[str, str]:
@@ -967,13 +967,6 @@ def _upload(store: ObjectStore, path: Path, uri: str, note: Note | None) -> None
         raise _client_error(f"cannot upload {path.name} to {uri}: {exc}") from exc
     if note is not None:
         note(f"uploaded {uri}")
-
-
-def _remap(value: str, work_dir: Path) -> str:
-    """/opt/ml/... -> <work_dir>/opt/ml/...; anything else unchanged."""
-    if value == OPT_ML or value.startswith(OPT_ML + "/"):
-        return f"{work_dir}{value}"
-    return value
 
 
 def _remapped_environment(environment: object, view: _View) -> dict[str, str]:

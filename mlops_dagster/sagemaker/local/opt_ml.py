@@ -40,7 +40,7 @@ import tempfile
 from mlops_dagster.sagemaker.local import opt_ml_launcher
 from mlops_dagster.sagemaker.local.opt_ml_launcher import MARKER, OPT_ML, SETUP_FAILED, SETUP_FAILED_PREFIX
 
-__all__ = ["OPT_ML", "SETUP_FAILED", "SETUP_FAILED_PREFIX", "job_mode", "launcher_command", "literal_path_failure"]
+__all__ = ["OPT_ML", "SETUP_FAILED", "SETUP_FAILED_PREFIX", "job_mode", "launcher_command", "literal_path_failure", "on_host"]
 
 MODE_VARIABLE = "MLOPS_LOCAL_OPT_ML"
 MODES = ("auto", "namespace", "remap")
@@ -102,6 +102,14 @@ def launcher_command(host_ml: str, stage: str, cwd: str, command: list[str]) -> 
     ``command == ["--check"]`` only checks that the bind works.
     """
     return [sys.executable, "-I", "-S", os.path.abspath(opt_ml_launcher.__file__), host_ml, stage, cwd, "--", *command]
+
+
+def on_host(value: str, work_dir: object) -> str:
+    """A container path as it is on the host: /opt/ml/... -> <work_dir>/opt/ml/...; anything else
+    unchanged (remap mode's rewriting, and where a namespace's /opt/ml lives)."""
+    if value == OPT_ML or value.startswith(OPT_ML + "/"):
+        return f"{work_dir}{value}"
+    return value
 
 
 # --------------------------------------------------------------------------- remap mode's failures

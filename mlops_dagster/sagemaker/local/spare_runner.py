@@ -22,8 +22,7 @@ import sys
 
 _AT_START = {name.partition(".")[0] for name in sys.modules}  # what the interpreter loaded itself
 
-import array  # noqa: E402 - after the snapshot: what this runner adds counts as preloaded
-import importlib  # noqa: E402
+import importlib  # noqa: E402 - after the snapshot: what this runner adds counts as preloaded
 import importlib.machinery  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
@@ -42,13 +41,9 @@ READY = b"ready "  # then the JSON list of the top-level modules it loaded
 
 def _receive(control: socket.socket) -> tuple[dict | None, int | None]:
     """The go message and the log descriptor; (None, None) when the worker closed the socket."""
-    fds = array.array("i")
-    data, ancillary, _flags, _address = control.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(fds.itemsize))
+    data, fds, _flags, _address = socket.recv_fds(control, MAX_MESSAGE, 1)
     if not data:
         return None, None
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
     return json.loads(data), (fds[0] if fds else None)
 
 

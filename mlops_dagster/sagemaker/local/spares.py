@@ -21,8 +21,9 @@ and PYTHONPATH do not hold a module named like one the spare holds (what it was 
 dependencies and its runner's own, which it reports when ready). Otherwise the job starts cold, and
 the job log says why. While a step waits for its spare's imports, a stop request or the job's
 MaxRuntimeInSeconds ends the wait. What still differs from a cold start: ``sys.orig_argv`` and
-/proc/self/cmdline name the runner, and ``sys.modules`` holds the runner's few standard modules. ``MLOPS_LOCAL_SPARES=0`` turns spares off. Steps ready when the execution starts
-start cold: nothing could have been started ahead of them.
+/proc/self/cmdline name the runner, and ``sys.modules`` holds the runner's few standard modules.
+``MLOPS_LOCAL_SPARES=0`` turns spares off. Steps ready when the execution starts start cold:
+nothing could have been started ahead of them.
 """
 
 from __future__ import annotations
@@ -225,9 +226,7 @@ class Spare:
         _copy(self.pre_log, log_fd)  # what the imports printed, as a cold start's log would have
         message = {"argv": command[1:], "cwd": cwd, "env": env, "host_ml": host_ml}
         try:
-            self.control.sendmsg(
-                [json.dumps(message).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_bytes(log_fd))]
-            )
+            socket.send_fds(self.control, [json.dumps(message).encode()], [log_fd])
         except OSError as exc:
             self.end()
             return f"the spare process could not be given the job: {exc}"
@@ -309,23 +308,13 @@ def mismatch(spare: Spare, command: list[str], cwd: str, env: dict[str, str], ho
     seen = [Path(cwd, command[1]).parent]
     pythonpath = env.get("PYTHONPATH")
     seen += [Path(cwd, entry) for entry in pythonpath.split(os.pathsep)] if pythonpath else []
-    for folder in (_host_path(folder, host_ml) for folder in seen):
+    # In a namespace the job sees its folder <work_dir>/opt/ml at /opt/ml (host_ml is the former).
+    work_dir = None if host_ml is None else Path(host_ml).parent.parent
+    for folder in (Path(opt_ml.on_host(str(f), work_dir)) if work_dir else f for f in seen):
         for name in spare.loaded:
             if _shadows(folder, name):
                 return f"{folder} holds a module {name!r}, which the spare imported from the environment"
     return None
-
-
-def _host_path(path: Path, host_ml: str | None) -> Path:
-    """Where a folder the job sees is on the host (its /opt/ml is host_ml in a namespace)."""
-    text = str(path)
-    if host_ml is not None and (text == opt_ml.OPT_ML or text.startswith(opt_ml.OPT_ML + "/")):
-        return Path(host_ml + text[len(opt_ml.OPT_ML) :])
-    return path
-
-
-def _fd_bytes(fd: int) -> bytes:
-    return fd.to_bytes(4, sys.byteorder, signed=True)
 
 
 def _copy(path: Path, fd: int) -> None:

@@ -204,8 +204,7 @@ class ExecutionRunner:
         self.properties: dict[str, dict] = {}
         self.outcomes: dict[str, str] = {}  # condition step -> "IfSteps" | "ElseSteps"
         self.parameters: dict[str, Any] = {}
-        start_spares = getattr(jobs, "execution_spares", None)  # a test's fake runner has none
-        self.spares = start_spares() if start_spares is not None else None
+        self.spares = jobs.execution_spares()
 
     def run(self) -> None:
         try:
@@ -361,7 +360,7 @@ class ExecutionRunner:
                 self.backend.job_log_path(name),
                 on_start=on_start,
                 job_arn=job.arn,  # TRAINING_JOB_ARN / ProcessingJobArn, as SageMaker gives the container
-                **({"spare": spare} if spare is not None else {}),
+                spare=spare,
             )
         except Exception as err:  # a bug or an I/O error in the job runner: the job and step fail, with why
             log.exception("job %s", name)
@@ -444,7 +443,7 @@ def run_execution(home: Path, store: ObjectStore, execution_arn: str, jobs: Any 
     """Run one execution to its end in this process; returns the end status.
 
     ``jobs`` is the job runner (``run_training_job``, ``run_processing_job``, ``stop_process``,
-    ``JobResult``): the real ``jobs`` module unless a test passes a fake.
+    ``JobResult``, ``execution_spares``): the real ``jobs`` module unless a test passes a fake.
     """
     if jobs is None:
         from . import jobs
