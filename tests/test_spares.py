@@ -5,6 +5,7 @@ the worker uses them for the steps that wait."""
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from test_local_jobs import (  # noqa: F401 - fixtures
     script,
     store,
 )
-from test_local_sagemaker import sdk_pipeline, sm, steps_of, wait  # noqa: F401 - fixtures
+from test_local_sagemaker import ROLE, sdk_pipeline, sm, steps_of, wait  # noqa: F401 - fixtures
 
 from mlops_dagster.sagemaker.local import jobs, opt_ml, spares
 from mlops_dagster.sagemaker.local.jobs import run_processing_job
@@ -225,7 +226,7 @@ def test_spares_are_off_with_the_setting(monkeypatch):
     assert isinstance(jobs.execution_spares(), spares.Spares)
 
 
-def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str, tmp_path: Path, monkeypatch):
+def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str, mlops_home: Path, tmp_path: Path, monkeypatch):
     """The example pipeline: Train and Evaluate (which wait for earlier steps) run in spares; Preprocess,
     ready at once, starts cold; no spare outlives the execution."""
     scratch = tmp_path / "worker-tmp"  # the worker's TMPDIR: its spares' folders are in it
@@ -244,13 +245,37 @@ def test_the_worker_runs_waiting_steps_in_spares(sm, sdk_pipeline: str, tmp_path
     assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p, scratch)]
     assert not list(scratch.glob("mlops-spare-*"))
 
-    # Again on the same data: every job step is a cache hit, so the spares started for Train and
-    # Evaluate are ended unused, with their folders.
+    assert _spares_started(mlops_home, arn) == ["Train", "Evaluate"]
+
+    # Again on the same data: every job step is a cache hit, and no spare was started for nothing.
     again = sm.start_pipeline_execution(PipelineName=sdk_pipeline)["PipelineExecutionArn"]
     assert wait(sm, again)["PipelineExecutionStatus"] == "Succeeded"
     assert all(steps_of(sm, again)[name].get("CacheHitResult") for name in ("Preprocess", "Train", "Evaluate"))
+    assert _spares_started(mlops_home, again) == []
     assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p, scratch)]
     assert not list(scratch.glob("mlops-spare-*"))
+
+    # Train changed (as after an edit of train.py): Preprocess is served, Train runs cold at once (a
+    # spare could not have imported anything meanwhile), and Evaluate, whose input is Train's new
+    # model, gets its spare while Train runs.
+    body = json.loads(sm.describe_pipeline(PipelineName=sdk_pipeline)["PipelineDefinition"])
+    train = next(step for step in body["Steps"] if step["Name"] == "Train")
+    train["Arguments"]["HyperParameters"]["changed"] = "1"
+    sm.update_pipeline(PipelineName=sdk_pipeline, PipelineDefinition=json.dumps(body), RoleArn=ROLE)
+    edited = sm.start_pipeline_execution(PipelineName=sdk_pipeline)["PipelineExecutionArn"]
+    assert wait(sm, edited)["PipelineExecutionStatus"] == "Succeeded"
+    steps = steps_of(sm, edited)
+    assert steps["Preprocess"].get("CacheHitResult") and not steps["Train"].get("CacheHitResult")
+    assert _spares_started(mlops_home, edited) == ["Evaluate"]
+    evaluate = steps["Evaluate"]["Metadata"]["ProcessingJob"]["Arn"].rsplit("/", 1)[-1]
+    assert "in a process started ahead" in sm.job_log_path(evaluate).read_text()
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _is_spare(p, scratch)]
+
+
+def _spares_started(home: Path, arn: str) -> list[str]:
+    """The steps the execution's worker started a spare for, from its log."""
+    text = (home / "sagemaker" / "workers" / f"{arn.rsplit('/', 1)[-1]}.log").read_text()
+    return re.findall(r"step (\S+): spare process \d+ importing", text)
 
 
 def _is_spare(proc_dir: Path, scratch: Path) -> bool:

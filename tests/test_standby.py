@@ -9,16 +9,20 @@ import os
 import socket
 import stat
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import psutil
 import pytest
+from dagster import AssetKey, DagsterRun
 
 from mlops_dagster.resources.object_store import LocalObjectStore
-from mlops_dagster.resources.sagemaker import LocalSageMaker
-from mlops_dagster.serving import idle_core, process, standby
+from mlops_dagster.resources.sagemaker import LOCAL_ACCOUNT_ID, LocalSageMaker
+from mlops_dagster.serving import gateway, idle_core, process, standby
 
 DEADLINE = 90.0
 
@@ -76,14 +80,22 @@ def test_a_waiting_standby_becomes_the_environments_server(mlops_home, endpoints
 
 
 def test_a_server_started_while_the_standby_imports_waits_for_it(mlops_home, endpoints):
-    """The standby waits for an idle core before importing; a server start hurries it and adopts it
-    (its imports are what a new server would do), instead of starting a second process."""
+    """The standby imports at the lowest priority; a server start hurries it and adopts it (its
+    imports are what a new server would do), instead of starting a second process."""
     pid = standby.start(endpoints)
     assert not (endpoints / standby.SOCKET).exists()  # just started: still importing, or waiting to
     record = process.start_endpoint(mlops_home, "dev")
     assert record.pid == pid and process.is_alive(record)
     assert (endpoints / standby.HURRY).exists()  # told to import now
+    if idle_core.autogroup_nice() is not None:
+        # The server it became runs at its session's normal priority, not the standby's.
+        assert _autogroup_nice(pid) == 0
+        assert "at the lowest CPU priority" in (endpoints / standby.LOG).read_text()
     assert process.stop_endpoint(mlops_home, "dev") and _gone(pid)
+
+
+def _autogroup_nice(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/autogroup").read_text().split()[-1])
 
 
 def test_without_a_standby_adoption_declines_and_a_server_is_launched(mlops_home, endpoints):
@@ -129,20 +141,63 @@ def test_a_standby_nobody_adopts_exits_after_its_idle_time(endpoints):
     assert not standby.waiting(endpoints)
 
 
-def test_prepare_hosting_starts_a_standby_unless_the_environment_is_serving(mlops_home, endpoints):
-    resource = LocalSageMaker(
+def _resource(mlops_home: Path) -> LocalSageMaker:
+    return LocalSageMaker(
         home=str(mlops_home), region="us-east-1", bucket="mlops-local", store=LocalObjectStore(root=str(mlops_home))
     )
+
+
+def _gateway_up(mlops_home: Path) -> gateway.GatewayRecord:
+    deadline = time.monotonic() + DEADLINE
+    while (record := gateway.read_gateway(mlops_home)) is None or not gateway.is_alive(record):
+        assert time.monotonic() < deadline, "the gateway never came up"
+        time.sleep(0.05)
+    return record
+
+
+def test_prepare_hosting_starts_a_standby_unless_the_environment_is_serving(mlops_home, endpoints):
+    resource = _resource(mlops_home)
     message = resource.prepare_hosting("dev")
     assert message is not None and "standby endpoint server" in message
     pid = int(message.split("(pid ")[1].split(")")[0])
+    ahead = _gateway_up(mlops_home)  # the SageMaker Runtime gateway starts with it
     assert resource.prepare_hosting("dev") is None  # one is already starting
     _ready(endpoints, pid)
+    assert gateway.needed(endpoints)  # no endpoint yet, but a deploy is coming: the gateway stays
     record = process.start_endpoint(mlops_home, "dev")
     assert record.pid == pid
     assert resource.prepare_hosting("dev") is None  # dev is serving: its deploys load into it
     assert not (endpoints / standby.SOCKET).exists()
     assert os.getpid() != pid
+    assert gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID).pid == ahead.pid  # the deploy's
+
+
+def test_the_gateway_is_needed_while_an_endpoint_or_a_standby_is_there(endpoints):
+    assert not endpoints.exists() and not gateway.needed(endpoints)  # no folder (or a wiped one)
+    endpoints.mkdir(parents=True)
+    (endpoints / gateway.RUNTIME_FILE).write_text("{}")
+    assert not gateway.needed(endpoints)  # its own record does not count
+    pid = standby.start(endpoints, idle_seconds=0.5)
+    assert gateway.needed(endpoints)
+    assert _gone(pid) and not gateway.needed(endpoints)  # not adopted: it went away
+    (endpoints / "dev.json").write_text("{}")
+    assert gateway.needed(endpoints)
+
+
+def _init_context(selection: set[AssetKey] | None):
+    run = DagsterRun(job_name="__ASSET_JOB", asset_selection=frozenset(selection) if selection else None)
+    return SimpleNamespace(dagster_run=run, log=None)
+
+
+def test_a_run_that_will_deploy_prepares_hosting_when_it_starts(mlops_home, endpoints):
+    """Resource setup (the run's start, before its first asset) prepares for the run's first deploy."""
+    resource = _resource(mlops_home)
+    resource.setup_for_execution(_init_context({AssetKey("raw_data"), AssetKey("trained_model")}))
+    resource.setup_for_execution(_init_context(None))  # a job's run: prepared when its execution starts
+    assert not standby.waiting(endpoints) and gateway.read_gateway(mlops_home) is None
+    resource.setup_for_execution(_init_context({AssetKey("trained_model"), AssetKey("staging_endpoint")}))
+    assert standby.waiting(endpoints)
+    _gateway_up(mlops_home)
 
 
 def test_idle_core_waits_for_a_free_core_or_the_interrupt(tmp_path: Path):
@@ -167,3 +222,96 @@ def test_idle_core_wants_the_core_idle_for_a_while(monkeypatch):
     assert 0.2 <= waited < 30
     assert len(seen) >= 2 + int(0.2 / idle_core.POLL_SECONDS)  # counted from the reading after the busy one
 
+
+
+def _autogroup_files(tmp_path: Path, enabled: str = "1", nice: int = 0) -> tuple[str, str]:
+    switch, group = tmp_path / "sched_autogroup_enabled", tmp_path / "autogroup"
+    switch.write_text(f"{enabled}\n")
+    group.write_text(f"/autogroup-7 nice {nice}\n")
+    return str(group), str(switch)
+
+
+def _nice(path: str) -> int:
+    while not (text := Path(path).read_text()):  # a regular file: caught between truncate and write
+        time.sleep(0.001)
+    return int(text.split()[-1])
+
+
+def test_lowered_runs_the_block_at_nice_19_and_restores_the_groups_own(tmp_path: Path):
+    group, switch = _autogroup_files(tmp_path, nice=3)
+    with idle_core.lowered(path=group, switch=switch) as how:
+        assert _nice(group) == 19 and "lowest CPU priority" in how
+    assert _nice(group) == 3
+    with pytest.raises(RuntimeError, match="inside"), idle_core.lowered(path=group, switch=switch):
+        raise RuntimeError("inside")  # the block's error is the caller's; the priority comes back
+    assert _nice(group) == 3
+
+
+def test_lowered_gives_the_priority_back_as_soon_as_a_caller_hurries_it(tmp_path: Path):
+    group, switch = _autogroup_files(tmp_path)
+    hurry = tmp_path / "hurry"
+    with idle_core.lowered(hurried=hurry.exists, path=group, switch=switch):
+        assert _nice(group) == 19
+        hurry.touch()
+        deadline = time.monotonic() + DEADLINE
+        while _nice(group) != 0:  # still inside the block: the rest of the work runs at normal priority
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    assert _nice(group) == 0
+
+
+def test_without_autogroups_lowered_waits_for_an_idle_core_instead(tmp_path: Path, monkeypatch):
+    group, switch = _autogroup_files(tmp_path, enabled="0")
+    waits = []
+    monkeypatch.setattr(idle_core, "wait", lambda hurried=None: waits.append(hurried) or 0.25)
+    with idle_core.lowered(path=group, switch=switch) as how:
+        assert _nice(group) == 0
+    assert how == "after 0.25 s waiting for an idle core" and len(waits) == 1
+    assert idle_core.autogroup_nice(str(tmp_path / "missing"), switch) is None
+
+
+def test_the_kernels_rate_limit_is_waited_out(tmp_path: Path, monkeypatch):
+    """Unprivileged, the kernel takes one autogroup nice change per 100 ms machine-wide (EAGAIN)."""
+    group, _switch = _autogroup_files(tmp_path)
+    refusals = [BlockingIOError(11, "try again")] * 2
+    real_open = open
+
+    def busy_open(path, mode="r", *args, **kwargs):
+        if "w" in mode and refusals:
+            raise refusals.pop()
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(idle_core, "open", busy_open, raising=False)
+    assert idle_core.set_autogroup_nice(19, deadline_seconds=DEADLINE, path=group) and _nice(group) == 19
+    refusals.extend([BlockingIOError(11, "try again")] * 2)
+    assert not idle_core.set_autogroup_nice(0, deadline_seconds=0, path=group)  # gave up: still 19
+    assert _nice(group) == 19
+    assert not idle_core.set_autogroup_nice(0, deadline_seconds=DEADLINE, path=str(tmp_path / "no" / "such"))
+
+
+def test_a_priority_that_cannot_be_restored_is_an_error(tmp_path: Path, monkeypatch):
+    """A standby that could not get its priority back must not become a server at nice 19."""
+    group, switch = _autogroup_files(tmp_path)
+    real_set = idle_core.set_autogroup_nice
+    monkeypatch.setattr(
+        idle_core, "set_autogroup_nice", lambda value, d, path: value == 19 and real_set(value, d, path)
+    )
+    with pytest.raises(OSError, match=r"could not set .*autogroup back to nice 0"):
+        with idle_core.lowered(path=group, switch=switch):
+            pass
+
+
+@pytest.mark.skipif(idle_core.autogroup_nice() is None, reason="the kernel does not group sessions (autogroup)")
+def test_lowered_on_this_kernel(tmp_path: Path):
+    """The real /proc/self/autogroup of a process in a session of its own, as the standby is."""
+    script = (
+        "from mlops_dagster.serving import idle_core\n"
+        "with idle_core.lowered() as how:\n"
+        "    print(idle_core.autogroup_nice(), how)\n"
+        "print(idle_core.autogroup_nice())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, start_new_session=True, timeout=DEADLINE
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["19 at the lowest CPU priority (autogroup nice 19)", "0"]

@@ -253,6 +253,8 @@ def pipeline_execution(
     arn = response["PipelineExecutionArn"]
     context.log.info(f"started {arn} on {s3_dataset['uri']}")
     # A run that deploys after training: hosting gets ready meanwhile (locally, a standby server).
+    # A run that names its assets did this when it started (SageMaker.setup_for_execution); again, it
+    # finds everything ready and does nothing.
     selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
     deploying = [env for env in ENVIRONMENTS if AssetKey(f"{env}_endpoint") in selected]
     if deploying:

@@ -7,6 +7,8 @@ both. The resource also hands the SDK a boto session to build the pipeline defin
 from __future__ import annotations
 
 import itertools
+import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -14,14 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from dagster import ConfigurableResource, MetadataValue
+from dagster import AssetKey, ConfigurableResource, InitResourceContext, MetadataValue
 
+from ..naming import ENVIRONMENTS
 from .object_store import ObjectStore
 
 LOCAL_ACCOUNT_ID = "000000000000"
 # Locally a check is a SQLite read, and the worker that runs the execution is a child process
 # whose end can be waited on: short pauses notice the end within a fraction of a second.
 LOCAL_POLL_SECONDS = 0.25
+
+log = logging.getLogger(__name__)
 
 
 class SageMaker(ConfigurableResource, ABC):
@@ -54,9 +59,21 @@ class SageMaker(ConfigurableResource, ABC):
     def curl_command(self, endpoint_name: str, csv_row: str) -> str:
         """A ready-to-paste command that sends one CSV row to the endpoint and prints the prediction."""
 
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """At the start of a run that names an endpoint asset in its selection (``dagster asset
+        materialize``, the UI), hosting gets ready while the assets before it run. A job's run that
+        names no selection prepares when it starts the pipeline execution (``pipeline_execution``)."""
+        run = context.dagster_run
+        selected = (run.asset_selection if run is not None else None) or set()
+        deploying = [env for env in ENVIRONMENTS if AssetKey(f"{env}_endpoint") in selected]
+        if deploying:
+            prepared = self.prepare_hosting(deploying[0])
+            if prepared and context.log is not None:
+                context.log.info(prepared)
+
     def prepare_hosting(self, env: str) -> str | None:
-        """Called when a run that will deploy to the ``env`` endpoint has started its pipeline
-        execution. SageMaker provisions an endpoint's instances when the endpoint is created:
+        """Called when a run that will deploy to the ``env`` endpoint starts (or starts its pipeline
+        execution). SageMaker provisions an endpoint's instances when the endpoint is created:
         nothing to do. Returns what was prepared, for the log."""
         return None
 
@@ -115,11 +132,15 @@ class LocalSageMaker(SageMaker):
         return f"curl -s -X POST {url} -H 'Content-Type: text/csv' --data-binary '{csv_row}'"
 
     def prepare_hosting(self, env: str) -> str | None:
-        """Unless ``env``'s server is up (a deploy loads the new model into it), a standby endpoint
-        server imports the serving stack and the model's libraries while the pipeline trains; the
+        """The SageMaker Runtime gateway starts (unless it is up), and unless ``env``'s server is up
+        (a deploy loads the new model into it) a standby endpoint server imports the serving stack
+        and the model's libraries, at the lowest CPU priority, while the pipeline trains; the
         endpoint's deploy adopts it (serving/standby.py)."""
         from ..serving import process, standby
 
+        threading.Thread(
+            target=_gateway_ahead, args=(Path(self.home), self.region), name="runtime-gateway-ahead", daemon=True
+        ).start()
         record = process.read_endpoint(Path(self.home), env)
         if record is not None and process.is_alive(record):
             return None
@@ -144,3 +165,14 @@ class LocalSageMaker(SageMaker):
         if not path.is_file():
             return f"(no log at {path})"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _gateway_ahead(home: Path, region: str) -> None:
+    """Start the local SageMaker Runtime gateway before the deploy that needs it; the deploy starts
+    it itself (and reports its error) when this did not work."""
+    from ..serving import gateway, process
+
+    try:
+        gateway.ensure_gateway(home, region, LOCAL_ACCOUNT_ID)
+    except (process.EndpointError, OSError) as exc:
+        log.warning("the SageMaker Runtime gateway did not start ahead of the deploy (%s); the deploy starts it", exc)

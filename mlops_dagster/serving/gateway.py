@@ -29,7 +29,8 @@ While any local endpoint is up, ``$MLOPS_HOME/endpoints/runtime.json`` holds
 ``{"url": "http://127.0.0.1:<port>", ...}`` (written by temp file and rename; removed when the
 gateway stops). The hosting backend starts the gateway when an endpoint goes InService (again if
 it died), and when it reads an InService endpoint with a live server while no runtime.json exists
-(an endpoint deployed before the gateway existed); ``process.stop_endpoint`` stops it with the
+(an endpoint deployed before the gateway existed); a run that will deploy starts it ahead, with the
+standby server (``LocalSageMaker.prepare_hosting``); ``process.stop_endpoint`` stops it with the
 last endpoint server. Its log is ``endpoints/runtime.log`` (warnings and failures only).
 """
 
@@ -56,7 +57,7 @@ from typing import Any
 
 import psutil
 
-from . import process
+from . import process, standby
 
 RUNTIME_FILE = "runtime.json"  # endpoints/runtime.json: the interface other tools read
 RESERVED_ENV = "runtime"  # an endpoint environment of this name would overwrite runtime.json
@@ -210,9 +211,9 @@ def main(argv: list[str] | None = None) -> None:
 
 def _watch(home: Path) -> None:
     """Exit (SIGTERM to this process: uvicorn shuts down cleanly) when the gateway is not needed or
-    not ours any more: no endpoint record for two checks in a row (the endpoints went away without
-    stop_endpoint's hook, e.g. a wiped folder), or runtime.json names another process. A gateway is
-    then never left behind by a caller that died or could not stop it."""
+    not ours any more: no endpoint record and no standby server for two checks in a row (the
+    endpoints went away without stop_endpoint's hook, e.g. a wiped folder), or runtime.json names
+    another process. A gateway is then never left behind by a caller that died or could not stop it."""
     idle = 0
     while True:
         time.sleep(WATCH_SECONDS)
@@ -221,14 +222,20 @@ def _watch(home: Path) -> None:
             log.info("runtime.json does not name this gateway (pid %d) any more: exiting", os.getpid())
             break
         directory = process.endpoints_dir(home)
-        idle = 0 if any(p.name != RUNTIME_FILE for p in directory.glob("*.json")) else idle + 1
+        idle = 0 if needed(directory) else idle + 1
         if idle >= 2:
-            log.info("no local endpoint is recorded in %s: exiting", directory)
+            log.info("no local endpoint is recorded in %s and no standby server waits: exiting", directory)
             with _locked(home):
                 if (current := read_gateway(home)) is not None and current.pid == os.getpid():
                     runtime_path(home).unlink(missing_ok=True)
             break
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def needed(directory: Path) -> bool:
+    """An endpoint server is recorded in ``directory``, or a standby server waits there for a deploy
+    that is coming (a run that will deploy starts both with this gateway, ahead of it)."""
+    return any(p.name != RUNTIME_FILE for p in directory.glob("*.json")) or standby.waiting(directory)
 
 
 # --- the process -----------------------------------------------------------------------------

@@ -15,7 +15,9 @@ server as before; a standby nobody adopts within ``IDLE_SECONDS`` exits.
 
 Locally this is what SageMaker's warm pools are to training: capacity provisioned before it is asked
 for. The backend's resource starts one (``LocalSageMaker.prepare_hosting``) when a run that will
-deploy an endpoint starts a pipeline execution.
+deploy an endpoint starts (or, for a job's run that names no asset selection, when it starts its
+pipeline execution). It imports at the lowest CPU priority (idle_core.py): the pipeline's jobs come
+first, and a server start that waits for it raises it back.
 """
 
 from __future__ import annotations
@@ -72,7 +74,11 @@ def start(directory: Path, idle_seconds: float = IDLE_SECONDS) -> int | None:
 
 def waiting(directory: Path) -> bool:
     """True while a standby is starting or waiting for adoption."""
-    with open(directory / LOCK, "a") as lock:
+    try:
+        lock = open(directory / LOCK, "a")
+    except FileNotFoundError:
+        return False  # no folder (none yet, or wiped): no standby
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -132,14 +138,10 @@ def standby_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with open(args.lock_fd, "a"):  # closing it releases the lock: another standby may start
         # The pipeline's running step comes first, unless a server start already waits for this one.
-        waited = idle_core.wait(hurried=(args.directory / HURRY).exists)
         started = time.monotonic()
-        _preload()
-        print(
-            f"standby (pid {os.getpid()}): imports done in {time.monotonic() - started:.2f} s, "
-            f"after {waited:.2f} s waiting for an idle core",
-            flush=True,
-        )
+        with idle_core.lowered(hurried=(args.directory / HURRY).exists) as how:
+            _preload()
+        print(f"standby (pid {os.getpid()}): imports done in {time.monotonic() - started:.2f} s, {how}", flush=True)
         adopted = _wait_for_adoption(args.directory, args.idle_seconds)
     if adopted is None:
         print(f"standby (pid {os.getpid()}): not adopted within {args.idle_seconds:g} s, exiting", flush=True)

@@ -372,12 +372,22 @@ class Spares:
         self.closed = False
         self.steps: list[tuple[str, str, Any]] = []
         self.get_bytes: Callable[[str], bytes] | None = None
+        self.wanted: Callable[[str], bool] = lambda name: True
         self.stop: threading.Event | None = None  # the execution's stop request
         self.lock = threading.Lock()  # steps take their spares from the worker's step threads
 
-    def plan(self, steps: list[tuple[str, str, Any]], get_bytes: Callable[[str], bytes]) -> None:
-        """The execution's steps (name, type, arguments) in run order, and where to read their code."""
+    def plan(
+        self,
+        steps: list[tuple[str, str, Any]],
+        get_bytes: Callable[[str], bytes],
+        wanted: Callable[[str], bool] | None = None,
+    ) -> None:
+        """The execution's steps (name, type, arguments) in run order, and where to read their code;
+        ``wanted(name)``, asked again on each ``fill``, is False while a step's spare would likely
+        go unused (the worker: the step cache will probably serve it)."""
         self.steps, self.get_bytes = steps, get_bytes
+        if wanted is not None:
+            self.wanted = wanted
 
     def fill(self, started: Iterable[str] = ()) -> None:
         """Start spares for the next steps that have none, while fewer than ``limit`` import or
@@ -403,7 +413,7 @@ class Spares:
 
     def _next(self) -> tuple[str, str, Any] | None:
         for name, step_type, arguments in self.steps:
-            if name not in self.tried and step_type in JOB_STEP_TYPES:
+            if name not in self.tried and step_type in JOB_STEP_TYPES and self.wanted(name):
                 return name, step_type, arguments
         return None
 

@@ -205,6 +205,8 @@ class ExecutionRunner:
         self.outcomes: dict[str, str] = {}  # condition step -> "IfSteps" | "ElseSteps"
         self.parameters: dict[str, Any] = {}
         self.spares = jobs.execution_spares()
+        self.reusable: set[str] = set()  # job steps with an earlier job the step cache may reuse
+        self.running_jobs: set[str] = set()  # job steps that the step cache did not serve
 
     def run(self) -> None:
         try:
@@ -226,7 +228,8 @@ class ExecutionRunner:
             return
         if self.spares is not None:
             steps = [(name, self.plan.steps[name].type, self.plan.steps[name].arguments) for name in self.plan.order]
-            self.spares.plan(steps, self.store.get_bytes)
+            self.reusable = {name for name in self.plan.order if self._has_cached_job(self.plan.steps[name])}
+            self.spares.plan(steps, self.store.get_bytes, wanted=self._spare_wanted)
             self.spares.stop = self.watch.stop_requested
         slots = self._slots()
         failure: str | None = None
@@ -337,6 +340,9 @@ class ExecutionRunner:
             if self.spares is not None:
                 self.spares.discard([step.name])
             return
+        self.running_jobs.add(step.name)
+        if self.spares is not None:
+            self.spares.fill()  # the steps after this one run too: their inputs are new
         job = self.backend.create_job(name, kind, request, self.arn, step.name)
         self.backend.update_step(self.arn, step.name, "Starting", metadata={JOB_METADATA[step.type]: {"Arn": job.arn}})
 
@@ -380,6 +386,21 @@ class ExecutionRunner:
             self._fail(step, f"{step.type.lower()} job {name} failed: {result.failure_reason} (log: {result.log_path})")
         self.properties[step.name] = job.describe()
         self.backend.update_step(self.arn, step.name, "Succeeded")
+
+    def _has_cached_job(self, step: interpreter.StepDef) -> bool:
+        """A job step with caching on and an earlier job of its name in the cache window."""
+        window = step_cache.window_seconds(step.type, step.cache_config) if step.type in JOB_METADATA else None
+        if window is None:
+            return False
+        since = time.time() - window
+        return bool(self.backend.cached_jobs(self.execution.pipeline_name, step.name, step.type.lower(), since))
+
+    def _spare_wanted(self, name: str) -> bool:
+        """A spare for a step the step cache will serve imports for nothing, on a core the running
+        steps need. So a step that may be served gets one only once a step it depends on runs a job
+        (its inputs are then new: it will run too). Where every step before it was served, it starts
+        at once, cold, as a spare could not have imported anything meanwhile."""
+        return name not in self.reusable or bool(self.plan.steps[name].depends_on & self.running_jobs)
 
     def _reuse_cached_job(self, step: interpreter.StepDef, kind: str, request: dict) -> bool:
         """SageMaker's step cache (step_cache.py): end the step with an earlier execution's job, if
@@ -480,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     # INFO for this worker's own messages only: libraries it imports are chatty at INFO.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
     log.setLevel(logging.INFO)
+    logging.getLogger("mlops_dagster.sagemaker.local.spares").setLevel(logging.INFO)  # which spares start
     log.info("worker %s for %s", os.getpid(), arn)
     try:
         status = run_execution(Path(home), store_from_config(config), arn)
