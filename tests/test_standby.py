@@ -172,6 +172,18 @@ def test_prepare_hosting_starts_a_standby_unless_the_environment_is_serving(mlop
     assert gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID).pid == ahead.pid  # the deploy's
 
 
+def test_a_gateway_started_ahead_imports_at_low_priority_and_serves_at_normal(mlops_home, endpoints):
+    ahead = gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID, ahead=True)
+    assert not (endpoints / gateway.HURRY).exists()
+    if idle_core.autogroup_nice() is not None:
+        assert "started ahead of the deploy: imports done at the lowest CPU priority" in Path(ahead.log).read_text()
+        assert _autogroup_nice(ahead.pid) == 0
+    # The deploy's call: it tells a gateway still importing to hurry, and gets the one started ahead.
+    assert gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID).pid == ahead.pid
+    assert (endpoints / gateway.HURRY).exists()
+    assert gateway.stop_gateway(mlops_home)
+
+
 def test_the_gateway_is_needed_while_an_endpoint_or_a_standby_is_there(endpoints):
     assert not endpoints.exists() and not gateway.needed(endpoints)  # no folder (or a wiped one)
     endpoints.mkdir(parents=True)

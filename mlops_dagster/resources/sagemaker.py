@@ -173,6 +173,6 @@ def _gateway_ahead(home: Path, region: str) -> None:
     from ..serving import gateway, process
 
     try:
-        gateway.ensure_gateway(home, region, LOCAL_ACCOUNT_ID)
+        gateway.ensure_gateway(home, region, LOCAL_ACCOUNT_ID, ahead=True)
     except (process.EndpointError, OSError) as exc:
         log.warning("the SageMaker Runtime gateway did not start ahead of the deploy (%s); the deploy starts it", exc)

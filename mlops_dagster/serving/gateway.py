@@ -57,9 +57,10 @@ from typing import Any
 
 import psutil
 
-from . import process, standby
+from . import idle_core, process, standby
 
 RUNTIME_FILE = "runtime.json"  # endpoints/runtime.json: the interface other tools read
+HURRY = "runtime.hurry"  # created by a deploy that needs the gateway now (see ensure_gateway)
 RESERVED_ENV = "runtime"  # an endpoint environment of this name would overwrite runtime.json
 WATCH_SECONDS = 5.0  # how often the gateway checks that it is still needed (see _watch)
 MAX_BODY_BYTES = 6 * 1024 * 1024  # read past this only to drain the request; the runtime answers 413
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, required=True, help="$MLOPS_HOME (the local service's state)")
     parser.add_argument("--region", required=True)
     parser.add_argument("--account-id", required=True)
+    parser.add_argument("--ahead", action="store_true", help="started ahead of the deploy: import at low priority")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import socket
@@ -202,7 +204,13 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=args.fd)
     if sock.getsockname()[0] != process.HOST:
         raise SystemExit(f"refusing to serve on {sock.getsockname()[0]}: the gateway binds {process.HOST} only")
-    app = create_app(args.home, args.region, args.account_id)
+    # Started ahead, its imports take only the core time the pipeline's jobs leave, until a deploy
+    # waits for it (idle_core.py, as the standby server).
+    hurry = process.endpoints_dir(args.home) / HURRY
+    with idle_core.lowered(hurry.exists) if args.ahead else contextlib.nullcontext("") as how:
+        app = create_app(args.home, args.region, args.account_id)
+    if how:
+        log.info("started ahead of the deploy: imports done %s", how)
     threading.Thread(target=_watch, args=(args.home,), name="idle-watch", daemon=True).start()
     log.info("SageMaker Runtime gateway (pid %d) on http://%s:%d", os.getpid(), *sock.getsockname()[:2])
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
@@ -274,25 +282,32 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def ensure_gateway(home: Path, region: str, account_id: str) -> GatewayRecord:
+def ensure_gateway(home: Path, region: str, account_id: str, ahead: bool = False) -> GatewayRecord:
     """The running gateway of ``home``, or a new one (same port if free) if it is missing, dead or
-    was started for another region or account."""
+    was started for another region or account. ``ahead``: for a deploy that comes later (its imports
+    run at low priority); otherwise one started ahead and still importing is told to hurry."""
+    if not ahead:
+        process.endpoints_dir(home).mkdir(parents=True, exist_ok=True)
+        (process.endpoints_dir(home) / HURRY).touch()
     with _locked(home):
         current = read_gateway(home)
         if current is not None and (current.region, current.account_id) == (region, account_id) and is_alive(current):
             return current
         if current is not None:
             process._terminate(current)
-        return _start(home, region, account_id, [current.port, 0] if current else [0])
+        return _start(home, region, account_id, [current.port, 0] if current else [0], ahead)
 
 
-def _start(home: Path, region: str, account_id: str, ports: list[int]) -> GatewayRecord:
+def _start(home: Path, region: str, account_id: str, ports: list[int], ahead: bool = False) -> GatewayRecord:
     directory = process.endpoints_dir(home)
     log_file = directory / "runtime.log"
     sock = process._bind(ports, "runtime gateway")
     port = sock.getsockname()[1]
     args = ["--fd", str(sock.fileno()), "--home", str(Path(home).resolve()), "--region", region]
     args += ["--account-id", account_id]
+    if ahead:
+        (directory / HURRY).unlink(missing_ok=True)  # an earlier deploy's
+        args.append("--ahead")
     proc = None
     try:
         with open(log_file, "ab") as out:
