@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -351,3 +352,33 @@ def test_one_spare_imports_at_a_time(tmp_path: Path, monkeypatch):
     pool.close()
     assert all(spare.ended and spare.proc.returncode is not None for spare in started)
 
+
+
+def test_a_step_the_cache_may_serve_gets_a_spare_once_a_job_ran_before_it():
+    """Through steps that run no job too: a job in a Condition's branch after Evaluate, a Processing
+    step after a RegisterModel step."""
+    from mlops_dagster.sagemaker.local.worker import ExecutionRunner
+
+    step = lambda step_type, *deps: SimpleNamespace(type=step_type, depends_on=set(deps))  # noqa: E731
+    runner = ExecutionRunner.__new__(ExecutionRunner)  # the rule only: no execution, no backend
+    runner.plan = SimpleNamespace(
+        steps={
+            "Preprocess": step("Processing"),
+            "Train": step("Training", "Preprocess"),
+            "Evaluate": step("Processing", "Train", "Preprocess"),
+            "Check": step("Condition", "Evaluate"),
+            "Register": step("RegisterModel", "Check", "Train"),
+            "Report": step("Processing", "Register"),
+            "Package": step("Processing", "Train"),
+            "Fresh": step("Processing", "Preprocess"),
+        }
+    )
+    runner.reusable = {"Preprocess", "Train", "Evaluate", "Report", "Package"}  # "Fresh" has no earlier job
+    runner.running_jobs = set()
+    assert [name for name in runner.plan.steps if runner._spare_wanted(name)] == ["Check", "Register", "Fresh"]
+    runner.running_jobs.add("Preprocess")  # new data: the steps that take Preprocess's outputs run
+    assert runner._spare_wanted("Train") and runner._spare_wanted("Evaluate")
+    assert not runner._spare_wanted("Package") and not runner._spare_wanted("Report")  # not yet: until Train runs
+    runner.running_jobs = {"Train"}  # an edit of train.py: Preprocess was served, Train runs
+    assert runner._spare_wanted("Evaluate") and runner._spare_wanted("Report")  # through Check and Register
+    assert runner._spare_wanted("Package") and not runner._spare_wanted("Preprocess")

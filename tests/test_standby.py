@@ -14,11 +14,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import psutil
 import pytest
-from dagster import AssetKey, DagsterRun
+from dagster import AssetKey, Definitions, asset, define_asset_job
 
 from mlops_dagster.resources.object_store import LocalObjectStore
 from mlops_dagster.resources.sagemaker import LOCAL_ACCOUNT_ID, LocalSageMaker
@@ -88,9 +87,11 @@ def test_a_server_started_while_the_standby_imports_waits_for_it(mlops_home, end
     assert record.pid == pid and process.is_alive(record)
     assert (endpoints / standby.HURRY).exists()  # told to import now
     if idle_core.autogroup_nice() is not None:
-        # The server it became runs at its session's normal priority, not the standby's.
+        # The server it became runs at its session's normal priority, not the standby's, which the
+        # server start's hurry gave back while the imports still ran.
         assert _autogroup_nice(pid) == 0
-        assert "at the lowest CPU priority" in (endpoints / standby.LOG).read_text()
+        said = (endpoints / standby.LOG).read_text()
+        assert "at the lowest CPU priority (autogroup nice 19), hurried after" in said
     assert process.stop_endpoint(mlops_home, "dev") and _gone(pid)
 
 
@@ -173,14 +174,28 @@ def test_prepare_hosting_starts_a_standby_unless_the_environment_is_serving(mlop
 
 
 def test_a_gateway_started_ahead_imports_at_low_priority_and_serves_at_normal(mlops_home, endpoints):
+    endpoints.mkdir(parents=True)
+    hurry = endpoints / gateway.HURRY
+    hurry.touch()
+    an_hour_ago = time.time() - 3600
+    os.utime(hurry, (an_hour_ago, an_hour_ago))  # a deploy's of long ago: not for this gateway
     ahead = gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID, ahead=True)
-    assert not (endpoints / gateway.HURRY).exists()
+    said = Path(ahead.log).read_text()
     if idle_core.autogroup_nice() is not None:
-        assert "started ahead of the deploy: imports done at the lowest CPU priority" in Path(ahead.log).read_text()
+        assert "started ahead of the deploy: imports done at the lowest CPU priority (autogroup nice 19)\n" in said
         assert _autogroup_nice(ahead.pid) == 0
-    # The deploy's call: it tells a gateway still importing to hurry, and gets the one started ahead.
+    # The deploy's call touches the hurry file (for a gateway still importing) and gets this one.
     assert gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID).pid == ahead.pid
-    assert (endpoints / gateway.HURRY).exists()
+    assert hurry.stat().st_mtime > an_hour_ago
+    assert gateway.stop_gateway(mlops_home)
+
+
+@pytest.mark.skipif(idle_core.autogroup_nice() is None, reason="priorities do not apply here: nothing to hurry")
+def test_a_deploy_that_touched_the_hurry_file_just_before_the_gateway_started_hurries_it(mlops_home, endpoints):
+    endpoints.mkdir(parents=True)
+    (endpoints / gateway.HURRY).touch()  # a deploy that then waited for the lock the ahead start held
+    ahead = gateway.ensure_gateway(mlops_home, "us-east-1", LOCAL_ACCOUNT_ID, ahead=True)
+    assert ", hurried after " in Path(ahead.log).read_text()
     assert gateway.stop_gateway(mlops_home)
 
 
@@ -196,18 +211,50 @@ def test_the_gateway_is_needed_while_an_endpoint_or_a_standby_is_there(endpoints
     assert gateway.needed(endpoints)
 
 
-def _init_context(selection: set[AssetKey] | None):
-    run = DagsterRun(job_name="__ASSET_JOB", asset_selection=frozenset(selection) if selection else None)
-    return SimpleNamespace(dagster_run=run, log=None)
+def _run_selecting(mlops_home: Path, keys: list[str], job: bool = False) -> bool:
+    """Run two stub assets, one named like the dev endpoint's, with the local sagemaker resource, as
+    `dagster asset materialize --select` (a run with an asset selection) or as a job's run (none)."""
+
+    @asset(name="dev_endpoint")
+    def stub_endpoint(sagemaker: LocalSageMaker) -> int:
+        return 1
+
+    @asset
+    def stub_other(sagemaker: LocalSageMaker) -> int:
+        return 2
+
+    defs = Definitions(
+        assets=[stub_endpoint, stub_other],
+        resources={"sagemaker": _resource(mlops_home)},
+        jobs=[define_asset_job("everything", selection="*")],
+    )
+    if job:
+        return defs.resolve_job_def("everything").execute_in_process().success
+    selection = [AssetKey(key) for key in keys]
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(asset_selection=selection).success
 
 
-def test_a_run_that_will_deploy_prepares_hosting_when_it_starts(mlops_home, endpoints):
-    """Resource setup (the run's start, before its first asset) prepares for the run's first deploy."""
-    resource = _resource(mlops_home)
-    resource.setup_for_execution(_init_context({AssetKey("raw_data"), AssetKey("trained_model")}))
-    resource.setup_for_execution(_init_context(None))  # a job's run: prepared when its execution starts
-    assert not standby.waiting(endpoints) and gateway.read_gateway(mlops_home) is None
-    resource.setup_for_execution(_init_context({AssetKey("trained_model"), AssetKey("staging_endpoint")}))
+def test_a_run_that_will_deploy_prepares_hosting_when_it_starts(mlops_home, endpoints, monkeypatch):
+    """Dagster sets the resource up at the run's start: hosting is prepared there, before any asset,
+    for a run whose selection names an endpoint; a job's run names none (pipeline_execution does it)."""
+    calls: list[str] = []
+    monkeypatch.setattr(LocalSageMaker, "prepare_hosting", lambda self, env: calls.append(env) or "prepared")
+    assert _run_selecting(mlops_home, ["stub_other"]) and calls == []
+    assert _run_selecting(mlops_home, [], job=True) and calls == []
+    assert _run_selecting(mlops_home, ["stub_other", "dev_endpoint"]) and calls == ["dev"]
+
+
+def test_hosting_that_cannot_be_prepared_early_does_not_fail_the_run(mlops_home, endpoints, monkeypatch, caplog):
+    def broken(self, env):
+        raise process.EndpointError(f"{env}.json is not an endpoint record")
+
+    monkeypatch.setattr(LocalSageMaker, "prepare_hosting", broken)
+    assert _run_selecting(mlops_home, ["dev_endpoint"])
+    assert "hosting for dev could not be prepared at the run's start: dev.json is not an endpoint record" in caplog.text
+
+
+def test_prepare_hosting_starts_the_gateway_and_the_standby(mlops_home, endpoints):
+    _resource(mlops_home).prepare_hosting("staging")
     assert standby.waiting(endpoints)
     _gateway_up(mlops_home)
 
@@ -236,11 +283,13 @@ def test_idle_core_wants_the_core_idle_for_a_while(monkeypatch):
 
 
 
-def _autogroup_files(tmp_path: Path, enabled: str = "1", nice: int = 0) -> tuple[str, str]:
-    switch, group = tmp_path / "sched_autogroup_enabled", tmp_path / "autogroup"
+def _autogroup_files(tmp_path: Path, enabled: str = "1", nice: int = 0, cgroup: str = "4:cpu,cpuacct:/\n") -> dict:
+    """lowered()'s kernel files, faked: the autogroup switch, this session's autogroup, the cgroup."""
+    switch, group, cgroups = tmp_path / "sched_autogroup_enabled", tmp_path / "autogroup", tmp_path / "cgroup"
     switch.write_text(f"{enabled}\n")
     group.write_text(f"/autogroup-7 nice {nice}\n")
-    return str(group), str(switch)
+    cgroups.write_text(cgroup)
+    return {"path": str(group), "switch": str(switch), "cgroup": str(cgroups), "cgroup_root": str(tmp_path / "fs")}
 
 
 def _nice(path: str) -> int:
@@ -250,41 +299,74 @@ def _nice(path: str) -> int:
 
 
 def test_lowered_runs_the_block_at_nice_19_and_restores_the_groups_own(tmp_path: Path):
-    group, switch = _autogroup_files(tmp_path, nice=3)
-    with idle_core.lowered(path=group, switch=switch) as how:
-        assert _nice(group) == 19 and "lowest CPU priority" in how
-    assert _nice(group) == 3
-    with pytest.raises(RuntimeError, match="inside"), idle_core.lowered(path=group, switch=switch):
+    files = _autogroup_files(tmp_path, nice=3)
+    with idle_core.lowered(own_session=True, **files) as how:
+        assert _nice(files["path"]) == 19 and str(how) == "at the lowest CPU priority (autogroup nice 19)"
+    assert _nice(files["path"]) == 3 and how.hurried_after is None
+    with pytest.raises(RuntimeError, match="inside"), idle_core.lowered(own_session=True, **files):
         raise RuntimeError("inside")  # the block's error is the caller's; the priority comes back
-    assert _nice(group) == 3
+    assert _nice(files["path"]) == 3
 
 
 def test_lowered_gives_the_priority_back_as_soon_as_a_caller_hurries_it(tmp_path: Path):
-    group, switch = _autogroup_files(tmp_path)
+    files = _autogroup_files(tmp_path)
     hurry = tmp_path / "hurry"
-    with idle_core.lowered(hurried=hurry.exists, path=group, switch=switch):
-        assert _nice(group) == 19
+    with idle_core.lowered(hurried=hurry.exists, own_session=True, **files) as how:
+        assert _nice(files["path"]) == 19
         hurry.touch()
         deadline = time.monotonic() + DEADLINE
-        while _nice(group) != 0:  # still inside the block: the rest of the work runs at normal priority
+        while _nice(files["path"]) != 0:  # still inside the block: the rest of the work runs at normal priority
             assert time.monotonic() < deadline
             time.sleep(0.01)
-    assert _nice(group) == 0
+    assert _nice(files["path"]) == 0
+    assert how.hurried_after is not None and ", hurried after " in str(how)
 
 
-def test_without_autogroups_lowered_waits_for_an_idle_core_instead(tmp_path: Path, monkeypatch):
-    group, switch = _autogroup_files(tmp_path, enabled="0")
+@pytest.mark.parametrize(
+    "why, enabled, own_session, cgroup",
+    [
+        ("autogroups off", "0", True, "4:cpu,cpuacct:/\n"),
+        ("not its own session: it would lower the terminal's", "1", False, "4:cpu,cpuacct:/\n"),
+        ("in a container's CPU cgroup (v1)", "1", True, "4:cpu,cpuacct:/docker/0123\n"),
+        ("in a unit's CPU cgroup (v2)", "1", True, "0::/user.slice/app.service\n"),
+    ],
+)
+def test_where_a_nice_value_would_not_work_lowered_waits_for_an_idle_core(
+    tmp_path: Path, monkeypatch, why, enabled, own_session, cgroup
+):
+    files = _autogroup_files(tmp_path, enabled=enabled, cgroup=cgroup)
+    (tmp_path / "fs" / "user.slice").mkdir(parents=True)
+    (tmp_path / "fs" / "user.slice" / "cpu.weight").write_text("100\n")  # the cpu controller is on there
     waits = []
     monkeypatch.setattr(idle_core, "wait", lambda hurried=None: waits.append(hurried) or 0.25)
-    with idle_core.lowered(path=group, switch=switch) as how:
-        assert _nice(group) == 0
-    assert how == "after 0.25 s waiting for an idle core" and len(waits) == 1
-    assert idle_core.autogroup_nice(str(tmp_path / "missing"), switch) is None
+    with idle_core.lowered(own_session=own_session, **files) as how:
+        assert _nice(files["path"]) == 0, why
+    assert str(how) == "after 0.25 s waiting for an idle core" and len(waits) == 1
+
+
+def test_the_root_cpu_cgroup_is_recognised(tmp_path: Path):
+    """Autogroups apply only to processes in the root CPU group (the kernel's task_wants_autogroup)."""
+    fs = tmp_path / "fs"
+    (fs / "user.slice" / "session-1.scope").mkdir(parents=True)
+    cgroup = tmp_path / "cgroup"
+
+    def root(text: str) -> bool:
+        cgroup.write_text(text)
+        return idle_core.in_root_cpu_cgroup(str(cgroup), str(fs))
+
+    assert root("12:memory:/x\n4:cpu,cpuacct:/\n0::/x\n") and not root("4:cpu,cpuacct:/lxc/a\n")
+    assert root("0::/user.slice/session-1.scope\n")  # v2 with the cpu controller off all the way up
+    (fs / "user.slice" / "cpu.weight").write_text("100\n")
+    assert not root("0::/user.slice/session-1.scope\n")  # on in a parent: that parent is the group
+    (fs / "cpu.weight").write_text("100\n")
+    assert not root("0::/\n")  # a container's namespaced root (the real root has no cpu.weight)
+    assert not root("") and not idle_core.in_root_cpu_cgroup(str(tmp_path / "none"), str(fs))
+    assert idle_core.autogroup_nice(str(tmp_path / "missing"), cgroup=str(cgroup), cgroup_root=str(fs)) is None
 
 
 def test_the_kernels_rate_limit_is_waited_out(tmp_path: Path, monkeypatch):
     """Unprivileged, the kernel takes one autogroup nice change per 100 ms machine-wide (EAGAIN)."""
-    group, _switch = _autogroup_files(tmp_path)
+    group = _autogroup_files(tmp_path)["path"]
     refusals = [BlockingIOError(11, "try again")] * 2
     real_open = open
 
@@ -303,13 +385,13 @@ def test_the_kernels_rate_limit_is_waited_out(tmp_path: Path, monkeypatch):
 
 def test_a_priority_that_cannot_be_restored_is_an_error(tmp_path: Path, monkeypatch):
     """A standby that could not get its priority back must not become a server at nice 19."""
-    group, switch = _autogroup_files(tmp_path)
+    files = _autogroup_files(tmp_path)
     real_set = idle_core.set_autogroup_nice
     monkeypatch.setattr(
         idle_core, "set_autogroup_nice", lambda value, d, path: value == 19 and real_set(value, d, path)
     )
     with pytest.raises(OSError, match=r"could not set .*autogroup back to nice 0"):
-        with idle_core.lowered(path=group, switch=switch):
+        with idle_core.lowered(own_session=True, **files):
             pass
 
 

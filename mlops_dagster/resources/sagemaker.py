@@ -66,10 +66,16 @@ class SageMaker(ConfigurableResource, ABC):
         run = context.dagster_run
         selected = (run.asset_selection if run is not None else None) or set()
         deploying = [env for env in ENVIRONMENTS if AssetKey(f"{env}_endpoint") in selected]
-        if deploying:
+        if not deploying:
+            return
+        try:
             prepared = self.prepare_hosting(deploying[0])
-            if prepared and context.log is not None:
-                context.log.info(prepared)
+        except (OSError, RuntimeError) as exc:  # the local endpoints' errors are RuntimeErrors
+            # Getting ready early is only for speed: the deploy does it again and reports its error.
+            log.warning("hosting for %s could not be prepared at the run's start: %s", deploying[0], exc)
+            return
+        if prepared and context.log is not None:
+            context.log.info(prepared)
 
     def prepare_hosting(self, env: str) -> str | None:
         """Called when a run that will deploy to the ``env`` endpoint starts (or starts its pipeline

@@ -60,7 +60,10 @@ import psutil
 from . import idle_core, process, standby
 
 RUNTIME_FILE = "runtime.json"  # endpoints/runtime.json: the interface other tools read
-HURRY = "runtime.hurry"  # created by a deploy that needs the gateway now (see ensure_gateway)
+HURRY = "runtime.hurry"  # touched by a caller that needs the gateway now (see _locked)
+# A gateway started ahead counts a touch of HURRY from this long before its start was decided: a
+# deploy may touch it just before the starter takes the lock (an older touch is a finished deploy's).
+HURRY_MARGIN_SECONDS = 2.0
 RESERVED_ENV = "runtime"  # an endpoint environment of this name would overwrite runtime.json
 WATCH_SECONDS = 5.0  # how often the gateway checks that it is still needed (see _watch)
 MAX_BODY_BYTES = 6 * 1024 * 1024  # read past this only to drain the request; the runtime answers 413
@@ -196,7 +199,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--home", type=Path, required=True, help="$MLOPS_HOME (the local service's state)")
     parser.add_argument("--region", required=True)
     parser.add_argument("--account-id", required=True)
-    parser.add_argument("--ahead", action="store_true", help="started ahead of the deploy: import at low priority")
+    parser.add_argument(
+        "--ahead-since",
+        type=float,
+        help="started ahead of a deploy: import at low priority until runtime.hurry is touched after this time",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import socket
@@ -207,9 +214,10 @@ def main(argv: list[str] | None = None) -> None:
     # Started ahead, its imports take only the core time the pipeline's jobs leave, until a deploy
     # waits for it (idle_core.py, as the standby server).
     hurry = process.endpoints_dir(args.home) / HURRY
-    with idle_core.lowered(hurry.exists) if args.ahead else contextlib.nullcontext("") as how:
+    ahead = args.ahead_since is not None
+    with idle_core.lowered(lambda: _touched_since(hurry, args.ahead_since)) if ahead else contextlib.nullcontext() as how:
         app = create_app(args.home, args.region, args.account_id)
-    if how:
+    if how is not None:
         log.info("started ahead of the deploy: imports done %s", how)
     threading.Thread(target=_watch, args=(args.home,), name="idle-watch", daemon=True).start()
     log.info("SageMaker Runtime gateway (pid %d) on http://%s:%d", os.getpid(), *sock.getsockname()[:2])
@@ -225,19 +233,29 @@ def _watch(home: Path) -> None:
     idle = 0
     while True:
         time.sleep(WATCH_SECONDS)
-        record = read_gateway(home)
-        if record is None or record.pid != os.getpid():
-            log.info("runtime.json does not name this gateway (pid %d) any more: exiting", os.getpid())
-            break
-        directory = process.endpoints_dir(home)
-        idle = 0 if needed(directory) else idle + 1
-        if idle >= 2:
-            log.info("no local endpoint is recorded in %s and no standby server waits: exiting", directory)
-            with _locked(home):
-                if (current := read_gateway(home)) is not None and current.pid == os.getpid():
-                    runtime_path(home).unlink(missing_ok=True)
-            break
+        try:
+            record = read_gateway(home)
+            if record is None or record.pid != os.getpid():
+                log.info("runtime.json does not name this gateway (pid %d) any more: exiting", os.getpid())
+                break
+            directory = process.endpoints_dir(home)
+            idle = 0 if needed(directory) else idle + 1
+            if idle >= 2:
+                log.info("no local endpoint is recorded in %s and no standby server waits: exiting", directory)
+                with _locked(home, hurry=False):
+                    if (current := read_gateway(home)) is not None and current.pid == os.getpid():
+                        runtime_path(home).unlink(missing_ok=True)
+                break
+        except OSError as exc:  # an unreadable folder this time: the next check decides
+            log.warning("checking whether the gateway is still needed failed: %s", exc)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _touched_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
 
 
 def needed(directory: Path) -> bool:
@@ -271,9 +289,14 @@ def is_alive(record: GatewayRecord) -> bool:
 
 
 @contextlib.contextmanager
-def _locked(home: Path) -> Iterator[None]:
+def _locked(home: Path, hurry: bool = True) -> Iterator[None]:
+    """The gateway's lock. ``hurry``: first tell a gateway started ahead and still importing, at low
+    priority, under this lock, to go on at normal priority: every caller but the one starting it
+    ahead needs the lock soon."""
     directory = process.endpoints_dir(home)
     directory.mkdir(parents=True, exist_ok=True)
+    if hurry:
+        (directory / HURRY).touch()
     with open(directory / ".runtime.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -286,28 +309,26 @@ def ensure_gateway(home: Path, region: str, account_id: str, ahead: bool = False
     """The running gateway of ``home``, or a new one (same port if free) if it is missing, dead or
     was started for another region or account. ``ahead``: for a deploy that comes later (its imports
     run at low priority); otherwise one started ahead and still importing is told to hurry."""
-    if not ahead:
-        process.endpoints_dir(home).mkdir(parents=True, exist_ok=True)
-        (process.endpoints_dir(home) / HURRY).touch()
-    with _locked(home):
+    with _locked(home, hurry=not ahead):
+        decided = time.time()
         current = read_gateway(home)
         if current is not None and (current.region, current.account_id) == (region, account_id) and is_alive(current):
             return current
         if current is not None:
             process._terminate(current)
-        return _start(home, region, account_id, [current.port, 0] if current else [0], ahead)
+        since = decided - HURRY_MARGIN_SECONDS if ahead else None
+        return _start(home, region, account_id, [current.port, 0] if current else [0], since)
 
 
-def _start(home: Path, region: str, account_id: str, ports: list[int], ahead: bool = False) -> GatewayRecord:
+def _start(home: Path, region: str, account_id: str, ports: list[int], ahead_since: float | None = None) -> GatewayRecord:
     directory = process.endpoints_dir(home)
     log_file = directory / "runtime.log"
     sock = process._bind(ports, "runtime gateway")
     port = sock.getsockname()[1]
     args = ["--fd", str(sock.fileno()), "--home", str(Path(home).resolve()), "--region", region]
     args += ["--account-id", account_id]
-    if ahead:
-        (directory / HURRY).unlink(missing_ok=True)  # an earlier deploy's
-        args.append("--ahead")
+    if ahead_since is not None:
+        args += ["--ahead-since", repr(ahead_since)]
     proc = None
     try:
         with open(log_file, "ab") as out:

@@ -51,9 +51,7 @@ def start(directory: Path, idle_seconds: float = IDLE_SECONDS) -> int | None:
 
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK, "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_now(lock):
             return None  # a standby is starting or waiting
         (directory / HURRY).unlink(missing_ok=True)  # an earlier caller's
         # The standby inherits the locked file: the lock is held from now until it stops waiting.
@@ -70,6 +68,19 @@ def start(directory: Path, idle_seconds: float = IDLE_SECONDS) -> int | None:
             )
     remember_child(proc)
     return proc.pid
+
+
+def _lock_now(lock, tries: int = 3) -> bool:
+    """Take the standby lock unless a standby holds it. ``waiting`` (the gateway's check every few
+    seconds) holds it for a moment too: a refusal is tried again before it counts."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt + 1 < tries:
+                time.sleep(0.01)
+    return False
 
 
 def waiting(directory: Path) -> bool:

@@ -941,16 +941,18 @@ class LocalSageMakerBackend:
                 (status, ended, failure_reason, _dumps(metadata), cache_source, arn, name, *ACTIVE_STEP),
             )
 
-    def cached_jobs(self, pipeline_name: str, step_name: str, kind: str, since: float) -> list[Job]:
+    def cached_jobs(
+        self, pipeline_name: str, step_name: str, kind: str, since: float, limit: int = -1
+    ) -> list[Job]:
         """The jobs that a step ``step_name`` of this pipeline's executions ran to completion after
-        ``since``, newest first: the candidates of SageMaker's step cache (reused results are not jobs,
-        so a reuse always names the execution that ran the job)."""
+        ``since``, newest first (at most ``limit``; -1: all): the candidates of SageMaker's step cache
+        (reused results are not jobs, so a reuse always names the execution that ran the job)."""
         with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT jobs.* FROM jobs JOIN executions ON jobs.execution_arn = executions.arn"
                 " WHERE executions.pipeline_name = ? AND jobs.step_name = ? AND jobs.kind = ?"
-                " AND jobs.status = 'Completed' AND jobs.ended >= ? ORDER BY jobs.ended DESC",
-                (pipeline_name, step_name, kind, since),
+                " AND jobs.status = 'Completed' AND jobs.ended >= ? ORDER BY jobs.ended DESC LIMIT ?",
+                (pipeline_name, step_name, kind, since, limit),
             ).fetchall()
         return [Job.from_row(r) for r in rows]
 

@@ -393,14 +393,22 @@ class ExecutionRunner:
         if window is None:
             return False
         since = time.time() - window
-        return bool(self.backend.cached_jobs(self.execution.pipeline_name, step.name, step.type.lower(), since))
+        return bool(self.backend.cached_jobs(self.execution.pipeline_name, step.name, step.type.lower(), since, 1))
 
     def _spare_wanted(self, name: str) -> bool:
         """A spare for a step the step cache will serve imports for nothing, on a core the running
-        steps need. So a step that may be served gets one only once a step it depends on runs a job
-        (its inputs are then new: it will run too). Where every step before it was served, it starts
-        at once, cold, as a spare could not have imported anything meanwhile."""
-        return name not in self.reusable or bool(self.plan.steps[name].depends_on & self.running_jobs)
+        steps need. So a step that may be served gets one only once its inputs are new (it will run
+        too): a job ran before it. Where every step before it was served, it starts cold, right after
+        them."""
+        return name not in self.reusable or self._after_a_job(name)
+
+    def _after_a_job(self, name: str) -> bool:
+        """A step it depends on ran a job, directly or through steps that run none (a Condition,
+        RegisterModel, Model or Transform step passes on what came before it)."""
+        return any(
+            dep in self.running_jobs or (self.plan.steps[dep].type not in JOB_METADATA and self._after_a_job(dep))
+            for dep in self.plan.steps[name].depends_on
+        )
 
     def _reuse_cached_job(self, step: interpreter.StepDef, kind: str, request: dict) -> bool:
         """SageMaker's step cache (step_cache.py): end the step with an earlier execution's job, if
