@@ -1146,3 +1146,18 @@ def test_a_failed_step_lets_running_siblings_finish_and_starts_nothing_new(
     recorded = steps_of(sm, arn)
     assert {name: s["StepStatus"] for name, s in recorded.items()} == {"A": "Failed", "B": "Succeeded"}
     assert not (tmp_path / "AfterB.started").exists()
+
+
+def test_the_worker_starts_without_the_code_location_the_sdk_or_botocore_sessions():
+    """The worker's start is on every execution's critical path: its bootstrap imports neither
+    Dagster, the SageMaker SDK, mlops_dagster/sagemaker/__init__.py nor botocore's sessions (a
+    RegisterModel step imports those when it validates its request)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-P", "-c", worker._BOOTSTRAP, str(worker._PACKAGE_DIR)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2  # no home, store or execution given: the usage
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "mlops_dagster.sagemaker.local.models" in imported  # what the worker module imports, ran as __main__
+    for heavy in ("dagster", "sagemaker", "mlops_dagster.botocore_loader", "botocore.session", "pandas"):
+        assert heavy not in imported, heavy

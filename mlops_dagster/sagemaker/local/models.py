@@ -28,9 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import botocore.session
 import psutil
-from botocore.validate import ParamValidator
 
 from .interpreter import DefinitionError, ExpressionError, Plan, parameter_string, resolve_parameters
 
@@ -1291,6 +1289,10 @@ def _with_artifact_sha256(body: dict, store: ObjectStore) -> dict:
 
 @functools.cache
 def _create_package_shape():
+    # botocore here, not at the top: the worker imports this module at its start (0.2 s of imports,
+    # on the execution's critical path) and needs botocore only for a RegisterModel step.
+    import botocore.session
+
     return botocore.session.get_session().get_service_model("sagemaker").operation_model("CreateModelPackage").input_shape
 
 
@@ -1302,6 +1304,8 @@ def _check_metric_sources(body: dict) -> None:
     for name in METRIC_FIELDS:
         if name not in body:
             continue
+        from botocore.validate import ParamValidator
+
         report = ParamValidator().validate(body[name], _create_package_shape().members[name])
         if report.has_errors():
             raise ValidationError(f"{name} is not a valid CreateModelPackage {name}: {report.generate_report()}")

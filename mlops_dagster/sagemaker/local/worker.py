@@ -51,12 +51,16 @@ JOB_METADATA = {"Training": "TrainingJob", "Processing": "ProcessingJob"}
 
 # Runs the worker module without importing mlops_dagster/__init__.py, which builds the whole
 # Dagster code location (the SageMaker SDK, Dagster, env validation: seconds per start) that the
-# worker does not use. argv: <package dir> <home> <store config> <execution arn>.
+# worker does not use, nor mlops_dagster/sagemaker/__init__.py (the SDK's settings and botocore's
+# shared loader: 0.2 s of botocore imports before the first step). argv: <package dir> <home>
+# <store config> <execution arn>.
 _BOOTSTRAP = (
     "import runpy, sys, types\n"
-    "package = types.ModuleType('mlops_dagster')\n"
-    "package.__path__ = [sys.argv.pop(1)]\n"
-    "sys.modules['mlops_dagster'] = package\n"
+    "root = sys.argv.pop(1)\n"
+    "for name, sub in (('mlops_dagster', ''), ('mlops_dagster.sagemaker', '/sagemaker')):\n"
+    "    package = types.ModuleType(name)\n"
+    "    package.__path__ = [root + sub]\n"
+    "    sys.modules[name] = package\n"
     "runpy.run_module('mlops_dagster.sagemaker.local.worker', run_name='__main__', alter_sys=True)\n"
 )
 _PACKAGE_DIR = Path(__file__).resolve().parents[2]
