@@ -8,6 +8,11 @@ endpoint config or model name fails before anything is trained.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from dagster import AssetKey
 
 ENVIRONMENTS = ("dev", "staging", "prod")
 # SageMaker's length limit for model package group, endpoint, endpoint config and model names.
@@ -15,6 +20,13 @@ SAGEMAKER_NAME_MAX = 63
 # Model package versions of up to this many digits keep deployment names whole (and distinct).
 VERSION_DIGITS = 6
 STAMP_FORMAT = "%Y%m%d%H%M%S"  # UTC, to the second: one deployment per endpoint per second
+
+
+def deployed_environments(asset_keys: Iterable[AssetKey]) -> list[str]:
+    """The environments whose endpoint asset (``<env>_endpoint``) is among ``asset_keys``, in
+    deployment order: what a run with that selection will deploy to."""
+    names = {"/".join(key.path) for key in asset_keys}
+    return [env for env in ENVIRONMENTS if f"{env}_endpoint" in names]
 
 
 def model_package_group(pipeline_name: str) -> str:

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from botocore.exceptions import ClientError
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     Config,
     DataVersion,
     Failure,
@@ -24,7 +23,7 @@ from dagster import (
 )
 from pydantic import Field, field_validator
 
-from ..naming import ENVIRONMENTS
+from ..naming import deployed_environments
 from ..resources.object_store import ObjectStore, sha256_file
 from ..resources.sagemaker import SageMaker
 from ..sagemaker.definition import definition_sha256, step_graph_mermaid
@@ -256,7 +255,7 @@ def pipeline_execution(
     # A run that names its assets did this when it started (SageMaker.setup_for_execution); again, it
     # finds everything ready and does nothing.
     selected = context.run.asset_selection or context.job_def.asset_layer.selected_asset_keys
-    deploying = [env for env in ENVIRONMENTS if AssetKey(f"{env}_endpoint") in selected]
+    deploying = deployed_environments(selected)
     if deploying:
         prepared = sagemaker.prepare_hosting(deploying[0])
         if prepared:

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from dagster import AssetKey, ConfigurableResource, InitResourceContext, MetadataValue
+from dagster import ConfigurableResource, InitResourceContext, MetadataValue
 
-from ..naming import ENVIRONMENTS
+from ..naming import deployed_environments
 from .object_store import ObjectStore
 
 LOCAL_ACCOUNT_ID = "000000000000"
@@ -65,7 +65,7 @@ class SageMaker(ConfigurableResource, ABC):
         names no selection prepares when it starts the pipeline execution (``pipeline_execution``)."""
         run = context.dagster_run
         selected = (run.asset_selection if run is not None else None) or set()
-        deploying = [env for env in ENVIRONMENTS if AssetKey(f"{env}_endpoint") in selected]
+        deploying = deployed_environments(selected)
         if not deploying:
             return
         try:

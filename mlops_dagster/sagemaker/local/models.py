@@ -1301,11 +1301,11 @@ def _check_metric_sources(body: dict) -> None:
     (members, required ContentType and S3Uri, strings) and each S3Uri's pattern. The API layer
     validates direct calls already; a RegisterModel step's request, resolved from the definition,
     comes here without it, so a Join that resolved to something else fails the step naming the field."""
+    from botocore.validate import ParamValidator  # see _create_package_shape
+
     for name in METRIC_FIELDS:
         if name not in body:
             continue
-        from botocore.validate import ParamValidator
-
         report = ParamValidator().validate(body[name], _create_package_shape().members[name])
         if report.has_errors():
             raise ValidationError(f"{name} is not a valid CreateModelPackage {name}: {report.generate_report()}")
